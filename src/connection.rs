@@ -1,0 +1,967 @@
+//! `DbConnection`: open (with recovery), reads from the in-memory map, writes through the
+//! writer thread, close. `Options` holds the tunables, `Stats` the counters.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+
+use crate::codec::{self, Record};
+use crate::delta::{Delta, Key, Value};
+use crate::error::{Error, Result};
+use crate::fs::{Fs, RealFs};
+use crate::recovery::{self, RecoveryReport};
+use crate::storage::{self, Hasher, Paths};
+use crate::writer::{Budget, Counters, Engine, Progress, Request, Undo, Writer, WriterConfig};
+
+/// Tunables for opening a database. [`Options::new`] gives the defaults.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-opts-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// use ptvp35::{DbConnection, Options};
+///
+/// let db: DbConnection<u64, String> = Options::new()
+///     .compact_ratio(4.0)          // rebuild when the file holds 4x the live records
+///     .compact_floor(64 << 20)     // ...and is at least 64 MiB
+///     .open(dir.join("tuned.db"))?;
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    batch_bytes: usize,
+    queue_requests: usize,
+    queue_bytes: usize,
+    compact_ratio: f64,
+    compact_floor: u64,
+    transact_attempts: u32,
+    parse_threads: usize,
+    fs: Arc<dyn Fs>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch_bytes: 8 << 20,
+            queue_requests: 1 << 16,
+            queue_bytes: 256 << 20,
+            compact_ratio: 2.0,
+            compact_floor: 1 << 20,
+            transact_attempts: 100,
+            parse_threads: 2,
+            fs: Arc::new(RealFs),
+        }
+    }
+}
+
+impl Options {
+    /// The defaults: 8 MiB batches, at most 65,536 requests or 256 MiB queued, automatic
+    /// rebuild when the file holds more than 2 records per live key and is over 1 MiB,
+    /// 100 attempts for [`DbConnection::transact`], 2 threads to parse the file at open.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The writer stops draining the queue into a batch once it holds this many bytes (a
+    /// single transaction is never split, whatever its size).
+    #[must_use]
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Bounds on what may wait for the writer; a writer faster than the disk waits for
+    /// room instead of growing memory without limit.
+    #[must_use]
+    pub fn queue_limits(mut self, requests: usize, bytes: usize) -> Self {
+        self.queue_requests = requests.max(1);
+        self.queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// Rebuild the file automatically once it holds more than `ratio` records per live
+    /// key. `f64::INFINITY` turns automatic rebuilds off.
+    #[must_use]
+    pub fn compact_ratio(mut self, ratio: f64) -> Self {
+        self.compact_ratio = if ratio.is_nan() { 2.0 } else { ratio.max(1.0) };
+        self
+    }
+
+    /// ...and only once the file is at least this many bytes long.
+    #[must_use]
+    pub fn compact_floor(mut self, bytes: u64) -> Self {
+        self.compact_floor = bytes;
+        self
+    }
+
+    /// How many times [`DbConnection::transact`] runs its closure before it gives up
+    /// with [`Error::Conflict`].
+    #[must_use]
+    pub fn transact_attempts(mut self, attempts: u32) -> Self {
+        self.transact_attempts = attempts.max(1);
+        self
+    }
+
+    /// Threads that parse the file at open (1 disables the split).
+    #[must_use]
+    pub fn parse_threads(mut self, threads: usize) -> Self {
+        self.parse_threads = threads.clamp(1, 64);
+        self
+    }
+
+    /// Puts another filesystem under the engine (the crash tests' simulated one).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    #[must_use]
+    pub fn filesystem(mut self, fs: Arc<dyn Fs>) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// Opens (or creates) the database whose main file is `path`, running recovery first.
+    ///
+    /// Blocks while the file is read and parsed. When it returns, the whole database is in
+    /// memory, any crash leftovers are repaired (see [`DbConnection::recovery_report`]),
+    /// and the database's lock is held until it is closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] if another owner has it open; [`Error::Corrupt`] if a line in the
+    /// valid region does not decode (file, line and offset in the error);
+    /// [`Error::BadSideFile`] if a side file is in a state no crash can explain;
+    /// [`Error::Io`] if a file operation fails.
+    pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
+        DbConnection::open_with(self, path.as_ref())
+    }
+}
+
+/// Counters of a database's work, for users and tests. See [`DbConnection::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Keys in the database.
+    pub live_keys: u64,
+    /// Length of the main file.
+    pub file_len: u64,
+    /// Batches appended since open (each made durable with one sync).
+    pub batches: u64,
+    /// Write requests (single-key writes and transactions) made durable since open.
+    pub requests: u64,
+    /// Records appended since open.
+    pub records_written: u64,
+    /// Bytes appended since open.
+    pub bytes_written: u64,
+    /// Syncs of the main file since open (one per batch, two per rebuild).
+    pub syncs: u64,
+    /// Rebuilds since open, automatic and explicit.
+    pub rebuilds: u64,
+}
+
+/// Keys a `transact` closure read, with the version it saw (`None`: absent).
+pub(crate) type ReadSet<K> = HashMap<K, Option<u64>>;
+
+/// A submitted change that is visible already; [`CommitHandle::wait`] blocks until it is
+/// durable.
+#[derive(Debug)]
+#[must_use = "a commit handle does nothing unless waited on"]
+pub struct CommitHandle {
+    seq: u64,
+    progress: Arc<Progress>,
+}
+
+impl CommitHandle {
+    /// Blocks until the change (and everything submitted before it) is durable.
+    ///
+    /// # Errors
+    ///
+    /// The [`Error::Io`] of the failed write or sync, if the batch holding it failed;
+    /// [`Error::Poisoned`] if an earlier failure stopped writes; [`Error::Closed`] if the
+    /// writer stopped first.
+    pub fn wait(self) -> Result<()> {
+        self.progress.wait(self.seq)
+    }
+}
+
+/// One value in the map, with the sequence number of the write that set it (what
+/// [`DbConnection::transact`] checks for conflicts).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry<V> {
+    pub(crate) value: V,
+    pub(crate) version: u64,
+}
+
+pub(crate) struct Inner<K, V> {
+    pub(crate) map: HashMap<K, Entry<V>>,
+    /// Sequence number of the last submitted write.
+    seq: u64,
+    /// Set by the writer after a failure: submissions are refused.
+    refuse: bool,
+}
+
+pub(crate) struct Shared<K, V> {
+    pub(crate) inner: RwLock<Inner<K, V>>,
+    tx: Sender<Request>,
+    budget: Arc<Budget>,
+    progress: Arc<Progress>,
+    counters: Arc<Counters>,
+}
+
+type UndoList<K, V> = Vec<(K, Option<Entry<V>>)>;
+
+impl<K: Key, V: Value> Engine for Shared<K, V> {
+    fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        let inner = self.inner.read();
+        let mut buf = Vec::with_capacity(1 << 20);
+        for (k, e) in &inner.map {
+            codec::encode_set(k, &e.value, &mut buf)?;
+            if buf.len() >= 1 << 20 {
+                sink(&buf)?;
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            sink(&buf)?;
+        }
+        Ok(inner.seq)
+    }
+
+    fn refuse_writes(&self) {
+        self.inner.write().refuse = true;
+    }
+
+    fn undo(&self, undos: Vec<Undo>) {
+        let mut inner = self.inner.write();
+        for u in undos.into_iter().rev() {
+            if let Ok(list) = u.downcast::<UndoList<K, V>>() {
+                for (k, old) in list.into_iter().rev() {
+                    match old {
+                        Some(e) => inner.map.insert(k, e),
+                        None => inner.map.remove(&k),
+                    };
+                }
+            }
+        }
+    }
+
+    fn live_keys(&self) -> u64 {
+        self.inner.read().map.len() as u64
+    }
+}
+
+/// An open database: an in-memory map of `K` to `V`, kept durable in an NDJSON file.
+///
+/// Reads (`get`, `len`, ...) take a shared lock on the map and never touch the disk.
+/// Writes change the map at once, under one exclusive lock per transaction, and queue the
+/// change for the writer thread, which appends whole batches and makes each durable with
+/// one sync; the `_nowait` forms return right away, the others once the change is durable.
+/// `DbConnection` is `Send + Sync`: share it between threads by reference or in an `Arc`.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-db-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// use ptvp35::DbConnection;
+///
+/// let path = dir.join("data.db");
+/// let db = DbConnection::<(String, u32), serde_json::Value>::open(&path)?;
+/// db.set(("tuple".into(), 1), serde_json::json!({"dict": "example"}))?; // durable now
+/// db.close()?;
+///
+/// let db = DbConnection::<(String, u32), serde_json::Value>::open(&path)?;
+/// assert_eq!(db.get(&("tuple".into(), 1)), Some(serde_json::json!({"dict": "example"})));
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct DbConnection<K: Key, V: Value> {
+    shared: Arc<Shared<K, V>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    paths: Paths,
+    report: RecoveryReport,
+    transact_attempts: u32,
+}
+
+impl<K: Key, V: Value> fmt::Debug for DbConnection<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConnection")
+            .field("path", &self.paths.main)
+            .field("live_keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, V: Value> DbConnection<K, V> {
+    /// Opens (or creates) the database whose main file is `path` with default
+    /// [`Options`], running recovery first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Options::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Options::new().open(path)
+    }
+
+    fn open_with(opts: &Options, path: &Path) -> Result<Self> {
+        let fs = Arc::clone(&opts.fs);
+        let paths = Paths::new(path);
+        let rec = recovery::open_and_recover(&*fs, &paths)?;
+        let (map, records) = load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
+        let mut hasher = Hasher::new();
+        hasher.0.update(&rec.data);
+        let len = rec.data.len() as u64;
+        drop(rec.data);
+        storage::start_session(&*fs, &paths, len, rec.has_flag)?;
+
+        let (tx, rx) = crossbeam_channel::bounded(opts.queue_requests);
+        let budget = Arc::new(Budget::new(opts.queue_requests, opts.queue_bytes));
+        let progress = Arc::new(Progress::default());
+        let counters = Arc::new(Counters::default());
+        counters.file_len.store(len, Ordering::Relaxed);
+        counters.records_in_file.store(records, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            inner: RwLock::new(Inner {
+                map,
+                seq: 0,
+                refuse: false,
+            }),
+            tx,
+            budget: Arc::clone(&budget),
+            progress: Arc::clone(&progress),
+            counters: Arc::clone(&counters),
+        });
+        let writer = Writer {
+            fs,
+            paths: paths.clone(),
+            file: rec.file,
+            len,
+            hasher,
+            rx,
+            engine: Arc::clone(&shared) as Arc<dyn Engine>,
+            progress,
+            budget,
+            counters,
+            config: WriterConfig {
+                batch_bytes: opts.batch_bytes,
+                compact_ratio: opts.compact_ratio,
+                compact_floor: opts.compact_floor,
+            },
+            skip_through: 0,
+            poisoned: false,
+            stop: false,
+        }
+        .spawn()?;
+        Ok(DbConnection {
+            shared,
+            writer: Mutex::new(Some(writer)),
+            paths,
+            report: rec.report,
+            transact_attempts: opts.transact_attempts,
+        })
+    }
+
+    /// The main file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.paths.main
+    }
+
+    /// What recovery found and did when this database was opened.
+    #[must_use]
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The value of `key`, cloned. Never touches the disk; sees every submitted change.
+    #[must_use]
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.shared
+            .inner
+            .read()
+            .map
+            .get(key)
+            .map(|e| e.value.clone())
+    }
+
+    /// Calls `f` on the value of `key` under the read lock, without cloning it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-getwith-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let db = ptvp35::DbConnection::<String, Vec<u8>>::open(dir.join("blobs.db"))?;
+    /// db.set("a".into(), vec![1, 2, 3])?;
+    /// assert_eq!(db.get_with(&"a".into(), |v| v.len()), Some(3));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.shared.inner.read().map.get(key).map(|e| f(&e.value))
+    }
+
+    pub(crate) fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
+        match self.shared.inner.read().map.get(key) {
+            Some(e) => (Some(e.value.clone()), Some(e.version)),
+            None => (None, None),
+        }
+    }
+
+    /// True if `key` has a value.
+    #[must_use]
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.shared.inner.read().map.contains_key(key)
+    }
+
+    /// Number of keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shared.inner.read().map.len()
+    }
+
+    /// True if there are no keys.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` on every pair, in no particular order, under one read lock and without
+    /// cloning. Writers wait until it returns, so keep `f` short.
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for (k, e) in &self.shared.inner.read().map {
+            f(k, &e.value);
+        }
+    }
+
+    /// A copy of every pair, taken under one read lock: a consistent snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> HashMap<K, V> {
+        self.shared
+            .inner
+            .read()
+            .map
+            .iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
+    }
+
+    /// Sets `key` to `value` and returns once the change is durable.
+    ///
+    /// Concurrent callers share syncs (group commit): many threads calling `set` at once
+    /// cost about one sync per batch, not one each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the key or value cannot be stored (nothing changes);
+    /// [`Error::Io`] if the batch's write or sync failed; [`Error::Poisoned`] if an earlier
+    /// failure stopped writes.
+    pub fn set(&self, key: K, value: V) -> Result<()> {
+        let seq = self.set_nowait_seq(key, value)?;
+        self.shared.progress.wait(seq)
+    }
+
+    /// Sets `key` to `value`: visible to every reader when this returns, durable later
+    /// (after [`commit`](Self::commit), or at close).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the key or value cannot be stored (nothing changes);
+    /// [`Error::Poisoned`] if an earlier failure stopped writes.
+    pub fn set_nowait(&self, key: K, value: V) -> Result<()> {
+        self.set_nowait_seq(key, value).map(drop)
+    }
+
+    fn set_nowait_seq(&self, key: K, value: V) -> Result<u64> {
+        let mut line = Vec::with_capacity(64);
+        codec::encode_set(&key, &value, &mut line)?;
+        self.submit(std::iter::once((key, Some(value))), line, 1, None)
+    }
+
+    /// Removes `key` and returns once the removal is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set).
+    pub fn remove(&self, key: &K) -> Result<()> {
+        let seq = self.remove_nowait_seq(key)?;
+        self.shared.progress.wait(seq)
+    }
+
+    /// Removes `key`: gone for every reader when this returns, durably gone later.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_nowait`](Self::set_nowait).
+    pub fn remove_nowait(&self, key: &K) -> Result<()> {
+        self.remove_nowait_seq(key).map(drop)
+    }
+
+    fn remove_nowait_seq(&self, key: &K) -> Result<u64> {
+        let mut line = Vec::with_capacity(32);
+        codec::encode_remove(key, &mut line)?;
+        self.submit(std::iter::once((key.clone(), None)), line, 1, None)
+    }
+
+    /// Blocks until every change submitted before this call is durable.
+    ///
+    /// # Errors
+    ///
+    /// The error of the first failed batch among them, or [`Error::Poisoned`].
+    pub fn commit(&self) -> Result<()> {
+        let seq = self.shared.inner.read().seq;
+        self.shared.progress.wait(seq)
+    }
+
+    /// Applies every change of `delta` at once (no reader sees part of it) and queues it
+    /// as one unit; returns without waiting for the disk.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if an earlier failure stopped writes; nothing changes then.
+    pub fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        self.submit_delta(delta, None).map(drop)
+    }
+
+    /// As [`submit_transaction`](Self::submit_transaction), and returns a handle whose
+    /// [`wait`](CommitHandle::wait) blocks until the change is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_transaction`](Self::submit_transaction).
+    pub fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        let seq = self.submit_delta(delta, None)?;
+        Ok(self.handle(seq))
+    }
+
+    /// Applies `delta` as one unit and returns once it is durable: after any crash, all of
+    /// it is in the database or none of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set).
+    pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        let seq = self.submit_delta(delta, None)?;
+        self.shared.progress.wait(seq)
+    }
+
+    pub(crate) fn handle(&self, seq: u64) -> CommitHandle {
+        CommitHandle {
+            seq,
+            progress: Arc::clone(&self.shared.progress),
+        }
+    }
+
+    pub(crate) fn transact_attempts(&self) -> u32 {
+        self.transact_attempts
+    }
+
+    /// Submits `delta`; with `reads`, only if none of those keys changed since they were
+    /// read ([`Error::Conflict`] otherwise). Returns the request's sequence number.
+    pub(crate) fn submit_delta(
+        &self,
+        delta: Delta<K, V>,
+        reads: Option<&ReadSet<K>>,
+    ) -> Result<u64> {
+        if delta.is_empty() && reads.is_none() {
+            return Ok(self.shared.inner.read().seq);
+        }
+        let bytes = delta.changes.values().map(|c| c.line.len()).sum();
+        let mut data = Vec::with_capacity(bytes);
+        for c in delta.changes.values() {
+            data.extend_from_slice(&c.line);
+        }
+        let n = delta.len() as u64;
+        self.submit(
+            delta.changes.into_iter().map(|(k, c)| (k, c.value)),
+            data,
+            n,
+            reads,
+        )
+    }
+
+    /// The one way into the map for writes: under one write lock, check, apply, number and
+    /// queue the change, so the queue's order is the order readers saw.
+    fn submit(
+        &self,
+        changes: impl IntoIterator<Item = (K, Option<V>)>,
+        data: Vec<u8>,
+        records: u64,
+        reads: Option<&ReadSet<K>>,
+    ) -> Result<u64> {
+        let sh = &*self.shared;
+        let bytes = data.len();
+        // Room in the queue is taken before the lock: a full queue never blocks readers.
+        sh.budget.acquire(bytes);
+        let mut inner = sh.inner.write();
+        if inner.refuse {
+            drop(inner);
+            sh.budget.release(1, bytes);
+            return Err(self.refused());
+        }
+        if let Some(reads) = reads {
+            let stale = reads
+                .iter()
+                .any(|(k, seen)| inner.map.get(k).map(|e| e.version) != *seen);
+            if stale {
+                drop(inner);
+                sh.budget.release(1, bytes);
+                return Err(Error::Conflict { attempts: 1 });
+            }
+            if data.is_empty() {
+                let seq = inner.seq;
+                drop(inner);
+                sh.budget.release(1, bytes);
+                return Ok(seq);
+            }
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        let mut undo: UndoList<K, V> = Vec::new();
+        for (k, v) in changes {
+            let old = match v {
+                Some(value) => inner.map.insert(
+                    k.clone(),
+                    Entry {
+                        value,
+                        version: seq,
+                    },
+                ),
+                None => inner.map.remove(&k),
+            };
+            undo.push((k, old));
+        }
+        let req = Request::Write {
+            seq,
+            data,
+            records,
+            undo: Box::new(undo),
+        };
+        // The budget keeps the channel from filling, so this does not block in practice.
+        let sent = match sh.tx.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(req)) => sh
+                .tx
+                .send(req)
+                .map_err(crossbeam_channel::SendError::into_inner),
+            Err(TrySendError::Disconnected(req)) => Err(req),
+        };
+        if let Err(Request::Write { undo, .. }) = sent {
+            // The writer is gone: take the change back out of the map.
+            inner.seq -= 1;
+            drop(inner);
+            sh.undo(vec![undo]);
+            sh.budget.release(1, bytes);
+            return Err(Error::Closed);
+        }
+        Ok(seq)
+    }
+
+    fn refused(&self) -> Error {
+        match self.shared.progress.poisoned() {
+            Some(cause) => Error::Poisoned { cause },
+            None => Error::Closed,
+        }
+    }
+
+    /// Rebuilds the file now: writes a compact copy of the live data and swaps it in
+    /// through `P.backup` and `P.recover`, so one complete copy is durable at every
+    /// instant. Blocks until the new file is durable. Reads go on meanwhile; writes queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a step fails (the database is then poisoned; reopening recovers);
+    /// [`Error::Poisoned`] if an earlier failure stopped writes.
+    pub fn compact(&self) -> Result<()> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.shared
+            .tx
+            .send(Request::Compact(reply))
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Counters: live keys, file length, batches, syncs, rebuilds...
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-stats-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let db = ptvp35::DbConnection::<u32, u32>::open(dir.join("s.db"))?;
+    /// for i in 0..10 {
+    ///     db.set_nowait(i, i)?;
+    /// }
+    /// db.commit()?;
+    /// let s = db.stats();
+    /// assert_eq!(s.live_keys, 10);
+    /// assert!(s.syncs <= 10); // queued writes share syncs
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            live_keys: self.len() as u64,
+            file_len: get(&c.file_len),
+            batches: get(&c.batches),
+            requests: get(&c.requests),
+            records_written: get(&c.records_written),
+            bytes_written: get(&c.bytes_written),
+            syncs: get(&c.syncs),
+            rebuilds: get(&c.rebuilds),
+        }
+    }
+
+    /// Makes every queued write durable, ends the session (only `P`, and `P.error` if
+    /// recovery ever wrote one, remain) and stops the writer thread.
+    ///
+    /// Dropping a `DbConnection` does the same, but can only ignore errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the last writes or the clean-up fail; [`Error::Poisoned`] if an
+    /// earlier failure stopped writes (the flag files then stay for the next open's
+    /// recovery).
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let Some(handle) = self.writer.lock().take() else {
+            return Ok(());
+        };
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let sent = self.shared.tx.send(Request::Shutdown(reply));
+        let result = match sent {
+            Ok(()) => rx.recv().unwrap_or(Err(Error::Closed)),
+            Err(_) => Err(Error::Closed),
+        };
+        if handle.join().is_err() {
+            return Err(Error::io(
+                "join writer thread of",
+                &self.paths.main,
+                std::io::Error::other("the writer thread panicked"),
+            ));
+        }
+        result
+    }
+}
+
+impl<K: Key, V: Value> Drop for DbConnection<K, V> {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Parses all of `data` (every byte of it vouched for by recovery) into a map. Returns the
+/// map and the number of records.
+fn load<K: Key, V: Value>(
+    data: &[u8],
+    path: &Path,
+    threads: usize,
+) -> Result<(HashMap<K, Entry<V>>, u64)> {
+    if let Some(last) = data.last() {
+        if *last != b'\n' {
+            let start = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let line = count_lines(data) + 1;
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                line,
+                offset: start as u64,
+                reason: "the last line has no newline (a torn write that no recorded crash \
+                         explains)"
+                    .into(),
+            });
+        }
+    }
+    let chunks = split_lines(data, threads);
+    let parsed: Vec<Result<Vec<Record<K, V>>>> = if chunks.len() == 1 {
+        vec![parse_chunk(data, 0, path)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|&(start, end)| s.spawn(move || parse_chunk(&data[start..end], start, path)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Corrupt {
+                            path: path.to_path_buf(),
+                            line: 0,
+                            offset: 0,
+                            reason: "the parser panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut map = HashMap::new();
+    let mut records = 0u64;
+    let mut lines_before = 0u64;
+    for (chunk, &(start, end)) in parsed.into_iter().zip(&chunks) {
+        let recs = chunk.map_err(|e| renumber(e, lines_before))?;
+        lines_before += count_lines(&data[start..end]);
+        if map.is_empty() {
+            map.reserve(recs.len());
+        }
+        records += recs.len() as u64;
+        for r in recs {
+            match r {
+                Record::Set(k, value) => {
+                    map.insert(k, Entry { value, version: 0 });
+                }
+                Record::Remove(k) => {
+                    map.remove(&k);
+                }
+            }
+        }
+    }
+    Ok((map, records))
+}
+
+/// Number of `\n` in `data`.
+pub(crate) fn count_lines(data: &[u8]) -> u64 {
+    data.iter().fold(0, |n, &b| n + u64::from(b == b'\n'))
+}
+
+/// A chunk's line numbers count from its own start; make them count from the file's.
+fn renumber(e: Error, lines_before: u64) -> Error {
+    match e {
+        Error::Corrupt {
+            path,
+            line,
+            offset,
+            reason,
+        } => Error::Corrupt {
+            path,
+            line: line + lines_before,
+            offset,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Splits `data` into up to `n` ranges that end on line boundaries.
+fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let n = if data.len() < (1 << 20) { 1 } else { n.max(1) };
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    for i in 1..n {
+        let target = (data.len() * i / n).max(start);
+        let end = data[target..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(data.len(), |p| target + p + 1);
+        if end > start {
+            out.push((start, end));
+        }
+        start = end;
+    }
+    if start < data.len() || out.is_empty() {
+        out.push((start, data.len()));
+    }
+    out
+}
+
+fn parse_chunk<K: Key, V: Value>(
+    chunk: &[u8],
+    base: usize,
+    path: &Path,
+) -> Result<Vec<Record<K, V>>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut line_no = 0u64;
+    while pos < chunk.len() {
+        let end = chunk[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(chunk.len(), |p| pos + p);
+        line_no += 1;
+        match codec::decode(&chunk[pos..end]) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(reason) => {
+                return Err(Error::Corrupt {
+                    path: PathBuf::from(path),
+                    line: line_no,
+                    offset: (base + pos) as u64,
+                    reason,
+                })
+            }
+        }
+        pos = end + 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_lines_ends_on_newlines() {
+        let mut data = Vec::new();
+        for i in 0..100_000 {
+            data.extend_from_slice(format!("{{\"key\":{i},\"value\":{i}}}\n").as_bytes());
+        }
+        for n in 1..5 {
+            let parts = split_lines(&data, n);
+            assert_eq!(parts.first().map(|p| p.0), Some(0));
+            assert_eq!(parts.last().map(|p| p.1), Some(data.len()));
+            for w in parts.windows(2) {
+                assert_eq!(w[0].1, w[1].0);
+                assert_eq!(data[w[0].1 - 1], b'\n');
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_line_numbers_count_from_file_start_across_chunks() {
+        let mut data = Vec::new();
+        for i in 0..100_000 {
+            data.extend_from_slice(format!("{{\"key\":{i},\"value\":{i}}}\n").as_bytes());
+        }
+        let bad_line = 90_000;
+        let offset = data
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(bad_line - 2);
+        let at = offset.map_or(0, |(i, _)| i + 1);
+        data[at] = b'x';
+        let e = load::<u64, u64>(&data, Path::new("t.db"), 2).err();
+        match e {
+            Some(Error::Corrupt { line, offset, .. }) => {
+                assert_eq!(line, bad_line as u64);
+                assert_eq!(offset, at as u64);
+            }
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+    }
+}

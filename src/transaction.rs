@@ -1,0 +1,461 @@
+//! `VirtualConnection`, the `TransactionView` (a delta over a parent), the RAII
+//! `Transaction` guard, and `DbConnection::transact` for isolated read-modify-write.
+
+use std::fmt;
+use std::ops::Deref;
+
+use parking_lot::Mutex;
+
+use crate::connection::{CommitHandle, DbConnection, ReadSet};
+use crate::delta::{Delta, Key, Value};
+use crate::error::{Error, Result};
+
+/// The connection-like interface shared by [`DbConnection`] and [`TransactionView`], so a
+/// view can sit on a database or on another view, to any depth.
+///
+/// The Python library's `loop()` has no counterpart: there is no event loop here, and
+/// every blocking call runs on the caller's thread.
+pub trait VirtualConnection<K: Key, V: Value> {
+    /// The value of `key` as this connection sees it.
+    fn get(&self, key: &K) -> Option<V>;
+
+    /// Passes `delta` on without waiting: a database applies and queues it; a view merges
+    /// it into its own delta.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the database refuses writes.
+    fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()>;
+
+    /// Submits `delta` (a view: together with its own) down to the database and returns a
+    /// handle to wait until it is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the database refuses writes.
+    fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle>;
+
+    /// Submits `delta` (a view: together with its own) and waits until it is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`CommitHandle::wait`].
+    fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        self.submit_transaction_request(delta)?.wait()
+    }
+
+    /// A new transaction over this connection.
+    fn transaction(&self) -> Transaction<'_, K, V>
+    where
+        Self: Sized,
+    {
+        Transaction::new(self)
+    }
+}
+
+impl<K: Key, V: Value> VirtualConnection<K, V> for DbConnection<K, V> {
+    fn get(&self, key: &K) -> Option<V> {
+        DbConnection::get(self, key)
+    }
+
+    fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        DbConnection::submit_transaction(self, delta)
+    }
+
+    fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        DbConnection::submit_transaction_request(self, delta)
+    }
+
+    fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        DbConnection::commit_transaction(self, delta)
+    }
+}
+
+/// How a view reaches the keys it does not hold itself.
+enum Parent<'p, K: Key, V: Value> {
+    Connection(&'p dyn VirtualConnection<K, V>),
+    /// The root view of [`DbConnection::transact`]: reads record the version they saw.
+    Tracked {
+        db: &'p DbConnection<K, V>,
+        reads: Mutex<ReadSet<K>>,
+    },
+}
+
+/// A connection-like view holding a delta (key → new value or removal) over a parent.
+///
+/// `get` reads the delta first, then the parent, so a transaction reads its own writes.
+/// `set_nowait` and `remove_nowait` change only the delta; [`submit`](Self::submit) passes
+/// it to the parent, [`commit`](Self::commit) submits it down to the database and waits
+/// until it is durable. There is no `set`: setting one value and waiting for it is what
+/// [`DbConnection::set`] is for; in a view that is `set_nowait`, then `commit`.
+///
+/// Methods take `&self`, so a nested [`Transaction`] can borrow its parent view while the
+/// parent stays usable.
+pub struct TransactionView<'p, K: Key, V: Value> {
+    parent: Parent<'p, K, V>,
+    delta: Mutex<Delta<K, V>>,
+}
+
+impl<K: Key, V: Value> fmt::Debug for TransactionView<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionView")
+            .field("changes", &self.delta.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
+    /// A view with an empty delta over `parent`.
+    pub fn new(parent: &'p dyn VirtualConnection<K, V>) -> Self {
+        TransactionView {
+            parent: Parent::Connection(parent),
+            delta: Mutex::new(Delta::new()),
+        }
+    }
+
+    fn tracked(db: &'p DbConnection<K, V>) -> Self {
+        TransactionView {
+            parent: Parent::Tracked {
+                db,
+                reads: Mutex::new(ReadSet::new()),
+            },
+            delta: Mutex::new(Delta::new()),
+        }
+    }
+
+    /// The value of `key`: this view's change if it has one, else the parent's value.
+    #[must_use]
+    pub fn get(&self, key: &K) -> Option<V> {
+        if let Some(change) = self.delta.lock().get(key) {
+            return change.cloned();
+        }
+        match &self.parent {
+            Parent::Connection(p) => p.get(key),
+            Parent::Tracked { db, reads } => {
+                let (value, version) = db.get_versioned(key);
+                reads.lock().entry(key.clone()).or_insert(version);
+                value
+            }
+        }
+    }
+
+    /// Sets `key` to `value` in this view's delta; nothing outside the view sees it yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the key or value cannot be stored; the delta is unchanged
+    /// and the view stays usable.
+    pub fn set_nowait(&self, key: K, value: V) -> Result<()> {
+        self.delta.lock().set(key, value)
+    }
+
+    /// Removes `key` in this view's delta.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the key cannot be stored; the delta is unchanged.
+    pub fn remove_nowait(&self, key: K) -> Result<()> {
+        self.delta.lock().remove(key)
+    }
+
+    /// Passes the whole delta to the parent (a database applies it at once, as one unit)
+    /// and clears it. Does not wait for the disk.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the database refuses writes; the delta is dropped then.
+    pub fn submit(&self) -> Result<()> {
+        let delta = std::mem::take(&mut *self.delta.lock());
+        if delta.is_empty() {
+            return Ok(());
+        }
+        self.parent_submit(delta)
+    }
+
+    fn parent_submit(&self, delta: Delta<K, V>) -> Result<()> {
+        match &self.parent {
+            Parent::Connection(p) => p.submit_transaction(delta),
+            Parent::Tracked { .. } => {
+                // Inside `transact` the root delta is submitted by `transact` itself, with
+                // its conflict check.
+                self.delta.lock().merge(delta);
+                Ok(())
+            }
+        }
+    }
+
+    /// Merges `delta` into this view's delta (a view's form of "submit").
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` matches [`VirtualConnection`].
+    pub fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        self.delta.lock().merge(delta);
+        Ok(())
+    }
+
+    /// Merges `delta` into this view's delta, then submits the whole of it down to the
+    /// database, and returns a handle to wait for durability.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] if the database refuses writes.
+    pub fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        let mut own = std::mem::take(&mut *self.delta.lock());
+        own.merge(delta);
+        match &self.parent {
+            Parent::Connection(p) => p.submit_transaction_request(own),
+            Parent::Tracked { db, .. } => {
+                self.delta.lock().merge(own);
+                Ok(db.handle(db.submit_delta(Delta::new(), None)?))
+            }
+        }
+    }
+
+    /// Submits this view's delta down to the database and waits until it is durable.
+    ///
+    /// In a nested view this commits the ancestors' deltas with it: the parent view's
+    /// `commit_transaction` merges the child's delta into its own and commits the whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`CommitHandle::wait`].
+    pub fn commit(&self) -> Result<()> {
+        self.commit_transaction(Delta::new())
+    }
+
+    /// Merges `delta` into this view's delta and commits the whole (see
+    /// [`commit`](Self::commit)).
+    ///
+    /// # Errors
+    ///
+    /// As [`CommitHandle::wait`].
+    pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        match &self.parent {
+            Parent::Connection(p) => {
+                let mut own = std::mem::take(&mut *self.delta.lock());
+                own.merge(delta);
+                p.commit_transaction(own)
+            }
+            Parent::Tracked { .. } => {
+                self.delta.lock().merge(delta);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops every change in this view's delta.
+    pub fn rollback(&self) {
+        self.delta.lock().clear();
+    }
+
+    /// A nested transaction over this view: it submits into this view's delta.
+    pub fn transaction(&self) -> Transaction<'_, K, V> {
+        Transaction::new(self)
+    }
+
+    fn take_delta(&self) -> Delta<K, V> {
+        std::mem::take(&mut *self.delta.lock())
+    }
+
+    fn take_reads(&self) -> ReadSet<K> {
+        match &self.parent {
+            Parent::Tracked { reads, .. } => std::mem::take(&mut *reads.lock()),
+            Parent::Connection(_) => ReadSet::new(),
+        }
+    }
+}
+
+impl<K: Key, V: Value> VirtualConnection<K, V> for TransactionView<'_, K, V> {
+    fn get(&self, key: &K) -> Option<V> {
+        TransactionView::get(self, key)
+    }
+
+    fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        TransactionView::submit_transaction(self, delta)
+    }
+
+    fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        TransactionView::submit_transaction_request(self, delta)
+    }
+
+    fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
+        TransactionView::commit_transaction(self, delta)
+    }
+}
+
+/// The RAII transaction guard: derefs to its [`TransactionView`].
+///
+/// - Dropped normally, it **submits** its delta to its parent (visible at once, durable
+///   later; a database parent's error is lost then, so call [`commit`](Self::commit) to
+///   see it).
+/// - Dropped while the thread panics, it **rolls back**.
+/// - [`commit`](Self::commit) submits and waits until durable; [`rollback`](Self::rollback)
+///   discards.
+///
+/// A nested guard submits into its parent view's delta, so a rollback (or panic) of the
+/// parent discards the child's changes too.
+///
+/// Guards are atomic and read their own writes, but they do not isolate: two threads that
+/// read a value and write it back through guards can lose an update (last writer wins).
+/// Use [`DbConnection::transact`] for read-modify-write.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-tx-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// use ptvp35::DbConnection;
+///
+/// let db = DbConnection::<String, i64>::open(dir.join("tx.db"))?;
+/// {
+///     let tx = db.transaction();
+///     tx.set_nowait("a".into(), 1)?;
+///     tx.set_nowait("b".into(), 2)?;
+///     assert_eq!(db.get(&"a".into()), None); // not submitted yet
+/// } // dropped: submitted, both at once
+/// assert_eq!(db.get(&"a".into()), Some(1));
+///
+/// let tx = db.transaction();
+/// tx.set_nowait("c".into(), 3)?;
+/// {
+///     let inner = tx.transaction(); // nested: submits into `tx`
+///     inner.set_nowait("d".into(), 4)?;
+/// }
+/// assert_eq!(tx.get(&"d".into()), Some(4));
+/// tx.commit()?; // c and d, durable
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Transaction<'p, K: Key, V: Value> {
+    view: TransactionView<'p, K, V>,
+    done: bool,
+}
+
+impl<K: Key, V: Value> fmt::Debug for Transaction<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, K: Key, V: Value> Transaction<'p, K, V> {
+    /// A new guard over `parent`.
+    pub fn new(parent: &'p dyn VirtualConnection<K, V>) -> Self {
+        Transaction {
+            view: TransactionView::new(parent),
+            done: false,
+        }
+    }
+
+    /// Submits the delta down to the database and waits until it is durable. In a nested
+    /// guard, the ancestors' deltas go with it.
+    ///
+    /// # Errors
+    ///
+    /// As [`CommitHandle::wait`].
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        self.view.commit()
+    }
+
+    /// Discards the delta.
+    pub fn rollback(mut self) {
+        self.done = true;
+        self.view.rollback();
+    }
+}
+
+impl<'p, K: Key, V: Value> Deref for Transaction<'p, K, V> {
+    type Target = TransactionView<'p, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.view
+    }
+}
+
+impl<K: Key, V: Value> Drop for Transaction<'_, K, V> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if std::thread::panicking() {
+            self.view.rollback();
+        } else {
+            // Errors cannot leave `drop`; `commit` reports them.
+            let _ = self.view.submit();
+        }
+    }
+}
+
+impl<K: Key, V: Value> DbConnection<K, V> {
+    /// A new transaction guard over this database (see [`Transaction`]).
+    pub fn transaction(&self) -> Transaction<'_, K, V> {
+        Transaction::new(self)
+    }
+
+    /// Runs `f` in a view and commits its changes only if none of the keys it read have
+    /// changed since; otherwise runs it again (up to [`Options::transact_attempts`]
+    /// times). Returns once the change is durable.
+    ///
+    /// This is the safe form of read-modify-write: two threads moving money between the
+    /// same accounts never lose an update. `f` may run more than once, so it should not
+    /// have side effects outside the view. If `f` returns an error, nothing is submitted
+    /// and the error is returned as is.
+    ///
+    /// [`Options::transact_attempts`]: crate::Options::transact_attempts
+    ///
+    /// # Errors
+    ///
+    /// `f`'s own error; [`Error::Conflict`] (converted into `E`) after too many attempts;
+    /// any error of the commit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-transact-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let db = ptvp35::DbConnection::<String, i64>::open(dir.join("bank.db"))?;
+    /// db.set("alice".into(), 100)?;
+    /// let moved = db.transact(|tx| -> anyhow::Result<i64> {
+    ///     let a = tx.get(&"alice".into()).unwrap_or(0);
+    ///     let b = tx.get(&"bob".into()).unwrap_or(0);
+    ///     tx.set_nowait("alice".into(), a - 30)?;
+    ///     tx.set_nowait("bob".into(), b + 30)?;
+    ///     Ok(30)
+    /// })?;
+    /// assert_eq!(moved, 30);
+    /// assert_eq!(db.get(&"bob".into()), Some(30));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn transact<R, E, F>(&self, mut f: F) -> Result<R, E>
+    where
+        F: FnMut(&TransactionView<'_, K, V>) -> Result<R, E>,
+        E: From<Error>,
+    {
+        let attempts = self.transact_attempts();
+        for _ in 0..attempts {
+            let view = TransactionView::tracked(self);
+            let r = f(&view)?;
+            let delta = view.take_delta();
+            let reads = view.take_reads();
+            match self.submit_delta(delta, Some(&reads)) {
+                Ok(seq) => {
+                    self.handle(seq).wait()?;
+                    return Ok(r);
+                }
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict { attempts }.into())
+    }
+}

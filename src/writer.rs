@@ -1,0 +1,425 @@
+//! The writer thread: requests, the batching loop (group commit), acknowledgements,
+//! automatic and explicit rebuilds, and shutdown.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::fs::{Fs, FsFile};
+use crate::storage::{self, BackupWriter, Hasher, Paths};
+
+/// What undoes one request's changes to the map, kept until the request is durable.
+pub(crate) type Undo = Box<dyn Any + Send>;
+
+/// One message to the writer thread.
+pub(crate) enum Request {
+    /// Append `data` (whole record lines of one transaction) as part of a batch.
+    Write {
+        seq: u64,
+        data: Vec<u8>,
+        records: u64,
+        undo: Undo,
+    },
+    /// Rebuild the file now and report how it went.
+    Compact(Sender<Result<()>>),
+    /// Make everything before this durable, end the session cleanly, report, and stop.
+    Shutdown(Sender<Result<()>>),
+}
+
+/// The typed side of the database, as the writer sees it.
+pub(crate) trait Engine: Send + Sync {
+    /// Serializes every live pair, in chunks of whole lines, under the map's read lock.
+    /// Returns the highest sequence number the copy includes.
+    fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
+    /// Under the map's write lock: refuse every later submission.
+    fn refuse_writes(&self);
+    /// Under the map's write lock: undo `undos` (oldest first in the vector), newest
+    /// first, so that memory matches the disk again.
+    fn undo(&self, undos: Vec<Undo>);
+    /// Live keys.
+    fn live_keys(&self) -> u64;
+}
+
+/// Durability progress, shared by the writer and every waiter.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    state: Mutex<ProgressState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// Every request with a sequence number up to this one is durable.
+    durable: u64,
+    /// The first failure: requests from `.0` to `.1` were in the failed batch and get its
+    /// error; later ones get [`Error::Poisoned`].
+    failed: Option<(u64, u64, Arc<Error>)>,
+    /// The writer has stopped.
+    stopped: bool,
+}
+
+impl Progress {
+    /// Blocks until request `seq` is durable, or fails.
+    pub(crate) fn wait(&self, seq: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if let Some((from, to, e)) = &st.failed {
+                if seq >= *from {
+                    return Err(if seq <= *to {
+                        e.duplicate()
+                    } else {
+                        Error::Poisoned {
+                            cause: Arc::clone(e),
+                        }
+                    });
+                }
+            }
+            if st.stopped {
+                return Err(Error::Closed);
+            }
+            self.cv.wait(&mut st);
+        }
+    }
+
+    /// The failure that poisoned the database, if any.
+    pub(crate) fn poisoned(&self) -> Option<Arc<Error>> {
+        self.state.lock().failed.as_ref().map(|f| Arc::clone(&f.2))
+    }
+
+    fn advance(&self, seq: u64) {
+        let mut st = self.state.lock();
+        st.durable = st.durable.max(seq);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn fail(&self, from: u64, to: u64, e: Error) -> Arc<Error> {
+        let mut st = self.state.lock();
+        let e = Arc::clone(&st.failed.get_or_insert((from, to, Arc::new(e))).2);
+        drop(st);
+        self.cv.notify_all();
+        e
+    }
+
+    fn stop(&self) {
+        self.state.lock().stopped = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Bounds the bytes and requests in flight, so a caller faster than the disk is slowed
+/// down instead of growing memory without limit. Taken before the map's write lock, so a
+/// full queue never blocks readers.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: Mutex<(usize, usize)>,
+    cv: Condvar,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max_requests: usize, max_bytes: usize) -> Self {
+        Budget {
+            used: Mutex::new((0, 0)),
+            cv: Condvar::new(),
+            max_requests: max_requests.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Waits for room for one request of `bytes` (one larger than the cap waits until
+    /// nothing else is in flight).
+    pub(crate) fn acquire(&self, bytes: usize) {
+        let mut u = self.used.lock();
+        while u.0 > 0 && (u.0 + 1 > self.max_requests || u.1 + bytes > self.max_bytes) {
+            self.cv.wait(&mut u);
+        }
+        u.0 += 1;
+        u.1 += bytes;
+    }
+
+    pub(crate) fn release(&self, requests: usize, bytes: usize) {
+        let mut u = self.used.lock();
+        u.0 -= requests;
+        u.1 -= bytes;
+        drop(u);
+        self.cv.notify_all();
+    }
+}
+
+/// Counters behind [`crate::Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) file_len: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) records_written: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) rebuilds: AtomicU64,
+    /// Write requests (transactions) made durable by a batch.
+    pub(crate) requests: AtomicU64,
+    /// Records in the file now (live and dead), for the automatic rebuild.
+    pub(crate) records_in_file: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Tunables the writer needs.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterConfig {
+    pub(crate) batch_bytes: usize,
+    pub(crate) compact_ratio: f64,
+    pub(crate) compact_floor: u64,
+}
+
+/// The state owned by the writer thread.
+pub(crate) struct Writer {
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) paths: Paths,
+    pub(crate) file: Box<dyn FsFile>,
+    pub(crate) len: u64,
+    pub(crate) hasher: Hasher,
+    pub(crate) rx: Receiver<Request>,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: WriterConfig,
+    /// Requests up to this sequence number are already in the file through a rebuild.
+    pub(crate) skip_through: u64,
+    pub(crate) poisoned: bool,
+    /// A shutdown was taken from the queue while failing it.
+    pub(crate) stop: bool,
+}
+
+struct Pending {
+    seq: u64,
+    bytes: usize,
+    undo: Undo,
+}
+
+impl Writer {
+    /// Starts the thread `ptvp35-writer`.
+    pub(crate) fn spawn(self) -> Result<JoinHandle<()>> {
+        let path = self.paths.main.clone();
+        std::thread::Builder::new()
+            .name("ptvp35-writer".into())
+            .spawn(move || self.run())
+            .map_err(|e| Error::io("spawn writer thread for", &path, e))
+    }
+
+    fn run(mut self) {
+        let mut buf = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            let Ok(first) = self.rx.recv() else { break };
+            let mut control = None;
+            let mut records = 0;
+            let mut next = Some(first);
+            // Take one request, then drain what is queued, up to the byte cap; a control
+            // request ends the batch so that it sees everything queued before it.
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Write {
+                        seq,
+                        data,
+                        records: n,
+                        undo,
+                    } => {
+                        let bytes = data.len();
+                        if seq > self.skip_through {
+                            buf.extend_from_slice(&data);
+                            records += n;
+                        }
+                        pending.push(Pending { seq, bytes, undo });
+                    }
+                    other => {
+                        control = Some(other);
+                        break;
+                    }
+                }
+                if buf.len() < self.config.batch_bytes {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !pending.is_empty() {
+                if self.poisoned {
+                    // Only reachable for requests sent before the refusal took effect.
+                    let failed: Vec<Pending> = std::mem::take(&mut pending);
+                    let (n, bytes) = (failed.len(), failed.iter().map(|p| p.bytes).sum());
+                    self.engine
+                        .undo(failed.into_iter().map(|p| p.undo).collect());
+                    self.budget.release(n, bytes);
+                    buf.clear();
+                } else {
+                    self.write_batch(&mut buf, &mut pending, records);
+                }
+            }
+            match control {
+                Some(Request::Compact(reply)) => {
+                    let r = self.compact();
+                    let _ = reply.send(r);
+                }
+                Some(Request::Shutdown(reply)) => {
+                    let r = if self.poisoned {
+                        // The session's flags stay; the next open recovers from them.
+                        Err(self.poisoned_error())
+                    } else {
+                        storage::end_session(&*self.fs, &self.paths)
+                    };
+                    let _ = reply.send(r);
+                    break;
+                }
+                _ => self.maybe_compact(),
+            }
+            if self.stop {
+                break;
+            }
+        }
+        self.progress.stop();
+    }
+
+    /// Writes and syncs one batch, then acknowledges (or fails) every request in it.
+    fn write_batch(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<Pending>, records: u64) {
+        let last = pending.last().map_or(0, |p| p.seq);
+        let bytes: usize = pending.iter().map(|p| p.bytes).sum();
+        let n = pending.len();
+        let result = if buf.is_empty() {
+            Ok(())
+        } else {
+            self.append(buf, records, n as u64)
+        };
+        buf.clear();
+        match result {
+            Ok(()) => {
+                pending.clear();
+                self.progress.advance(last);
+            }
+            Err(e) => {
+                // Requests that a rebuild already made durable are acknowledged; the rest
+                // failed with this batch.
+                let split = pending.partition_point(|p| p.seq <= self.skip_through);
+                if split > 0 {
+                    self.progress.advance(pending[split - 1].seq);
+                }
+                let failed: Vec<Pending> = pending.drain(..).skip(split).collect();
+                let first = failed.first().map_or(last, |p| p.seq);
+                self.poison(failed, first, last, e);
+            }
+        }
+        self.budget.release(n, bytes);
+    }
+
+    /// After a failed write or sync: the disk's state is unknown, so refuse further writes
+    /// (no retry-and-trust), fail every waiter from `first` on, and undo in memory what
+    /// did not reach the disk, including everything still queued.
+    fn poison(&mut self, failed: Vec<Pending>, first: u64, last: u64, e: Error) {
+        self.poisoned = true;
+        self.progress.fail(first, last, e);
+        self.engine.refuse_writes();
+        let mut undos: Vec<Undo> = failed.into_iter().map(|p| p.undo).collect();
+        let (mut drained, mut drained_bytes) = (0, 0);
+        while let Ok(req) = self.rx.try_recv() {
+            match req {
+                Request::Write { data, undo, .. } => {
+                    drained += 1;
+                    drained_bytes += data.len();
+                    undos.push(undo);
+                }
+                Request::Compact(reply) => {
+                    let _ = reply.send(Err(self.poisoned_error()));
+                }
+                Request::Shutdown(reply) => {
+                    let _ = reply.send(Err(self.poisoned_error()));
+                    self.stop = true;
+                }
+            }
+        }
+        self.engine.undo(undos);
+        self.budget.release(drained, drained_bytes);
+    }
+
+    fn poisoned_error(&self) -> Error {
+        match self.progress.poisoned() {
+            Some(cause) => Error::Poisoned { cause },
+            None => Error::Closed,
+        }
+    }
+
+    fn append(&mut self, buf: &mut Vec<u8>, records: u64, requests: u64) -> Result<()> {
+        codec::close_batch(buf, &mut self.hasher.0);
+        let path = &self.paths.main;
+        storage::io("write", path, self.file.write_at(self.len, buf))?;
+        storage::io("fsync", path, self.file.sync_data())?;
+        self.len += buf.len() as u64;
+        let c = &self.counters;
+        c.file_len.store(self.len, Ordering::Relaxed);
+        bump(&c.batches, 1);
+        bump(&c.syncs, 1);
+        bump(&c.records_written, records);
+        bump(&c.records_in_file, records);
+        bump(&c.requests, requests);
+        bump(&c.bytes_written, buf.len() as u64);
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) {
+        if self.poisoned || self.len < self.config.compact_floor {
+            return;
+        }
+        let live = self.engine.live_keys().max(1);
+        let in_file = self.counters.records_in_file.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)] // a ratio of counts; precision is irrelevant
+        let grown = in_file as f64 > self.config.compact_ratio * live as f64;
+        if grown {
+            // A failure here has poisoned the database; the waiters of later requests
+            // learn of it.
+            let _ = self.compact();
+        }
+    }
+
+    /// Rebuilds `P` from a snapshot of the map (steps R1–R9 in `docs/recovery.md`).
+    fn compact(&mut self) -> Result<()> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        let r = self.rebuild();
+        if let Err(e) = &r {
+            self.poison(Vec::new(), u64::MAX, u64::MAX, e.duplicate());
+        }
+        r
+    }
+
+    fn rebuild(&mut self) -> Result<()> {
+        let fs = Arc::clone(&self.fs);
+        let mut backup = BackupWriter::create(&*fs, &self.paths)?;
+        let mut records = 0u64;
+        let through = self.engine.snapshot(&mut |chunk| {
+            records += crate::connection::count_lines(chunk);
+            backup.write(chunk)
+        })?;
+        let (file, len, hasher) = backup.install()?;
+        self.file = file;
+        self.len = len;
+        self.hasher = hasher;
+        self.skip_through = through;
+        let c = &self.counters;
+        c.file_len.store(len, Ordering::Relaxed);
+        c.records_in_file.store(records, Ordering::Relaxed);
+        bump(&c.rebuilds, 1);
+        bump(&c.syncs, 2);
+        Ok(())
+    }
+}

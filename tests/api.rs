@@ -1,0 +1,290 @@
+//! The public API of `DbConnection`: round trips, refused values, locking, clean close.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{ensure, Result};
+use common::TempDir;
+use ptvp35::{DbConnection, Delta, Error, Options};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct UserId {
+    org: String,
+    n: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    name: String,
+    tags: Vec<String>,
+    score: f64,
+    extra: Option<BTreeMap<String, i64>>,
+}
+
+#[test]
+fn round_trips_every_kind_of_key_and_value_across_reopen() -> Result<()> {
+    let dir = TempDir::new("kinds")?;
+
+    let p = dir.join("strings.db");
+    let db = DbConnection::<String, i64>::open(&p)?;
+    db.set("ä \"quoted\"\n line".into(), -5)?;
+    db.set(String::new(), i64::MAX)?;
+    db.close()?;
+    let db = DbConnection::<String, i64>::open(&p)?;
+    ensure!(db.get(&"ä \"quoted\"\n line".into()) == Some(-5));
+    ensure!(db.get(&String::new()) == Some(i64::MAX));
+    db.close()?;
+
+    let p = dir.join("tuples.db");
+    let db = DbConnection::<(String, String), serde_json::Value>::open(&p)?;
+    db.set(
+        ("tuple".into(), "example".into()),
+        json!({"dict": "example", "n": [1, 2.5, null]}),
+    )?;
+    db.close()?;
+    let text = std::fs::read_to_string(&p)?;
+    ensure!(
+        text.starts_with(r#"{"key":["tuple","example"],"value":{"#),
+        "tuples are JSON arrays: {text}"
+    );
+    let db = DbConnection::<(String, String), serde_json::Value>::open(&p)?;
+    ensure!(
+        db.get(&("tuple".into(), "example".into()))
+            == Some(json!({"dict": "example", "n": [1, 2.5, null]}))
+    );
+    db.close()?;
+
+    let p = dir.join("structs.db");
+    let id = UserId {
+        org: "acme".into(),
+        n: 7,
+    };
+    let profile = Profile {
+        name: "Zoë".into(),
+        tags: vec!["a".into(), "b".into()],
+        score: 0.1 + 0.2,
+        extra: Some(BTreeMap::from([("x".into(), -1)])),
+    };
+    let db = DbConnection::<UserId, Profile>::open(&p)?;
+    db.set(id.clone(), profile.clone())?;
+    db.close()?;
+    let db = DbConnection::<UserId, Profile>::open(&p)?;
+    ensure!(db.get(&id) == Some(profile), "floats round-trip exactly");
+    db.close()?;
+
+    let p = dir.join("options.db");
+    let db = DbConnection::<u64, Option<u8>>::open(&p)?;
+    db.set(1, None)?;
+    db.set(2, Some(2))?;
+    db.set(3, Some(3))?;
+    db.remove(&3)?;
+    db.close()?;
+    let db = DbConnection::<u64, Option<u8>>::open(&p)?;
+    ensure!(db.get(&1) == Some(None), "a null value is not a removal");
+    ensure!(db.get(&2) == Some(Some(2)));
+    ensure!(db.get(&3).is_none() && db.len() == 2);
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn reads_see_writes_at_once_and_nowait_writes_become_durable_on_commit() -> Result<()> {
+    let dir = TempDir::new("nowait")?;
+    let p = dir.join("d.db");
+    let db = DbConnection::<u32, String>::open(&p)?;
+    ensure!(db.is_empty());
+    db.set_nowait(1, "one".into())?;
+    db.set_nowait(2, "two".into())?;
+    db.remove_nowait(&2)?;
+    ensure!(db.get(&1).as_deref() == Some("one") && !db.contains_key(&2));
+    ensure!(db.get_with(&1, String::len) == Some(3));
+    db.commit()?;
+    let mut seen = Vec::new();
+    db.for_each(|k, v| seen.push((*k, v.clone())));
+    ensure!(seen == vec![(1, "one".to_string())]);
+    ensure!(db.snapshot() == HashMap::from([(1, "one".to_string())]));
+    // A crash image taken now holds what commit made durable.
+    let copy = dir.join("copy.db");
+    common::crash_image(&p, &copy)?;
+    let img = DbConnection::<u32, String>::open(&copy)?;
+    ensure!(img.get(&1).as_deref() == Some("one") && img.len() == 1);
+    img.close()?;
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn refused_values_change_nothing_and_the_database_keeps_working() -> Result<()> {
+    let dir = TempDir::new("refused")?;
+    let p = dir.join("r.db");
+    let db = DbConnection::<String, serde_json::Value>::open(&p)?;
+    db.set("ok".into(), json!(1))?;
+    let len_before = std::fs::metadata(&p)?.len();
+
+    // A map whose keys are not strings cannot be JSON.
+    let typed = DbConnection::<String, HashMap<Vec<u8>, u8>>::open(dir.join("m.db"))?;
+    let e = typed.set("k".into(), HashMap::from([(vec![1u8], 1u8)]));
+    ensure!(
+        matches!(e, Err(Error::Serialize { what: "value", .. })),
+        "{e:?}"
+    );
+    ensure!(typed.is_empty());
+    typed.close()?;
+
+    // NaN would be written as null and not read back as a float.
+    let floats = DbConnection::<String, Vec<f64>>::open(dir.join("f.db"))?;
+    let e = floats.set("k".into(), vec![1.0, f64::NAN]);
+    ensure!(matches!(e, Err(Error::Serialize { .. })), "{e:?}");
+    ensure!(e
+        .map_err(|e| e.to_string())
+        .err()
+        .is_some_and(|m| m.contains("NaN")));
+    let mut d = Delta::new();
+    ensure!(d.set("k".to_string(), vec![f64::INFINITY]).is_err() && d.is_empty());
+    floats.set("fine".into(), vec![1.5])?;
+    floats.close()?;
+
+    ensure!(std::fs::metadata(&p)?.len() == len_before);
+    db.set("still".into(), json!("working"))?;
+    ensure!(db.len() == 2);
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn second_open_is_refused_and_close_releases_the_lock() -> Result<()> {
+    let dir = TempDir::new("lock")?;
+    let p = dir.join("l.db");
+    let db = DbConnection::<u8, u8>::open(&p)?;
+    match DbConnection::<u8, u8>::open(&p) {
+        Err(Error::Locked { path }) => ensure!(path == p),
+        other => anyhow::bail!("expected Locked, got {other:?}"),
+    }
+    let msg = DbConnection::<u8, u8>::open(&p)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(msg.contains("locked by another owner"), "{msg}");
+    db.close()?;
+    let again = DbConnection::<u8, u8>::open(&p)?;
+    again.close()?;
+    Ok(())
+}
+
+#[test]
+fn second_open_from_another_process_is_refused() -> Result<()> {
+    if std::env::var_os("PTVP35_LOCK_CHILD").is_some() {
+        return Ok(()); // this is the child run of another test, not a test of its own
+    }
+    let dir = TempDir::new("lockproc")?;
+    let p = dir.join("l.db");
+    let db = DbConnection::<u8, u8>::open(&p)?;
+    // The `locked_child` test, run in a child process, tries to open `p`.
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "locked_child", "--nocapture"])
+        .env("PTVP35_LOCK_CHILD", &p)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(stdout.contains("child: locked"), "child said: {stdout}");
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn locked_child() {
+    let Some(p) = std::env::var_os("PTVP35_LOCK_CHILD") else {
+        return;
+    };
+    match DbConnection::<u8, u8>::open(p) {
+        Err(Error::Locked { .. }) => println!("child: locked"),
+        other => println!("child: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn clean_close_leaves_only_the_main_file() -> Result<()> {
+    let dir = TempDir::new("close")?;
+    let p = dir.join("c.db");
+    let db = DbConnection::<u32, u32>::open(&p)?;
+    ensure!(
+        dir.files()? == ["c.db", "c.db.truncate", "c.db.truncate_flag"],
+        "a session holds its truncate marker: {:?}",
+        dir.files()?
+    );
+    for i in 0..100 {
+        db.set_nowait(i, i)?;
+    }
+    db.compact()?;
+    db.set(1000, 1)?;
+    db.close()?;
+    ensure!(dir.files()? == ["c.db"], "{:?}", dir.files()?);
+
+    // Drop without close does the same.
+    let db = DbConnection::<u32, u32>::open(&p)?;
+    db.set_nowait(5000, 5)?;
+    drop(db);
+    ensure!(dir.files()? == ["c.db"], "{:?}", dir.files()?);
+    let db = DbConnection::<u32, u32>::open(&p)?;
+    ensure!(db.get(&5000) == Some(5) && db.len() == 102);
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn compaction_keeps_data_and_shrinks_the_file() -> Result<()> {
+    let dir = TempDir::new("compact")?;
+    let p = dir.join("k.db");
+    let db = Options::new()
+        .compact_ratio(f64::INFINITY)
+        .open::<u32, String>(&p)?;
+    for round in 0..20 {
+        for i in 0..100 {
+            db.set_nowait(i, format!("round {round}"))?;
+        }
+    }
+    db.commit()?;
+    let before = db.stats();
+    db.compact()?;
+    let after = db.stats();
+    ensure!(after.rebuilds == before.rebuilds + 1);
+    ensure!(
+        after.file_len * 10 < before.file_len,
+        "{after:?} vs {before:?}"
+    );
+    db.set(7, "after".into())?;
+    db.close()?;
+    let db = DbConnection::<u32, String>::open(&p)?;
+    ensure!(db.len() == 100);
+    ensure!(db.get(&7).as_deref() == Some("after"));
+    ensure!(db.get(&8).as_deref() == Some("round 19"));
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn the_writer_rebuilds_on_its_own_when_the_file_outgrows_the_data() -> Result<()> {
+    let dir = TempDir::new("auto")?;
+    let p = dir.join("a.db");
+    let db = Options::new()
+        .compact_ratio(3.0)
+        .compact_floor(4096)
+        .open::<u32, u64>(&p)?;
+    for i in 0..2000u64 {
+        db.set_nowait(u32::try_from(i % 10)?, i)?;
+    }
+    db.commit()?;
+    // The writer checks the file's growth after acknowledging a batch; a later durable
+    // write is acknowledged only after that check (and its rebuild) ran.
+    db.set(100, 0)?;
+    let s = db.stats();
+    ensure!(s.rebuilds >= 1, "{s:?}");
+    ensure!(s.file_len < 4096 * 2, "{s:?}");
+    db.close()?;
+    let db = DbConnection::<u32, u64>::open(&p)?;
+    ensure!(db.get(&9) == Some(1999) && db.len() == 11);
+    db.close()?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test file uses a different part
+#![allow(unreachable_pub)] // shared by test crates through `mod common`
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ptvp35-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The names of the files in the directory, sorted.
+    pub fn files(&self) -> std::io::Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies every file of a live database (`P` and its side files) into `to`: the image a
+/// power cut would leave if every synced byte survived and nothing else was written.
+pub fn crash_image(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = from.parent().unwrap_or(Path::new("."));
+    let name = from
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == name || n.starts_with(&format!("{name}.")) {
+            let target = to.with_file_name(
+                n.replacen(
+                    &name,
+                    &to.file_name()
+                        .map(|x| x.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    1,
+                ),
+            );
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The 16-byte little-endian count that `P.truncate` holds.
+pub fn count_bytes(n: u64) -> [u8; 16] {
+    u128::from(n).to_le_bytes()
+}

@@ -51,6 +51,11 @@ mod storage;
 mod transaction;
 mod writer;
 
+/// The transactions guide (`docs/transactions.md`): visibility, durability, nesting,
+/// panics and isolation, with examples that run as tests.
+#[doc = include_str!("../docs/transactions.md")]
+pub mod guide_transactions {}
+
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

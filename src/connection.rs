@@ -47,6 +47,7 @@ pub struct Options {
     compact_floor: u64,
     transact_attempts: u32,
     parse_threads: usize,
+    preallocate: bool,
     fs: Arc<dyn Fs>,
 }
 
@@ -60,6 +61,7 @@ impl Default for Options {
             compact_floor: 1 << 20,
             transact_attempts: 100,
             parse_threads: 2,
+            preallocate: true,
             fs: Arc::new(RealFs),
         }
     }
@@ -118,6 +120,16 @@ impl Options {
     #[must_use]
     pub fn parse_threads(mut self, threads: usize) -> Self {
         self.parse_threads = threads.clamp(1, 64);
+        self
+    }
+
+    /// Whether the writer extends the main file with zeros ahead of its appends (on by
+    /// default), so that most syncs flush data only and not the file's size. The zeros
+    /// exist only while the database is open; a clean close trims them and recovery cuts
+    /// them after a crash.
+    #[must_use]
+    pub fn preallocate(mut self, on: bool) -> Self {
+        self.preallocate = on;
         self
     }
 
@@ -349,6 +361,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             paths: paths.clone(),
             file: rec.file,
             len,
+            allocated: len,
             hasher,
             rx,
             engine: Arc::clone(&shared) as Arc<dyn Engine>,
@@ -359,6 +372,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
                 batch_bytes: opts.batch_bytes,
                 compact_ratio: opts.compact_ratio,
                 compact_floor: opts.compact_floor,
+                preallocate: opts.preallocate,
             },
             skip_through: 0,
             poisoned: false,

@@ -192,17 +192,18 @@ pub(crate) fn valid_end(data: &[u8], count: usize) -> usize {
 }
 
 /// Appends what recovery cut to `P.error` and makes it durable before `P` is cut.
-/// Trailing zero bytes (a size update that outran its data) carry nothing and are left
-/// out; a fragment that does not end a line gets a `\n` so entries never run together.
+/// Zero bytes at either end (preallocated space, or a size update that outran its data)
+/// carry nothing and are left out; a fragment that does not end a line gets a `\n` so
+/// entries never run together.
 fn append_error(fs: &dyn Fs, paths: &Paths, cut: &[u8]) -> Result<()> {
-    let keep = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if keep == 0 {
+    let Some(first) = cut.iter().position(|&b| b != 0) else {
         return Ok(());
-    }
+    };
+    let keep = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let existed = io("stat", &paths.error, fs.exists(&paths.error))?;
     let mut f = io("open", &paths.error, fs.open(&paths.error, true))?;
     let at = io("stat", &paths.error, f.len())?;
-    let mut bytes = cut[..keep].to_vec();
+    let mut bytes = cut[first..keep].to_vec();
     if bytes.last() != Some(&b'\n') {
         bytes.push(b'\n');
     }

@@ -182,6 +182,7 @@ pub(crate) struct WriterConfig {
     pub(crate) batch_bytes: usize,
     pub(crate) compact_ratio: f64,
     pub(crate) compact_floor: u64,
+    pub(crate) preallocate: bool,
 }
 
 /// The state owned by the writer thread.
@@ -190,6 +191,8 @@ pub(crate) struct Writer {
     pub(crate) paths: Paths,
     pub(crate) file: Box<dyn FsFile>,
     pub(crate) len: u64,
+    /// Length of `P` including preallocated zeros after `len`.
+    pub(crate) allocated: u64,
     pub(crate) hasher: Hasher,
     pub(crate) rx: Receiver<Request>,
     pub(crate) engine: Arc<dyn Engine>,
@@ -277,7 +280,8 @@ impl Writer {
                         // The session's flags stay; the next open recovers from them.
                         Err(self.poisoned_error())
                     } else {
-                        storage::end_session(&*self.fs, &self.paths)
+                        self.trim_preallocation()
+                            .and_then(|()| storage::end_session(&*self.fs, &self.paths))
                     };
                     let _ = reply.send(r);
                     break;
@@ -360,6 +364,10 @@ impl Writer {
 
     fn append(&mut self, buf: &mut Vec<u8>, records: u64, requests: u64) -> Result<()> {
         codec::close_batch(buf, &mut self.hasher.0);
+        let end = self.len + buf.len() as u64;
+        if self.config.preallocate && end > self.allocated {
+            self.preallocate(end)?;
+        }
         let path = &self.paths.main;
         storage::io("write", path, self.file.write_at(self.len, buf))?;
         storage::io("fsync", path, self.file.sync_data())?;
@@ -372,6 +380,40 @@ impl Writer {
         bump(&c.records_in_file, records);
         bump(&c.requests, requests);
         bump(&c.bytes_written, buf.len() as u64);
+        Ok(())
+    }
+
+    /// Extends `P` with zeros well past `end`, so that the next batches overwrite
+    /// allocated blocks and their syncs need not update the file's size. The zeros are
+    /// made durable by the batch's own sync; recovery cuts them (they never validate) and
+    /// a clean close trims them.
+    fn preallocate(&mut self, end: u64) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let chunk = (self.len / 8).clamp(256 << 10, 64 << 20);
+        let target = (end + chunk).next_multiple_of(4096);
+        let mut at = self.allocated.max(self.len);
+        while at < target {
+            let n = usize::try_from(target - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+            storage::io(
+                "preallocate",
+                &self.paths.main,
+                self.file.write_at(at, &ZEROS[..n]),
+            )?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Cuts the preallocated zeros before a clean close (the flag that excuses them is
+    /// about to go). `fdatasync` makes a size change durable.
+    fn trim_preallocation(&mut self) -> Result<()> {
+        if self.allocated > self.len {
+            let path = &self.paths.main;
+            storage::io("truncate", path, self.file.set_len(self.len))?;
+            storage::io("fsync", path, self.file.sync_data())?;
+            self.allocated = self.len;
+        }
         Ok(())
     }
 
@@ -413,6 +455,7 @@ impl Writer {
         let (file, len, hasher) = backup.install()?;
         self.file = file;
         self.len = len;
+        self.allocated = len;
         self.hasher = hasher;
         self.skip_through = through;
         let c = &self.counters;

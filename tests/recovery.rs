@@ -27,9 +27,12 @@ fn side(p: &Path, suffix: &str) -> std::path::PathBuf {
     s.into()
 }
 
-/// A live database with 50 acknowledged keys, and a crash image of it at `image`.
+/// A live database with 50 acknowledged keys, and a crash image of it at `image`
+/// (without preallocated zeros, so that tests can append exact tails).
 fn live_with_image(dir: &TempDir, image: &Path) -> Result<Db> {
-    let db = Db::open(dir.join("live.db"))?;
+    let db = ptvp35::Options::new()
+        .preallocate(false)
+        .open(dir.join("live.db"))?;
     for i in 0..50 {
         db.set(i, format!("v{i}"))?;
     }
@@ -132,6 +135,34 @@ fn zeros_after_the_data_are_dropped_without_an_error_entry() -> Result<()> {
     );
     db.close()?;
     live.close()?;
+    Ok(())
+}
+
+#[test]
+fn preallocated_zeros_of_a_live_database_are_cut_without_an_error_entry() -> Result<()> {
+    let dir = TempDir::new("prealloc")?;
+    let db = Db::open(dir.join("live.db"))?;
+    for i in 0..50 {
+        db.set(i, format!("v{i}"))?;
+    }
+    let live_len = std::fs::metadata(db.path())?.len();
+    ensure!(
+        live_len > db.stats().file_len,
+        "the live file is preallocated"
+    );
+    let image = dir.join("img.db");
+    crash_image(db.path(), &image)?;
+    let img = Db::open(&image)?;
+    check_acked(&img)?;
+    ensure!(img.recovery_report().cut.is_some());
+    ensure!(!side(&image, ".error").exists());
+    img.close()?;
+    ensure!(std::fs::metadata(&image)?.len() < live_len);
+    db.close()?;
+    ensure!(
+        std::fs::metadata(dir.join("live.db"))?.len() == std::fs::metadata(&image)?.len(),
+        "a clean close trims the zeros"
+    );
     Ok(())
 }
 

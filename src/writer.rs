@@ -47,10 +47,18 @@ pub(crate) trait Engine: Send + Sync {
 }
 
 /// Durability progress, shared by the writer and every waiter.
+///
+/// This uses the standard library's condition variable on purpose: its `notify_all` wakes
+/// every waiter at once, where `parking_lot`'s requeues them onto the mutex and wakes them
+/// one after another, a chain of context switches that caps group commit with many
+/// threads on few cores.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
-    state: Mutex<ProgressState>,
-    cv: Condvar,
+    state: std::sync::Mutex<ProgressState>,
+    cv: std::sync::Condvar,
+    /// Mirror of `state.durable`, so a waiter whose request is already durable returns
+    /// without the mutex.
+    durable: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +75,10 @@ struct ProgressState {
 impl Progress {
     /// Blocks until request `seq` is durable, or fails.
     pub(crate) fn wait(&self, seq: u64) -> Result<()> {
-        let mut st = self.state.lock();
+        if self.durable.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let mut st = self.lock();
         loop {
             if st.durable >= seq {
                 return Ok(());
@@ -86,24 +97,32 @@ impl Progress {
             if st.stopped {
                 return Err(Error::Closed);
             }
-            self.cv.wait(&mut st);
+            st = self.cv.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The failure that poisoned the database, if any.
     pub(crate) fn poisoned(&self) -> Option<Arc<Error>> {
-        self.state.lock().failed.as_ref().map(|f| Arc::clone(&f.2))
+        self.lock().failed.as_ref().map(|f| Arc::clone(&f.2))
     }
 
     fn advance(&self, seq: u64) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         st.durable = st.durable.max(seq);
+        self.durable.store(st.durable, Ordering::Release);
         drop(st);
         self.cv.notify_all();
     }
 
     fn fail(&self, from: u64, to: u64, e: Error) -> Arc<Error> {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         let e = Arc::clone(&st.failed.get_or_insert((from, to, Arc::new(e))).2);
         drop(st);
         self.cv.notify_all();
@@ -111,7 +130,7 @@ impl Progress {
     }
 
     fn stop(&self) {
-        self.state.lock().stopped = true;
+        self.lock().stopped = true;
         self.cv.notify_all();
     }
 }

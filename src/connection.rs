@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::codec::{self, Record};
 use crate::delta::{Delta, Key, Value};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
+use crate::map::{Map, ReadSet, Refusal, UndoList};
 use crate::recovery::{self, RecoveryReport};
 use crate::storage::{self, Hasher, Paths};
 use crate::writer::{Budget, Counters, Engine, Progress, Request, Undo, Writer, WriterConfig};
@@ -181,9 +182,6 @@ pub struct Stats {
     pub rebuilds: u64,
 }
 
-/// Keys a `transact` closure read, with the version it saw (`None`: absent).
-pub(crate) type ReadSet<K> = HashMap<K, Option<u64>>;
-
 /// A submitted change that is visible already; [`CommitHandle::wait`] blocks until it is
 /// durable.
 #[derive(Debug)]
@@ -206,69 +204,45 @@ impl CommitHandle {
     }
 }
 
-/// One value in the map, with the sequence number of the write that set it (what
-/// [`DbConnection::transact`] checks for conflicts).
-#[derive(Debug, Clone)]
-pub(crate) struct Entry<V> {
-    pub(crate) value: V,
-    pub(crate) version: u64,
-}
-
-pub(crate) struct Inner<K, V> {
-    pub(crate) map: HashMap<K, Entry<V>>,
-    /// Sequence number of the last submitted write.
-    seq: u64,
-    /// Set by the writer after a failure: submissions are refused.
-    refuse: bool,
-}
-
 pub(crate) struct Shared<K, V> {
-    pub(crate) inner: RwLock<Inner<K, V>>,
+    pub(crate) map: Map<K, V>,
     tx: Sender<Request>,
     budget: Arc<Budget>,
     progress: Arc<Progress>,
     counters: Arc<Counters>,
 }
 
-type UndoList<K, V> = Vec<(K, Option<Entry<V>>)>;
-
 impl<K: Key, V: Value> Engine for Shared<K, V> {
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-        let inner = self.inner.read();
-        let mut buf = Vec::with_capacity(1 << 20);
-        for (k, e) in &inner.map {
-            codec::encode_set(k, &e.value, &mut buf)?;
-            if buf.len() >= 1 << 20 {
-                sink(&buf)?;
-                buf.clear();
-            }
-        }
-        if !buf.is_empty() {
-            sink(&buf)?;
-        }
-        Ok(inner.seq)
+        self.map.for_each_shard(
+            |shard| {
+                let mut buf = Vec::with_capacity(shard.len() * 64);
+                for (k, e) in shard {
+                    codec::encode_set(k, &e.value, &mut buf)?;
+                }
+                Ok(buf)
+            },
+            |buf| sink(&buf),
+        )?;
+        // The copy above took one shard at a time; the writer completes it by replaying
+        // every write up to this number.
+        Ok(self.map.seq())
     }
 
     fn refuse_writes(&self) {
-        self.inner.write().refuse = true;
+        self.map.refuse();
     }
 
     fn undo(&self, undos: Vec<Undo>) {
-        let mut inner = self.inner.write();
-        for u in undos.into_iter().rev() {
-            if let Ok(list) = u.downcast::<UndoList<K, V>>() {
-                for (k, old) in list.into_iter().rev() {
-                    match old {
-                        Some(e) => inner.map.insert(k, e),
-                        None => inner.map.remove(&k),
-                    };
-                }
-            }
-        }
+        let lists = undos
+            .into_iter()
+            .filter_map(|u| u.downcast::<UndoList<K, V>>().ok().map(|b| *b))
+            .collect();
+        self.map.undo(lists);
     }
 
     fn live_keys(&self) -> u64 {
-        self.inner.read().map.len() as u64
+        self.map.len() as u64
     }
 }
 
@@ -346,11 +320,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         counters.file_len.store(len, Ordering::Relaxed);
         counters.records_in_file.store(records, Ordering::Relaxed);
         let shared = Arc::new(Shared {
-            inner: RwLock::new(Inner {
-                map,
-                seq: 0,
-                refuse: false,
-            }),
+            map,
             tx,
             budget: Arc::clone(&budget),
             progress: Arc::clone(&progress),
@@ -374,7 +344,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
                 compact_floor: opts.compact_floor,
                 preallocate: opts.preallocate,
             },
-            skip_through: 0,
+            deferred: std::collections::VecDeque::new(),
             poisoned: false,
             stop: false,
         }
@@ -403,12 +373,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// The value of `key`, cloned. Never touches the disk; sees every submitted change.
     #[must_use]
     pub fn get(&self, key: &K) -> Option<V> {
-        self.shared
-            .inner
-            .read()
-            .map
-            .get(key)
-            .map(|e| e.value.clone())
+        self.shared.map.read(key, |e| e.map(|e| e.value.clone()))
     }
 
     /// Calls `f` on the value of `key` under the read lock, without cloning it.
@@ -428,26 +393,26 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn get_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.shared.inner.read().map.get(key).map(|e| f(&e.value))
+        self.shared.map.read(key, |e| e.map(|e| f(&e.value)))
     }
 
     pub(crate) fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
-        match self.shared.inner.read().map.get(key) {
+        self.shared.map.read(key, |e| match e {
             Some(e) => (Some(e.value.clone()), Some(e.version)),
             None => (None, None),
-        }
+        })
     }
 
     /// True if `key` has a value.
     #[must_use]
     pub fn contains_key(&self, key: &K) -> bool {
-        self.shared.inner.read().map.contains_key(key)
+        self.shared.map.read(key, |e| e.is_some())
     }
 
     /// Number of keys.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.shared.inner.read().map.len()
+        self.shared.map.len()
     }
 
     /// True if there are no keys.
@@ -456,24 +421,22 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         self.len() == 0
     }
 
-    /// Calls `f` on every pair, in no particular order, under one read lock and without
-    /// cloning. Writers wait until it returns, so keep `f` short.
+    /// Calls `f` on every pair, in no particular order, without cloning, under the read
+    /// locks of the whole map: `f` sees a consistent state (never part of a transaction).
+    /// Writers wait until it returns, so keep `f` short.
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for (k, e) in &self.shared.inner.read().map {
-            f(k, &e.value);
-        }
+        self.shared.map.for_each(|k, e| f(k, &e.value));
     }
 
-    /// A copy of every pair, taken under one read lock: a consistent snapshot.
+    /// A copy of every pair, taken under the read locks of the whole map: a consistent
+    /// snapshot.
     #[must_use]
     pub fn snapshot(&self) -> HashMap<K, V> {
-        self.shared
-            .inner
-            .read()
-            .map
-            .iter()
-            .map(|(k, e)| (k.clone(), e.value.clone()))
-            .collect()
+        let mut out = HashMap::with_capacity(self.len());
+        self.shared.map.for_each(|k, e| {
+            out.insert(k.clone(), e.value.clone());
+        });
+        out
     }
 
     /// Sets `key` to `value` and returns once the change is durable.
@@ -505,7 +468,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     fn set_nowait_seq(&self, key: K, value: V) -> Result<u64> {
         let mut line = Vec::with_capacity(64);
         codec::encode_set(&key, &value, &mut line)?;
-        self.submit(std::iter::once((key, Some(value))), line, 1, None)
+        self.submit(vec![(key, Some(value))], line, 1, None)
     }
 
     /// Removes `key` and returns once the removal is durable.
@@ -530,7 +493,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     fn remove_nowait_seq(&self, key: &K) -> Result<u64> {
         let mut line = Vec::with_capacity(32);
         codec::encode_remove(key, &mut line)?;
-        self.submit(std::iter::once((key.clone(), None)), line, 1, None)
+        self.submit(vec![(key.clone(), None)], line, 1, None)
     }
 
     /// Blocks until every change submitted before this call is durable.
@@ -539,7 +502,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ///
     /// The error of the first failed batch among them, or [`Error::Poisoned`].
     pub fn commit(&self) -> Result<()> {
-        let seq = self.shared.inner.read().seq;
+        let seq = self.shared.map.seq();
         self.shared.progress.wait(seq)
     }
 
@@ -594,7 +557,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         reads: Option<&ReadSet<K>>,
     ) -> Result<u64> {
         if delta.is_empty() && reads.is_none() {
-            return Ok(self.shared.inner.read().seq);
+            return Ok(self.shared.map.seq());
         }
         let bytes = delta.changes.values().map(|c| c.line.len()).sum();
         let mut data = Vec::with_capacity(bytes);
@@ -603,88 +566,70 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         }
         let n = delta.len() as u64;
         self.submit(
-            delta.changes.into_iter().map(|(k, c)| (k, c.value)),
+            delta
+                .changes
+                .into_iter()
+                .map(|(k, c)| (k, c.value))
+                .collect(),
             data,
             n,
             reads,
         )
     }
 
-    /// The one way into the map for writes: under one write lock, check, apply, number and
-    /// queue the change, so the queue's order is the order readers saw.
+    /// Queues a write: takes room in the queue (before any lock, so a full queue never
+    /// blocks readers), then lets the map check, number, apply and send it.
     fn submit(
         &self,
-        changes: impl IntoIterator<Item = (K, Option<V>)>,
+        changes: Vec<(K, Option<V>)>,
         data: Vec<u8>,
         records: u64,
         reads: Option<&ReadSet<K>>,
     ) -> Result<u64> {
         let sh = &*self.shared;
         let bytes = data.len();
-        // Room in the queue is taken before the lock: a full queue never blocks readers.
         sh.budget.acquire(bytes);
-        let mut inner = sh.inner.write();
-        if inner.refuse {
-            drop(inner);
-            sh.budget.release(1, bytes);
-            return Err(self.refused());
-        }
-        if let Some(reads) = reads {
-            let stale = reads
-                .iter()
-                .any(|(k, seen)| inner.map.get(k).map(|e| e.version) != *seen);
-            if stale {
-                drop(inner);
-                sh.budget.release(1, bytes);
-                return Err(Error::Conflict { attempts: 1 });
-            }
-            if data.is_empty() {
-                let seq = inner.seq;
-                drop(inner);
-                sh.budget.release(1, bytes);
-                return Ok(seq);
-            }
-        }
-        inner.seq += 1;
-        let seq = inner.seq;
-        let mut undo: UndoList<K, V> = Vec::new();
-        for (k, v) in changes {
-            let old = match v {
-                Some(value) => inner.map.insert(
-                    k.clone(),
-                    Entry {
-                        value,
-                        version: seq,
-                    },
-                ),
-                None => inner.map.remove(&k),
+        let mut data = Some(data);
+        let r = sh.map.submit(changes, reads, |seq, undo| {
+            let req = Request::Write {
+                seq,
+                data: data.take().unwrap_or_default(),
+                records,
+                undo: Box::new(undo),
             };
-            undo.push((k, old));
+            // The budget keeps the channel from filling, so this does not block in practice.
+            let back = match sh.tx.try_send(req) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(req)) => match sh.tx.send(req) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e.into_inner(),
+                },
+                Err(TrySendError::Disconnected(req)) => req,
+            };
+            match back {
+                Request::Write { undo, .. } => Err(undo
+                    .downcast::<UndoList<K, V>>()
+                    .map(|b| *b)
+                    .unwrap_or_default()),
+                _ => Err(Vec::new()),
+            }
+        });
+        match r {
+            Ok(seq) if data.is_none() => Ok(seq),
+            Ok(seq) => {
+                // Nothing was queued (a read-only `transact`).
+                sh.budget.release(1, bytes);
+                Ok(seq)
+            }
+            Err(refusal) => {
+                sh.budget.release(1, bytes);
+                Err(match refusal {
+                    Refusal::Conflict => Error::Conflict { attempts: 1 },
+                    Refusal::Refused => self.refused(),
+                    Refusal::Closed => Error::Closed,
+                })
+            }
         }
-        let req = Request::Write {
-            seq,
-            data,
-            records,
-            undo: Box::new(undo),
-        };
-        // The budget keeps the channel from filling, so this does not block in practice.
-        let sent = match sh.tx.try_send(req) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(req)) => sh
-                .tx
-                .send(req)
-                .map_err(crossbeam_channel::SendError::into_inner),
-            Err(TrySendError::Disconnected(req)) => Err(req),
-        };
-        if let Err(Request::Write { undo, .. }) = sent {
-            // The writer is gone: take the change back out of the map.
-            inner.seq -= 1;
-            drop(inner);
-            sh.undo(vec![undo]);
-            sh.budget.release(1, bytes);
-            return Err(Error::Closed);
-        }
-        Ok(seq)
     }
 
     fn refused(&self) -> Error {
@@ -791,11 +736,7 @@ impl<K: Key, V: Value> Drop for DbConnection<K, V> {
 
 /// Parses all of `data` (every byte of it vouched for by recovery) into a map. Returns the
 /// map and the number of records.
-fn load<K: Key, V: Value>(
-    data: &[u8],
-    path: &Path,
-    threads: usize,
-) -> Result<(HashMap<K, Entry<V>>, u64)> {
+fn load<K: Key, V: Value>(data: &[u8], path: &Path, threads: usize) -> Result<(Map<K, V>, u64)> {
     if let Some(last) = data.last() {
         if *last != b'\n' {
             let start = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -834,23 +775,20 @@ fn load<K: Key, V: Value>(
                 .collect()
         })
     };
-    let mut map = HashMap::new();
+    let mut map = Map::new();
     let mut records = 0u64;
     let mut lines_before = 0u64;
     for (chunk, &(start, end)) in parsed.into_iter().zip(&chunks) {
         let recs = chunk.map_err(|e| renumber(e, lines_before))?;
         lines_before += count_lines(&data[start..end]);
-        if map.is_empty() {
-            map.reserve(recs.len());
-        }
         records += recs.len() as u64;
         for r in recs {
             match r {
                 Record::Set(k, value) => {
-                    map.insert(k, Entry { value, version: 0 });
+                    map.load_set(k, value);
                 }
                 Record::Remove(k) => {
-                    map.remove(&k);
+                    map.load_remove(&k);
                 }
             }
         }

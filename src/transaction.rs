@@ -6,9 +6,10 @@ use std::ops::Deref;
 
 use parking_lot::Mutex;
 
-use crate::connection::{CommitHandle, DbConnection, ReadSet};
+use crate::connection::{CommitHandle, DbConnection};
 use crate::delta::{Delta, Key, Value};
 use crate::error::{Error, Result};
+use crate::map::ReadSet;
 
 /// The connection-like interface shared by [`DbConnection`] and [`TransactionView`], so a
 /// view can sit on a database or on another view, to any depth.

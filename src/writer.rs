@@ -2,6 +2,7 @@
 //! automatic and explicit rebuilds, and shutdown.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -97,7 +98,10 @@ impl Progress {
             if st.stopped {
                 return Err(Error::Closed);
             }
-            st = self.cv.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            st = self
+                .cv
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -219,8 +223,8 @@ pub(crate) struct Writer {
     pub(crate) budget: Arc<Budget>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: WriterConfig,
-    /// Requests up to this sequence number are already in the file through a rebuild.
-    pub(crate) skip_through: u64,
+    /// Control requests met while a rebuild gathered writes; handled before the queue.
+    pub(crate) deferred: VecDeque<Request>,
     pub(crate) poisoned: bool,
     /// A shutdown was taken from the queue while failing it.
     pub(crate) stop: bool,
@@ -246,7 +250,7 @@ impl Writer {
         let mut buf = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         loop {
-            let Ok(first) = self.rx.recv() else { break };
+            let Some(first) = self.next(true) else { break };
             let mut control = None;
             let mut records = 0;
             let mut next = Some(first);
@@ -260,12 +264,13 @@ impl Writer {
                         records: n,
                         undo,
                     } => {
-                        let bytes = data.len();
-                        if seq > self.skip_through {
-                            buf.extend_from_slice(&data);
-                            records += n;
-                        }
-                        pending.push(Pending { seq, bytes, undo });
+                        buf.extend_from_slice(&data);
+                        records += n;
+                        pending.push(Pending {
+                            seq,
+                            bytes: data.len(),
+                            undo,
+                        });
                     }
                     other => {
                         control = Some(other);
@@ -273,7 +278,7 @@ impl Writer {
                     }
                 }
                 if buf.len() < self.config.batch_bytes {
-                    next = self.rx.try_recv().ok();
+                    next = self.next(false);
                 }
             }
             if !pending.is_empty() {
@@ -331,13 +336,7 @@ impl Writer {
                 self.progress.advance(last);
             }
             Err(e) => {
-                // Requests that a rebuild already made durable are acknowledged; the rest
-                // failed with this batch.
-                let split = pending.partition_point(|p| p.seq <= self.skip_through);
-                if split > 0 {
-                    self.progress.advance(pending[split - 1].seq);
-                }
-                let failed: Vec<Pending> = pending.drain(..).skip(split).collect();
+                let failed: Vec<Pending> = std::mem::take(pending);
                 let first = failed.first().map_or(last, |p| p.seq);
                 self.poison(failed, first, last, e);
             }
@@ -451,19 +450,49 @@ impl Writer {
         }
     }
 
+    /// The next request: a deferred one first, then the queue (waiting if `block`).
+    fn next(&mut self, block: bool) -> Option<Request> {
+        if let Some(r) = self.deferred.pop_front() {
+            return Some(r);
+        }
+        if block {
+            self.rx.recv().ok()
+        } else {
+            self.rx.try_recv().ok()
+        }
+    }
+
     /// Rebuilds `P` from a snapshot of the map (steps R1–R9 in `docs/recovery.md`).
     fn compact(&mut self) -> Result<()> {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
-        let r = self.rebuild();
-        if let Err(e) = &r {
-            self.poison(Vec::new(), u64::MAX, u64::MAX, e.duplicate());
+        let mut replayed = Vec::new();
+        let r = self.rebuild(&mut replayed);
+        match &r {
+            Ok(through) => {
+                let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
+                self.progress.advance(*through);
+                self.budget.release(n, bytes);
+            }
+            Err(e) => {
+                let first = replayed.first().map_or(u64::MAX, |p| p.seq);
+                let last = replayed.last().map_or(u64::MAX, |p| p.seq);
+                let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
+                self.poison(replayed, first, last, e.duplicate());
+                self.budget.release(n, bytes);
+            }
         }
-        r
+        r.map(drop)
     }
 
-    fn rebuild(&mut self) -> Result<()> {
+    /// Steps R1–R9. The map is copied one shard at a time while writers go on, so the copy
+    /// may hold part of a transaction that was applied meanwhile; every write submitted up
+    /// to the end of the copy is therefore taken from the queue and appended to the backup
+    /// too (replaying a write over a copy that already holds it is harmless). The backup
+    /// then holds exactly the state after write `through`, and those writes are durable
+    /// with it. Returns `through`.
+    fn rebuild(&mut self, replayed: &mut Vec<Pending>) -> Result<u64> {
         let fs = Arc::clone(&self.fs);
         let mut backup = BackupWriter::create(&*fs, &self.paths)?;
         let mut records = 0u64;
@@ -471,17 +500,44 @@ impl Writer {
             records += crate::connection::count_lines(chunk);
             backup.write(chunk)
         })?;
+        while replayed.last().map_or(self.acked_through(), |p| p.seq) < through {
+            // Writes are queued in number order, and every one up to `through` is queued
+            // already, so this never waits for long.
+            match self.rx.recv() {
+                Ok(Request::Write {
+                    seq,
+                    data,
+                    records: n,
+                    undo,
+                }) => {
+                    backup.write(&data)?;
+                    records += n;
+                    replayed.push(Pending {
+                        seq,
+                        bytes: data.len(),
+                        undo,
+                    });
+                }
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => break,
+            }
+        }
         let (file, len, hasher) = backup.install()?;
         self.file = file;
         self.len = len;
         self.allocated = len;
         self.hasher = hasher;
-        self.skip_through = through;
         let c = &self.counters;
         c.file_len.store(len, Ordering::Relaxed);
         c.records_in_file.store(records, Ordering::Relaxed);
         bump(&c.rebuilds, 1);
         bump(&c.syncs, 2);
-        Ok(())
+        bump(&c.requests, replayed.len() as u64);
+        Ok(through)
+    }
+
+    /// The number of the last write the writer has taken from the queue and finished.
+    fn acked_through(&self) -> u64 {
+        self.progress.durable.load(Ordering::Acquire)
     }
 }

@@ -1,0 +1,275 @@
+//! The main-memory database: a map split into shards, each behind its own read-write
+//! lock, and the one path by which writes enter it, numbered and queued in the order they
+//! were applied.
+//!
+//! Sharding keeps readers on different keys off each other's cache lines, and lets a
+//! rebuild copy the map one shard at a time while readers and writers go on.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+use crate::delta::{Key, Value};
+
+/// Number of shards. A power of two; 256 keeps a shard of a million-key database small
+/// enough (about 4,000 keys) to be copied in about a millisecond.
+pub(crate) const SHARDS: usize = 256;
+
+/// One value, with the sequence number of the write that set it (what `transact` checks).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry<V> {
+    pub(crate) value: V,
+    pub(crate) version: u64,
+}
+
+/// Keys a `transact` closure read, with the version it saw (`None`: absent).
+pub(crate) type ReadSet<K> = HashMap<K, Option<u64>>;
+
+/// What undoes one write: each key with the entry it had before, in the order applied.
+pub(crate) type UndoList<K, V> = Vec<(K, Option<Entry<V>>)>;
+
+/// foldhash with a random seed per map: several times faster than the standard `SipHash`
+/// on short keys, and seeded so that chosen keys cannot be made to collide without it.
+type Hasher = foldhash::fast::RandomState;
+
+type Shard<K, V> = HashMap<K, Entry<V>, Hasher>;
+
+/// A shard's lock on a cache line of its own, so that readers of different shards do not
+/// slow each other down.
+#[repr(align(128))]
+struct Padded<K, V>(RwLock<Shard<K, V>>);
+
+/// Why a submission did not go in.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A key that was read has changed since.
+    Conflict,
+    /// The writer refuses writes (an earlier failure).
+    Refused,
+    /// The writer is gone.
+    Closed,
+}
+
+struct Order {
+    /// Sequence number of the last submitted write.
+    seq: u64,
+    /// Set after a failure: every later submission is refused.
+    refuse: bool,
+}
+
+pub(crate) struct Map<K, V> {
+    shards: Box<[Padded<K, V>]>,
+    hasher: Hasher,
+    order: Mutex<Order>,
+    live: AtomicUsize,
+}
+
+/// A set of shard indices, iterated in ascending order (the order locks are taken in).
+#[derive(Default)]
+struct ShardSet([u64; SHARDS / 64]);
+
+impl ShardSet {
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..SHARDS).filter(|&i| self.0[i / 64] & (1 << (i % 64)) != 0)
+    }
+}
+
+impl<K: Key, V: Value> Map<K, V> {
+    pub(crate) fn new() -> Self {
+        Map {
+            shards: (0..SHARDS)
+                .map(|_| Padded(RwLock::new(HashMap::with_hasher(Hasher::default()))))
+                .collect(),
+            hasher: Hasher::default(),
+            order: Mutex::new(Order {
+                seq: 0,
+                refuse: false,
+            }),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sets `k` while the map is being loaded (not shared yet: no locking).
+    pub(crate) fn load_set(&mut self, k: K, value: V) {
+        let i = self.shard_of(&k);
+        let old = self.shards[i]
+            .0
+            .get_mut()
+            .insert(k, Entry { value, version: 0 });
+        self.count(old.is_some(), true);
+    }
+
+    /// Removes `k` while the map is being loaded.
+    pub(crate) fn load_remove(&mut self, k: &K) {
+        let i = self.shard_of(k);
+        let old = self.shards[i].0.get_mut().remove(k);
+        self.count(old.is_some(), false);
+    }
+
+    fn shard_of(&self, k: &K) -> usize {
+        shard_index(&self.hasher, k)
+    }
+
+    /// Calls `f` on the entry of `k` under its shard's read lock.
+    pub(crate) fn read<R>(&self, k: &K, f: impl FnOnce(Option<&Entry<V>>) -> R) -> R {
+        f(self.shards[self.shard_of(k)].0.read().get(k))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Sequence number of the last submitted write.
+    pub(crate) fn seq(&self) -> u64 {
+        self.order.lock().seq
+    }
+
+    /// Calls `f` on every pair under every shard's read lock at once: a consistent view
+    /// (a write holds all its shards while it applies).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &Entry<V>)) {
+        let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
+        for g in &guards {
+            for (k, e) in g.iter() {
+                f(k, e);
+            }
+        }
+    }
+
+    /// For each shard, calls `under_lock` under its read lock only, then `after` on the
+    /// result with the lock released. Not a consistent view across shards: a rebuild
+    /// replays the writes made meanwhile (see `writer.rs`).
+    pub(crate) fn for_each_shard<T, E>(
+        &self,
+        mut under_lock: impl FnMut(&Shard<K, V>) -> Result<T, E>,
+        mut after: impl FnMut(T) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for s in &*self.shards {
+            let t = under_lock(&s.0.read())?;
+            after(t)?;
+        }
+        Ok(())
+    }
+
+    /// The one way into the map for writes. Under the write locks of every shard it
+    /// touches or read (taken in ascending order), checks `reads`, numbers the write,
+    /// applies it and calls `send` with its number and undo list, so the queue's order is
+    /// the order of the applications. Returns the write's number, or the last number if
+    /// there is nothing to apply.
+    pub(crate) fn submit(
+        &self,
+        changes: Vec<(K, Option<V>)>,
+        reads: Option<&ReadSet<K>>,
+        send: impl FnOnce(u64, UndoList<K, V>) -> Result<(), UndoList<K, V>>,
+    ) -> Result<u64, Refusal> {
+        let mut set = ShardSet::default();
+        let changes: Vec<(usize, K, Option<V>)> = changes
+            .into_iter()
+            .map(|(k, v)| {
+                let i = self.shard_of(&k);
+                set.insert(i);
+                (i, k, v)
+            })
+            .collect();
+        if let Some(reads) = reads {
+            for k in reads.keys() {
+                set.insert(self.shard_of(k));
+            }
+        }
+        let mut guards: Vec<(usize, RwLockWriteGuard<'_, Shard<K, V>>)> =
+            set.iter().map(|i| (i, self.shards[i].0.write())).collect();
+        let slot = |i: usize, guards: &[(usize, _)]| guards.partition_point(|g| g.0 < i);
+        if let Some(reads) = reads {
+            for (k, seen) in reads {
+                let g = &guards[slot(self.shard_of(k), &guards)].1;
+                if g.get(k).map(|e| e.version) != *seen {
+                    return Err(Refusal::Conflict);
+                }
+            }
+        }
+        let mut order = self.order.lock();
+        if order.refuse {
+            return Err(Refusal::Refused);
+        }
+        if changes.is_empty() {
+            return Ok(order.seq);
+        }
+        order.seq += 1;
+        let seq = order.seq;
+        let mut undo = Vec::with_capacity(changes.len());
+        for (i, k, v) in changes {
+            let at = slot(i, &guards);
+            let g = &mut guards[at].1;
+            let is_set = v.is_some();
+            let old = match v {
+                Some(value) => g.insert(
+                    k.clone(),
+                    Entry {
+                        value,
+                        version: seq,
+                    },
+                ),
+                None => g.remove(&k),
+            };
+            self.count(old.is_some(), is_set);
+            undo.push((k, old));
+        }
+        if let Err(undo) = send(seq, undo) {
+            order.seq -= 1;
+            for (k, old) in undo.into_iter().rev() {
+                let at = slot(self.shard_of(&k), &guards);
+                let g = &mut guards[at].1;
+                self.restore(g, k, old);
+            }
+            return Err(Refusal::Closed);
+        }
+        Ok(seq)
+    }
+
+    fn count(&self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts `old` back as the entry of `k`.
+    fn restore(&self, g: &mut Shard<K, V>, k: K, old: Option<Entry<V>>) {
+        let is = old.is_some();
+        let was = match old {
+            Some(e) => g.insert(k, e).is_some(),
+            None => g.remove(&k).is_some(),
+        };
+        self.count(was, is);
+    }
+
+    /// Refuses every later submission.
+    pub(crate) fn refuse(&self) {
+        self.order.lock().refuse = true;
+    }
+
+    /// Undoes writes, newest first (`lists` holds them oldest first).
+    pub(crate) fn undo(&self, lists: Vec<UndoList<K, V>>) {
+        for list in lists.into_iter().rev() {
+            for (k, old) in list.into_iter().rev() {
+                let mut g = self.shards[self.shard_of(&k)].0.write();
+                self.restore(&mut g, k, old);
+            }
+        }
+    }
+}
+
+fn shard_index<K: std::hash::Hash>(hasher: &Hasher, k: &K) -> usize {
+    // The top bits, which are below `SHARDS`, so the cast never truncates.
+    usize::try_from(hasher.hash_one(k) >> (64 - SHARDS.trailing_zeros())).unwrap_or(0)
+}

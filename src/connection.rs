@@ -345,6 +345,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
                 preallocate: opts.preallocate,
             },
             deferred: std::collections::VecDeque::new(),
+            taken: 0,
+            job: None,
             poisoned: false,
             stop: false,
         }

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -114,11 +115,12 @@ pub(crate) fn end_session(fs: &dyn Fs, paths: &Paths) -> Result<()> {
     sync_dir(fs, paths)
 }
 
-/// Streams a full copy of the live data into `P.backup`.
+/// Streams a full copy of the live data into `P.backup`. Owns what it needs, so a
+/// rebuild thread can fill it while the writer goes on appending to `P`.
 #[derive(Debug)]
-pub(crate) struct BackupWriter<'a> {
-    fs: &'a dyn Fs,
-    paths: &'a Paths,
+pub(crate) struct BackupWriter {
+    fs: Arc<dyn Fs>,
+    paths: Paths,
     file: Box<dyn FsFile>,
     len: u64,
     hasher: Hasher,
@@ -140,10 +142,10 @@ impl Hasher {
     }
 }
 
-impl<'a> BackupWriter<'a> {
+impl BackupWriter {
     /// (R1) Creates or empties `P.backup` and takes its lock, so that the file that
     /// becomes `P` is already locked when it is renamed into place.
-    pub(crate) fn create(fs: &'a dyn Fs, paths: &'a Paths) -> Result<Self> {
+    pub(crate) fn create(fs: Arc<dyn Fs>, paths: Paths) -> Result<Self> {
         let mut file = io("create", &paths.backup, fs.open(&paths.backup, true))?;
         if !io("lock", &paths.backup, file.try_lock())? {
             return Err(Error::Locked {
@@ -158,6 +160,19 @@ impl<'a> BackupWriter<'a> {
             len: 0,
             hasher: Hasher::new(),
         })
+    }
+
+    /// Syncs what was written so far (the rebuild thread does this, so that the
+    /// writer's own sync in [`install`](Self::install) has little left to flush).
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        io("fsync", &self.paths.backup, self.file.sync_data())
+    }
+
+    /// Removes the unfinished backup (nothing vouches for it yet, so `P` stays as is).
+    pub(crate) fn discard(self) -> Result<()> {
+        drop(self.file);
+        remove_if_exists(&*self.fs, &self.paths.backup)?;
+        sync_dir(&*self.fs, &self.paths)
     }
 
     /// (R2) Appends whole record lines.
@@ -182,7 +197,7 @@ impl<'a> BackupWriter<'a> {
     /// `P.recover` exists, which makes recovery ignore it); (R9) remove `P.recover`, fsync
     /// the directory.
     pub(crate) fn install(mut self) -> Result<(Box<dyn FsFile>, u64, Hasher)> {
-        let (fs, paths) = (self.fs, self.paths);
+        let (fs, paths) = (&*self.fs, &self.paths);
         io("fsync", &paths.backup, self.file.sync_data())?;
         sync_dir(fs, paths)?;
         write_file(fs, &paths.recover, b"")?;

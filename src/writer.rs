@@ -225,6 +225,10 @@ pub(crate) struct Writer {
     pub(crate) config: WriterConfig,
     /// Control requests met while a rebuild gathered writes; handled before the queue.
     pub(crate) deferred: VecDeque<Request>,
+    /// The number of the last write taken from the queue.
+    pub(crate) taken: u64,
+    /// The rebuild in progress, if any.
+    pub(crate) job: Option<RebuildJob>,
     pub(crate) poisoned: bool,
     /// A shutdown was taken from the queue while failing it.
     pub(crate) stop: bool,
@@ -234,6 +238,49 @@ struct Pending {
     seq: u64,
     bytes: usize,
     undo: Undo,
+}
+
+/// A rebuild whose copy runs on its own thread.
+pub(crate) struct RebuildJob {
+    done: Receiver<Result<Copied>>,
+    thread: JoinHandle<()>,
+    replies: Vec<Sender<Result<()>>>,
+    /// Every write taken from the queue since the copy began: its lines and records.
+    tail: Vec<(Vec<u8>, u64)>,
+}
+
+/// Tells every caller of `compact` waiting on a rebuild how it ended.
+fn reply_all(replies: &[Sender<Result<()>>], r: &Result<()>) {
+    for reply in replies {
+        let _ = reply.send(match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.duplicate()),
+        });
+    }
+}
+
+/// What the rebuild thread hands back: the backup with the copy in it (synced), the last
+/// write number the copy may include, and its records.
+pub(crate) struct Copied {
+    backup: BackupWriter,
+    through: u64,
+    records: u64,
+}
+
+/// The rebuild thread's work: steps R1–R3.
+fn copy_map(fs: Arc<dyn Fs>, paths: Paths, engine: &dyn Engine) -> Result<Copied> {
+    let mut backup = BackupWriter::create(fs, paths)?;
+    let mut records = 0u64;
+    let through = engine.snapshot(&mut |chunk| {
+        records += crate::connection::count_lines(chunk);
+        backup.write(chunk)
+    })?;
+    backup.sync()?;
+    Ok(Copied {
+        backup,
+        through,
+        records,
+    })
 }
 
 impl Writer {
@@ -250,7 +297,27 @@ impl Writer {
         let mut buf = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         loop {
-            let Some(first) = self.next(true) else { break };
+            let first = if self.deferred.is_empty() {
+                if let Some(job) = &self.job {
+                    crossbeam_channel::select! {
+                        recv(self.rx) -> r => match r {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        },
+                        recv(job.done) -> copied => {
+                            let copied = copied.unwrap_or(Err(Error::Closed));
+                            self.finish_rebuild(copied);
+                            continue;
+                        }
+                    }
+                } else {
+                    let Some(r) = self.next(true) else { break };
+                    r
+                }
+            } else {
+                let Some(r) = self.next(false) else { break };
+                r
+            };
             let mut control = None;
             let mut records = 0;
             let mut next = Some(first);
@@ -266,11 +333,15 @@ impl Writer {
                     } => {
                         buf.extend_from_slice(&data);
                         records += n;
+                        self.taken = seq;
                         pending.push(Pending {
                             seq,
                             bytes: data.len(),
                             undo,
                         });
+                        if let Some(job) = &mut self.job {
+                            job.tail.push((data, n));
+                        }
                     }
                     other => {
                         control = Some(other);
@@ -295,11 +366,9 @@ impl Writer {
                 }
             }
             match control {
-                Some(Request::Compact(reply)) => {
-                    let r = self.compact();
-                    let _ = reply.send(r);
-                }
+                Some(Request::Compact(reply)) => self.start_rebuild(Some(reply)),
                 Some(Request::Shutdown(reply)) => {
+                    self.abandon_rebuild();
                     let r = if self.poisoned {
                         // The session's flags stay; the next open recovers from them.
                         Err(self.poisoned_error())
@@ -436,17 +505,15 @@ impl Writer {
     }
 
     fn maybe_compact(&mut self) {
-        if self.poisoned || self.len < self.config.compact_floor {
+        if self.poisoned || self.job.is_some() || self.len < self.config.compact_floor {
             return;
         }
         let live = self.engine.live_keys().max(1);
         let in_file = self.counters.records_in_file.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)] // a ratio of counts; precision is irrelevant
         let grown = in_file as f64 > self.config.compact_ratio * live as f64;
-        if grown {
-            // A failure here has poisoned the database; the waiters of later requests
-            // learn of it.
-            let _ = self.compact();
+        if grown && self.job.is_none() {
+            self.start_rebuild(None);
         }
     }
 
@@ -462,47 +529,116 @@ impl Writer {
         }
     }
 
-    /// Rebuilds `P` from a snapshot of the map (steps R1–R9 in `docs/recovery.md`).
-    fn compact(&mut self) -> Result<()> {
-        if self.poisoned {
-            return Err(self.poisoned_error());
+    /// Starts a rebuild on the thread `ptvp35-rebuild` (steps R1–R3): it copies the map
+    /// into `P.backup` one shard at a time while this thread goes on appending to `P`.
+    /// `reply`, if any, learns how the rebuild ended.
+    fn start_rebuild(&mut self, reply: Option<Sender<Result<()>>>) {
+        if let Some(job) = &mut self.job {
+            job.replies.extend(reply);
+            return;
         }
-        let mut replayed = Vec::new();
-        let r = self.rebuild(&mut replayed);
-        match &r {
-            Ok(through) => {
-                let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
-                self.progress.advance(*through);
-                self.budget.release(n, bytes);
+        if self.poisoned {
+            if let Some(r) = reply {
+                let _ = r.send(Err(self.poisoned_error()));
             }
+            return;
+        }
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let (fs, paths, engine) = (
+            Arc::clone(&self.fs),
+            self.paths.clone(),
+            Arc::clone(&self.engine),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("ptvp35-rebuild".into())
+            .spawn(move || {
+                let _ = done_tx.send(copy_map(fs, paths, &*engine));
+            });
+        match spawned {
+            Ok(thread) => {
+                self.job = Some(RebuildJob {
+                    done,
+                    thread,
+                    replies: reply.into_iter().collect(),
+                    tail: Vec::new(),
+                });
+            }
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::io(
+                        "spawn rebuild thread for",
+                        &self.paths.main,
+                        e,
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Finishes the rebuild whose copy is done (steps R3–R9, a few syncs on this thread).
+    ///
+    /// The copy took one shard at a time, so it may hold part of a transaction applied
+    /// meanwhile. Every write this thread took from the queue since the copy began is
+    /// therefore appended to the backup again (replaying a write over a copy that already
+    /// holds it is harmless), and so is every write still queued up to the last number the
+    /// copy could have seen: the backup then holds exactly the state after that write.
+    fn finish_rebuild(&mut self, copied: Result<Copied>) {
+        let Some(RebuildJob {
+            thread,
+            replies,
+            tail,
+            ..
+        }) = self.job.take()
+        else {
+            return;
+        };
+        let _ = thread.join();
+        let copied = match copied {
+            Ok(c) if !self.poisoned => c,
+            Ok(c) => {
+                let _ = c.backup.discard();
+                reply_all(&replies, &Err(self.poisoned_error()));
+                return;
+            }
+            Err(e) => {
+                // Nothing vouches for the backup yet: `P` is intact, nothing is poisoned.
+                let _ = storage::remove_if_exists(&*self.fs, &self.paths.backup);
+                reply_all(&replies, &Err(e));
+                return;
+            }
+        };
+        let mut replayed = Vec::new();
+        let r = self.install(copied, tail, &mut replayed);
+        let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
+        match &r {
+            Ok(through) => self.progress.advance(*through),
             Err(e) => {
                 let first = replayed.first().map_or(u64::MAX, |p| p.seq);
                 let last = replayed.last().map_or(u64::MAX, |p| p.seq);
-                let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
                 self.poison(replayed, first, last, e.duplicate());
-                self.budget.release(n, bytes);
             }
         }
-        r.map(drop)
+        self.budget.release(n, bytes);
+        reply_all(&replies, &r.map(drop));
     }
 
-    /// Steps R1–R9. The map is copied one shard at a time while writers go on, so the copy
-    /// may hold part of a transaction that was applied meanwhile; every write submitted up
-    /// to the end of the copy is therefore taken from the queue and appended to the backup
-    /// too (replaying a write over a copy that already holds it is harmless). The backup
-    /// then holds exactly the state after write `through`, and those writes are durable
-    /// with it. Returns `through`.
-    fn rebuild(&mut self, replayed: &mut Vec<Pending>) -> Result<u64> {
-        let fs = Arc::clone(&self.fs);
-        let mut backup = BackupWriter::create(&*fs, &self.paths)?;
-        let mut records = 0u64;
-        let through = self.engine.snapshot(&mut |chunk| {
-            records += crate::connection::count_lines(chunk);
-            backup.write(chunk)
-        })?;
-        while replayed.last().map_or(self.acked_through(), |p| p.seq) < through {
-            // Writes are queued in number order, and every one up to `through` is queued
-            // already, so this never waits for long.
+    fn install(
+        &mut self,
+        copied: Copied,
+        tail: Vec<(Vec<u8>, u64)>,
+        replayed: &mut Vec<Pending>,
+    ) -> Result<u64> {
+        let Copied {
+            mut backup,
+            through,
+            mut records,
+        } = copied;
+        for (data, n) in tail {
+            backup.write(&data)?;
+            records += n;
+        }
+        while self.taken < through {
+            // Every write up to `through` is queued already: this never waits for long.
             match self.rx.recv() {
                 Ok(Request::Write {
                     seq,
@@ -512,6 +648,7 @@ impl Writer {
                 }) => {
                     backup.write(&data)?;
                     records += n;
+                    self.taken = seq;
                     replayed.push(Pending {
                         seq,
                         bytes: data.len(),
@@ -536,8 +673,16 @@ impl Writer {
         Ok(through)
     }
 
-    /// The number of the last write the writer has taken from the queue and finished.
-    fn acked_through(&self) -> u64 {
-        self.progress.durable.load(Ordering::Acquire)
+    /// At shutdown: waits for a running copy and throws it away.
+    fn abandon_rebuild(&mut self) {
+        if let Some(job) = self.job.take() {
+            if let Ok(Ok(c)) = job.done.recv() {
+                let _ = c.backup.discard();
+            } else {
+                let _ = storage::remove_if_exists(&*self.fs, &self.paths.backup);
+            }
+            let _ = job.thread.join();
+            reply_all(&job.replies, &Err(Error::Closed));
+        }
     }
 }

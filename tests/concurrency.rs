@@ -117,3 +117,70 @@ fn readers_never_see_half_a_transaction() -> Result<()> {
     db.close()?;
     Ok(())
 }
+
+#[test]
+fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
+    let dir = TempDir::new("rebuildrace")?;
+    let p = dir.join("r.db");
+    let db = DbConnection::<String, i64>::open(&p)?;
+    let mut d = ptvp35::Delta::new();
+    for i in 0..10 {
+        d.set(format!("acct{i}"), 1000)?;
+    }
+    // Filler keys make each copy take a while, so transfers land during it.
+    for i in 0..20_000 {
+        d.set(format!("filler{i}"), i)?;
+    }
+    db.commit_transaction(d)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<()> {
+        let compactor = s.spawn(|| -> Result<u64> {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                db.compact()?;
+                n += 1;
+            }
+            Ok(n)
+        });
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let db = &db;
+                s.spawn(move || -> Result<()> {
+                    for n in 0..300u64 {
+                        let from = format!("acct{}", (t + n) % 10);
+                        let to = format!("acct{}", (t * 3 + n * 7) % 10);
+                        db.transact(|tx| -> Result<()> {
+                            let a = tx.get(&from).unwrap_or(0);
+                            tx.set_nowait(from.clone(), a - 1)?;
+                            let b = tx.get(&to).unwrap_or(0);
+                            tx.set_nowait(to.clone(), b + 1)?;
+                            Ok(())
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rebuilds = compactor
+            .join()
+            .map_err(|_| anyhow::anyhow!("compactor panicked"))??;
+        ensure!(rebuilds >= 1);
+        Ok(())
+    })?;
+    let total = |db: &DbConnection<String, i64>| -> i64 {
+        (0..10).filter_map(|i| db.get(&format!("acct{i}"))).sum()
+    };
+    ensure!(total(&db) == 10_000);
+    ensure!(db.len() == 20_010);
+    println!("{} rebuilds during 1200 transfers", db.stats().rebuilds);
+    db.close()?;
+    let db = DbConnection::<String, i64>::open(&p)?;
+    ensure!(total(&db) == 10_000, "after reopen: {}", total(&db));
+    ensure!(db.len() == 20_010);
+    db.close()?;
+    Ok(())
+}

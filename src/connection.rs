@@ -561,22 +561,9 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         if delta.is_empty() && reads.is_none() {
             return Ok(self.shared.map.seq());
         }
-        let bytes = delta.changes.values().map(|c| c.line.len()).sum();
-        let mut data = Vec::with_capacity(bytes);
-        for c in delta.changes.values() {
-            data.extend_from_slice(&c.line);
-        }
         let n = delta.len() as u64;
-        self.submit(
-            delta
-                .changes
-                .into_iter()
-                .map(|(k, c)| (k, c.value))
-                .collect(),
-            data,
-            n,
-            reads,
-        )
+        let (changes, data) = delta.into_parts();
+        self.submit(changes, data, n, reads)
     }
 
     /// Queues a write: takes room in the queue (before any lock, so a full queue never
@@ -613,7 +600,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
                     .downcast::<UndoList<K, V>>()
                     .map(|b| *b)
                     .unwrap_or_default()),
-                _ => Err(Vec::new()),
+                _ => Err(UndoList::default()),
             }
         });
         match r {

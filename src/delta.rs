@@ -24,12 +24,16 @@ impl<T: Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + 'static
 pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
 
-/// One pending change: the new value (`None` removes the key) and its record line.
+/// One pending change: the new value (`None` removes the key) and where its record line
+/// is in the delta's buffer.
 #[derive(Debug, Clone)]
 pub(crate) struct Change<V> {
     pub(crate) value: Option<V>,
-    pub(crate) line: Vec<u8>,
+    start: usize,
+    len: usize,
 }
+
+type Hasher = foldhash::fast::RandomState;
 
 /// Changes to many keys that are applied together and written as one unit: after any
 /// crash, all of them are in the database or none.
@@ -60,13 +64,19 @@ pub(crate) struct Change<V> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Delta<K, V> {
-    pub(crate) changes: HashMap<K, Change<V>>,
+    changes: HashMap<K, Change<V>, Hasher>,
+    /// Every record line added, in order; one buffer instead of one allocation per line.
+    lines: Vec<u8>,
+    /// Bytes of `lines` whose change a later one replaced.
+    dead: usize,
 }
 
 impl<K, V> Default for Delta<K, V> {
     fn default() -> Self {
         Delta {
-            changes: HashMap::new(),
+            changes: HashMap::with_hasher(Hasher::default()),
+            lines: Vec::new(),
+            dead: 0,
         }
     }
 }
@@ -78,6 +88,17 @@ impl<K: Key, V: Value> Delta<K, V> {
         Self::default()
     }
 
+    /// An empty delta with room for `keys` changes of about `bytes` bytes of records in
+    /// all, so that a bulk load does not grow it step by step.
+    #[must_use]
+    pub fn with_capacity(keys: usize, bytes: usize) -> Self {
+        Delta {
+            changes: HashMap::with_capacity_and_hasher(keys, Hasher::default()),
+            lines: Vec::with_capacity(bytes),
+            dead: 0,
+        }
+    }
+
     /// Sets `key` to `value` in this delta.
     ///
     /// # Errors
@@ -86,16 +107,17 @@ impl<K: Key, V: Value> Delta<K, V> {
     /// stored as JSON (a non-finite float, a map with non-string keys, a failing
     /// `Serialize`); the delta is unchanged.
     pub fn set(&mut self, key: K, value: V) -> Result<()> {
-        let mut line = Vec::new();
-        codec::encode_set(&key, &value, &mut line)?;
-        self.changes.insert(
-            key,
-            Change {
-                value: Some(value),
-                line,
-            },
-        );
+        let start = self.lines.len();
+        codec::encode_set(&key, &value, &mut self.lines)?;
+        self.put(key, Some(value), start);
         Ok(())
+    }
+
+    fn put(&mut self, key: K, value: Option<V>, start: usize) {
+        let len = self.lines.len() - start;
+        if let Some(old) = self.changes.insert(key, Change { value, start, len }) {
+            self.dead += old.len;
+        }
     }
 
     /// Removes `key` in this delta.
@@ -105,9 +127,9 @@ impl<K: Key, V: Value> Delta<K, V> {
     /// [`Error::Serialize`](crate::Error::Serialize) if the key cannot be stored as JSON;
     /// the delta is unchanged.
     pub fn remove(&mut self, key: K) -> Result<()> {
-        let mut line = Vec::new();
-        codec::encode_remove(&key, &mut line)?;
-        self.changes.insert(key, Change { value: None, line });
+        let start = self.lines.len();
+        codec::encode_remove(&key, &mut self.lines)?;
+        self.put(key, None, start);
         Ok(())
     }
 
@@ -121,10 +143,38 @@ impl<K: Key, V: Value> Delta<K, V> {
     /// Moves every change of `other` into this delta; `other`'s win where both touch a key.
     pub fn merge(&mut self, other: Delta<K, V>) {
         if self.changes.is_empty() {
-            self.changes = other.changes;
-        } else {
-            self.changes.extend(other.changes);
+            *self = other;
+            return;
         }
+        let base = self.lines.len();
+        self.lines.extend_from_slice(&other.lines);
+        self.dead += other.dead;
+        for (k, mut c) in other.changes {
+            c.start += base;
+            if let Some(old) = self.changes.insert(k, c) {
+                self.dead += old.len;
+            }
+        }
+    }
+
+    /// Splits the delta into its changes and the record lines of exactly those changes
+    /// (one line per key), ready to be applied and written as one unit.
+    pub(crate) fn into_parts(self) -> (Vec<(K, Option<V>)>, Vec<u8>) {
+        let lines = if self.dead == 0 {
+            self.lines
+        } else {
+            let mut live = Vec::with_capacity(self.lines.len() - self.dead);
+            for c in self.changes.values() {
+                live.extend_from_slice(&self.lines[c.start..c.start + c.len]);
+            }
+            live
+        };
+        let changes = self
+            .changes
+            .into_iter()
+            .map(|(k, c)| (k, c.value))
+            .collect();
+        (changes, lines)
     }
 
     /// The changed keys and what each becomes (`None`: removed), in no particular order.
@@ -147,6 +197,8 @@ impl<K: Key, V: Value> Delta<K, V> {
     /// Drops every change.
     pub fn clear(&mut self) {
         self.changes.clear();
+        self.lines.clear();
+        self.dead = 0;
     }
 }
 
@@ -168,5 +220,73 @@ impl<K, V> Iterator for IntoIter<K, V> {
 
     fn next(&mut self) -> Option<(K, Option<V>)> {
         self.0.next().map(|(k, c)| (k, c.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(d: Delta<String, i32>) -> Vec<String> {
+        let (_, bytes) = d.into_parts();
+        let mut v: Vec<String> = String::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_replaced_change_leaves_one_line_per_key() -> Result<()> {
+        let mut d = Delta::new();
+        d.set("a".into(), 1)?;
+        d.set("b".into(), 2)?;
+        d.set("a".into(), 3)?;
+        d.remove("b".into())?;
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.get(&"a".into()), Some(Some(&3)));
+        assert_eq!(d.get(&"b".into()), Some(None));
+        assert_eq!(lines(d), ["{\"key\":\"a\",\"value\":3}", "{\"key\":\"b\"}"]);
+        Ok(())
+    }
+
+    #[test]
+    fn merge_keeps_the_newer_change_and_its_line() -> Result<()> {
+        let mut a = Delta::new();
+        a.set("x".into(), 1)?;
+        a.set("y".into(), 1)?;
+        let mut b = Delta::with_capacity(2, 64);
+        b.set("y".into(), 2)?;
+        b.set("z".into(), 2)?;
+        a.merge(b);
+        assert_eq!(
+            lines(a),
+            [
+                "{\"key\":\"x\",\"value\":1}",
+                "{\"key\":\"y\",\"value\":2}",
+                "{\"key\":\"z\",\"value\":2}"
+            ]
+        );
+        let mut empty = Delta::new();
+        let mut c = Delta::new();
+        c.set("q".into(), 9)?;
+        empty.merge(c);
+        assert_eq!(lines(empty), ["{\"key\":\"q\",\"value\":9}"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_delta_as_it_was() -> Result<()> {
+        let mut d: Delta<String, f64> = Delta::new();
+        d.set("a".into(), 1.0)?;
+        assert!(d.set("b".into(), f64::NAN).is_err());
+        assert!(d.set("a".into(), f64::INFINITY).is_err());
+        assert_eq!(d.get(&"a".into()), Some(Some(&1.0)));
+        let (changes, bytes) = d.into_parts();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(bytes, b"{\"key\":\"a\",\"value\":1.0}\n");
+        Ok(())
     }
 }

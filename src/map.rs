@@ -27,8 +27,22 @@ pub(crate) struct Entry<V> {
 /// Keys a `transact` closure read, with the version it saw (`None`: absent).
 pub(crate) type ReadSet<K> = HashMap<K, Option<u64>>;
 
-/// What undoes one write: each key with the entry it had before, in the order applied.
-pub(crate) type UndoList<K, V> = Vec<(K, Option<Entry<V>>)>;
+/// What undoes one write: the keys it added (to remove) and the entries it replaced or
+/// removed (to put back). A write touches each key once, so the order does not matter.
+#[derive(Debug)]
+pub(crate) struct UndoList<K, V> {
+    added: Vec<K>,
+    replaced: Vec<(K, Entry<V>)>,
+}
+
+impl<K, V> Default for UndoList<K, V> {
+    fn default() -> Self {
+        UndoList {
+            added: Vec::new(),
+            replaced: Vec::new(),
+        }
+    }
+}
 
 /// foldhash with a random seed per map: several times faster than the standard `SipHash`
 /// on short keys, and seeded so that chosen keys cannot be made to collide without it.
@@ -168,14 +182,12 @@ impl<K: Key, V: Value> Map<K, V> {
         send: impl FnOnce(u64, UndoList<K, V>) -> Result<(), UndoList<K, V>>,
     ) -> Result<u64, Refusal> {
         let mut set = ShardSet::default();
-        let changes: Vec<(usize, K, Option<V>)> = changes
-            .into_iter()
-            .map(|(k, v)| {
-                let i = self.shard_of(&k);
-                set.insert(i);
-                (i, k, v)
-            })
-            .collect();
+        let mut per_shard = [0usize; SHARDS];
+        for (k, _) in &changes {
+            let i = self.shard_of(k);
+            set.insert(i);
+            per_shard[i] += 1;
+        }
         if let Some(reads) = reads {
             for k in reads.keys() {
                 set.insert(self.shard_of(k));
@@ -201,9 +213,15 @@ impl<K: Key, V: Value> Map<K, V> {
         }
         order.seq += 1;
         let seq = order.seq;
-        let mut undo = Vec::with_capacity(changes.len());
-        for (i, k, v) in changes {
-            let at = slot(i, &guards);
+        if changes.len() > 1024 {
+            // A bulk write: grow each shard once, not step by step.
+            for (i, g) in &mut guards {
+                g.reserve(per_shard[*i]);
+            }
+        }
+        let mut undo = UndoList::default();
+        for (k, v) in changes {
+            let at = slot(self.shard_of(&k), &guards);
             let g = &mut guards[at].1;
             let is_set = v.is_some();
             let old = match v {
@@ -217,14 +235,21 @@ impl<K: Key, V: Value> Map<K, V> {
                 None => g.remove(&k),
             };
             self.count(old.is_some(), is_set);
-            undo.push((k, old));
+            match old {
+                Some(e) => undo.replaced.push((k, e)),
+                None if is_set => undo.added.push(k),
+                None => {}
+            }
         }
         if let Err(undo) = send(seq, undo) {
             order.seq -= 1;
-            for (k, old) in undo.into_iter().rev() {
+            for k in undo.added {
                 let at = slot(self.shard_of(&k), &guards);
-                let g = &mut guards[at].1;
-                self.restore(g, k, old);
+                self.restore(&mut guards[at].1, k, None);
+            }
+            for (k, e) in undo.replaced {
+                let at = slot(self.shard_of(&k), &guards);
+                self.restore(&mut guards[at].1, k, Some(e));
             }
             return Err(Refusal::Closed);
         }
@@ -261,9 +286,13 @@ impl<K: Key, V: Value> Map<K, V> {
     /// Undoes writes, newest first (`lists` holds them oldest first).
     pub(crate) fn undo(&self, lists: Vec<UndoList<K, V>>) {
         for list in lists.into_iter().rev() {
-            for (k, old) in list.into_iter().rev() {
+            for k in list.added {
                 let mut g = self.shards[self.shard_of(&k)].0.write();
-                self.restore(&mut g, k, old);
+                self.restore(&mut g, k, None);
+            }
+            for (k, e) in list.replaced {
+                let mut g = self.shards[self.shard_of(&k)].0.write();
+                self.restore(&mut g, k, Some(e));
             }
         }
     }

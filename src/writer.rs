@@ -331,17 +331,19 @@ impl Writer {
                         records: n,
                         undo,
                     } => {
-                        buf.extend_from_slice(&data);
+                        let bytes = data.len();
+                        if let Some(job) = &mut self.job {
+                            job.tail.push((data.clone(), n));
+                        }
+                        if buf.is_empty() {
+                            // A large transaction is written from its own buffer, uncopied.
+                            buf = data;
+                        } else {
+                            buf.extend_from_slice(&data);
+                        }
                         records += n;
                         self.taken = seq;
-                        pending.push(Pending {
-                            seq,
-                            bytes: data.len(),
-                            undo,
-                        });
-                        if let Some(job) = &mut self.job {
-                            job.tail.push((data, n));
-                        }
+                        pending.push(Pending { seq, bytes, undo });
                     }
                     other => {
                         control = Some(other);
@@ -399,6 +401,10 @@ impl Writer {
             self.append(buf, records, n as u64)
         };
         buf.clear();
+        if buf.capacity() > 2 * self.config.batch_bytes.max(1 << 20) {
+            // Do not keep a huge transaction's buffer around.
+            *buf = Vec::new();
+        }
         match result {
             Ok(()) => {
                 pending.clear();
@@ -478,7 +484,8 @@ impl Writer {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let chunk = (self.len / 8).clamp(256 << 10, 64 << 20);
         let target = (end + chunk).next_multiple_of(4096);
-        let mut at = self.allocated.max(self.len);
+        // The batch itself fills up to `end`; only what lies beyond needs zeros.
+        let mut at = self.allocated.max(end);
         while at < target {
             let n = usize::try_from(target - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
             storage::io(

@@ -77,6 +77,14 @@ pub(crate) enum Record<K, V> {
     Remove(K),
 }
 
+impl<K, V> Record<K, V> {
+    pub(crate) fn key(&self) -> &K {
+        match self {
+            Record::Set(k, _) | Record::Remove(k) => k,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(bound(deserialize = "K: Deserialize<'de>, V: Deserialize<'de>"))]
 struct RawRecord<K, V> {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::codec::{self, Record};
+use crate::codec;
 use crate::delta::{Delta, Key, Value};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
@@ -306,7 +306,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         let fs = Arc::clone(&opts.fs);
         let paths = Paths::new(path);
         let rec = recovery::open_and_recover(&*fs, &paths)?;
-        let (map, records) = load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
+        let (map, records) = crate::load::load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
         let mut hasher = Hasher::new();
         hasher.0.update(&rec.data);
         let len = rec.data.len() as u64;
@@ -720,189 +720,5 @@ impl<K: Key, V: Value> DbConnection<K, V> {
 impl<K: Key, V: Value> Drop for DbConnection<K, V> {
     fn drop(&mut self) {
         let _ = self.shutdown();
-    }
-}
-
-/// Parses all of `data` (every byte of it vouched for by recovery) into a map. Returns the
-/// map and the number of records.
-fn load<K: Key, V: Value>(data: &[u8], path: &Path, threads: usize) -> Result<(Map<K, V>, u64)> {
-    if let Some(last) = data.last() {
-        if *last != b'\n' {
-            let start = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let line = count_lines(data) + 1;
-            return Err(Error::Corrupt {
-                path: path.to_path_buf(),
-                line,
-                offset: start as u64,
-                reason: "the last line has no newline (a torn write that no recorded crash \
-                         explains)"
-                    .into(),
-            });
-        }
-    }
-    let chunks = split_lines(data, threads);
-    let parsed: Vec<Result<Vec<Record<K, V>>>> = if chunks.len() == 1 {
-        vec![parse_chunk(data, 0, path)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunks
-                .iter()
-                .map(|&(start, end)| s.spawn(move || parse_chunk(&data[start..end], start, path)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Corrupt {
-                            path: path.to_path_buf(),
-                            line: 0,
-                            offset: 0,
-                            reason: "the parser panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        })
-    };
-    let mut map = Map::new();
-    let mut records = 0u64;
-    let mut lines_before = 0u64;
-    for (chunk, &(start, end)) in parsed.into_iter().zip(&chunks) {
-        let recs = chunk.map_err(|e| renumber(e, lines_before))?;
-        lines_before += count_lines(&data[start..end]);
-        records += recs.len() as u64;
-        for r in recs {
-            match r {
-                Record::Set(k, value) => {
-                    map.load_set(k, value);
-                }
-                Record::Remove(k) => {
-                    map.load_remove(&k);
-                }
-            }
-        }
-    }
-    Ok((map, records))
-}
-
-/// Number of `\n` in `data`.
-pub(crate) fn count_lines(data: &[u8]) -> u64 {
-    data.iter().fold(0, |n, &b| n + u64::from(b == b'\n'))
-}
-
-/// A chunk's line numbers count from its own start; make them count from the file's.
-fn renumber(e: Error, lines_before: u64) -> Error {
-    match e {
-        Error::Corrupt {
-            path,
-            line,
-            offset,
-            reason,
-        } => Error::Corrupt {
-            path,
-            line: line + lines_before,
-            offset,
-            reason,
-        },
-        other => other,
-    }
-}
-
-/// Splits `data` into up to `n` ranges that end on line boundaries.
-fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
-    let n = if data.len() < (1 << 20) { 1 } else { n.max(1) };
-    let mut out = Vec::with_capacity(n);
-    let mut start = 0;
-    for i in 1..n {
-        let target = (data.len() * i / n).max(start);
-        let end = data[target..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(data.len(), |p| target + p + 1);
-        if end > start {
-            out.push((start, end));
-        }
-        start = end;
-    }
-    if start < data.len() || out.is_empty() {
-        out.push((start, data.len()));
-    }
-    out
-}
-
-fn parse_chunk<K: Key, V: Value>(
-    chunk: &[u8],
-    base: usize,
-    path: &Path,
-) -> Result<Vec<Record<K, V>>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    let mut line_no = 0u64;
-    while pos < chunk.len() {
-        let end = chunk[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(chunk.len(), |p| pos + p);
-        line_no += 1;
-        match codec::decode(&chunk[pos..end]) {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {}
-            Err(reason) => {
-                return Err(Error::Corrupt {
-                    path: PathBuf::from(path),
-                    line: line_no,
-                    offset: (base + pos) as u64,
-                    reason,
-                })
-            }
-        }
-        pos = end + 1;
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_lines_ends_on_newlines() {
-        let mut data = Vec::new();
-        for i in 0..100_000 {
-            data.extend_from_slice(format!("{{\"key\":{i},\"value\":{i}}}\n").as_bytes());
-        }
-        for n in 1..5 {
-            let parts = split_lines(&data, n);
-            assert_eq!(parts.first().map(|p| p.0), Some(0));
-            assert_eq!(parts.last().map(|p| p.1), Some(data.len()));
-            for w in parts.windows(2) {
-                assert_eq!(w[0].1, w[1].0);
-                assert_eq!(data[w[0].1 - 1], b'\n');
-            }
-        }
-    }
-
-    #[test]
-    fn corrupt_line_numbers_count_from_file_start_across_chunks() {
-        let mut data = Vec::new();
-        for i in 0..100_000 {
-            data.extend_from_slice(format!("{{\"key\":{i},\"value\":{i}}}\n").as_bytes());
-        }
-        let bad_line = 90_000;
-        let offset = data
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'\n')
-            .nth(bad_line - 2);
-        let at = offset.map_or(0, |(i, _)| i + 1);
-        data[at] = b'x';
-        let e = load::<u64, u64>(&data, Path::new("t.db"), 2).err();
-        match e {
-            Some(Error::Corrupt { line, offset, .. }) => {
-                assert_eq!(line, bad_line as u64);
-                assert_eq!(offset, at as u64);
-            }
-            other => panic!("expected corrupt, got {other:?}"),
-        }
     }
 }

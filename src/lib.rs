@@ -46,6 +46,7 @@ mod connection;
 mod delta;
 mod error;
 mod fs;
+mod load;
 mod map;
 mod recovery;
 mod storage;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use crate::codec::Record;
 use crate::delta::{Key, Value};
 
 /// Number of shards. A power of two; 256 keeps a shard of a million-key database small
@@ -109,24 +110,46 @@ impl<K: Key, V: Value> Map<K, V> {
         }
     }
 
-    /// Sets `k` while the map is being loaded (not shared yet: no locking).
-    pub(crate) fn load_set(&mut self, k: K, value: V) {
-        let i = self.shard_of(&k);
-        let old = self.shards[i]
-            .0
-            .get_mut()
-            .insert(k, Entry { value, version: 0 });
-        self.count(old.is_some(), true);
+    /// Fills the map at open (it is not shared yet: no locks are taken). `halves[h]` holds,
+    /// chunk by chunk in file order, the records whose keys belong to half `h` of the
+    /// shards; each half is applied on its own thread. `per_shard` sizes the shards first.
+    pub(crate) fn load(&mut self, halves: [Vec<Vec<Record<K, V>>>; 2], per_shard: &[usize]) {
+        let hasher = &self.hasher;
+        let live = &self.live;
+        for (s, n) in self.shards.iter_mut().zip(per_shard) {
+            s.0.get_mut().reserve(*n);
+        }
+        let (lo, hi) = self.shards.split_at_mut(SHARDS / 2);
+        let [lo_recs, hi_recs] = halves;
+        let apply = |shards: &mut [Padded<K, V>], base: usize, chunks: Vec<Vec<Record<K, V>>>| {
+            let mut n: isize = 0;
+            for r in chunks.into_iter().flatten() {
+                let i = shard_index(hasher, r.key()) - base;
+                let shard = shards[i].0.get_mut();
+                match r {
+                    Record::Set(k, value) => {
+                        if shard.insert(k, Entry { value, version: 0 }).is_none() {
+                            n += 1;
+                        }
+                    }
+                    Record::Remove(k) => {
+                        if shard.remove(&k).is_some() {
+                            n -= 1;
+                        }
+                    }
+                }
+            }
+            n
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let other = s.spawn(|| apply(hi, SHARDS / 2, hi_recs));
+            let a = apply(lo, 0, lo_recs);
+            (a, other.join().unwrap_or(0))
+        });
+        live.store(usize::try_from(a + b).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Removes `k` while the map is being loaded.
-    pub(crate) fn load_remove(&mut self, k: &K) {
-        let i = self.shard_of(k);
-        let old = self.shards[i].0.get_mut().remove(k);
-        self.count(old.is_some(), false);
-    }
-
-    fn shard_of(&self, k: &K) -> usize {
+    pub(crate) fn shard_of(&self, k: &K) -> usize {
         shard_index(&self.hasher, k)
     }
 

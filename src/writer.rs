@@ -272,7 +272,7 @@ fn copy_map(fs: Arc<dyn Fs>, paths: Paths, engine: &dyn Engine) -> Result<Copied
     let mut backup = BackupWriter::create(fs, paths)?;
     let mut records = 0u64;
     let through = engine.snapshot(&mut |chunk| {
-        records += crate::connection::count_lines(chunk);
+        records += crate::load::count_lines(chunk);
         backup.write(chunk)
     })?;
     backup.sync()?;

@@ -199,6 +199,22 @@ impl CommitHandle {
     /// The [`Error::Io`] of the failed write or sync, if the batch holding it failed;
     /// [`Error::Poisoned`] if an earlier failure stopped writes; [`Error::Closed`] if the
     /// writer stopped first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-wait-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let mut delta = ptvp35::Delta::new();
+    /// delta.set("a".into(), 1)?;
+    /// db.submit_transaction_request(delta)?.wait()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait(self) -> Result<()> {
         self.progress.wait(self.seq)
     }
@@ -361,18 +377,62 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// The main file's path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-path-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// assert!(db.path().ends_with("d.db"));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.paths.main
     }
 
     /// What recovery found and did when this database was opened.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-report-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// assert!(db.recovery_report().created); // a new, empty database
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
     }
 
     /// The value of `key`, cloned. Never touches the disk; sees every submitted change.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-get-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// assert_eq!(db.get(&"b".into()), None);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn get(&self, key: &K) -> Option<V> {
         self.shared.map.read(key, |e| e.map(|e| e.value.clone()))
@@ -406,18 +466,63 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// True if `key` has a value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-contains-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// assert!(db.contains_key(&"a".into()));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn contains_key(&self, key: &K) -> bool {
         self.shared.map.read(key, |e| e.is_some())
     }
 
     /// Number of keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-len-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// db.set("b".into(), 2)?;
+    /// assert_eq!(db.len(), 2);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn len(&self) -> usize {
         self.shared.map.len()
     }
 
     /// True if there are no keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-isempty-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// assert!(db.is_empty());
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -426,12 +531,47 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// Calls `f` on every pair, in no particular order, without cloning, under the read
     /// locks of the whole map: `f` sees a consistent state (never part of a transaction).
     /// Writers wait until it returns, so keep `f` short.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-foreach-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// db.set("b".into(), 2)?;
+    /// let mut total = 0;
+    /// db.for_each(|_, v| total += v);
+    /// assert_eq!(total, 3);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         self.shared.map.for_each(|k, e| f(k, &e.value));
     }
 
     /// A copy of every pair, taken under the read locks of the whole map: a consistent
     /// snapshot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-snapshot-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// let copy = db.snapshot();
+    /// db.set("a".into(), 2)?;
+    /// assert_eq!(copy[&"a".to_string()], 1);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn snapshot(&self) -> HashMap<K, V> {
         let mut out = HashMap::with_capacity(self.len());
@@ -451,6 +591,20 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// [`Error::Serialize`] if the key or value cannot be stored (nothing changes);
     /// [`Error::Io`] if the batch's write or sync failed; [`Error::Poisoned`] if an earlier
     /// failure stopped writes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-set-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("balance".into(), 100)?; // on disk when this returns
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set(&self, key: K, value: V) -> Result<()> {
         let seq = self.set_nowait_seq(key, value)?;
         self.shared.progress.wait(seq)
@@ -463,6 +617,23 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ///
     /// [`Error::Serialize`] if the key or value cannot be stored (nothing changes);
     /// [`Error::Poisoned`] if an earlier failure stopped writes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-setnowait-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// for i in 0..100 {
+    ///     db.set_nowait(format!("k{i}"), i)?; // visible at once
+    /// }
+    /// db.commit()?; // all 100 durable, sharing syncs
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_nowait(&self, key: K, value: V) -> Result<()> {
         self.set_nowait_seq(key, value).map(drop)
     }
@@ -478,6 +649,22 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// As [`set`](Self::set).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-remove-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// db.remove(&"a".into())?;
+    /// assert_eq!(db.get(&"a".into()), None);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remove(&self, key: &K) -> Result<()> {
         let seq = self.remove_nowait_seq(key)?;
         self.shared.progress.wait(seq)
@@ -488,6 +675,23 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// As [`set_nowait`](Self::set_nowait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-removenowait-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// db.remove_nowait(&"a".into())?;
+    /// assert!(!db.contains_key(&"a".into()));
+    /// db.commit()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remove_nowait(&self, key: &K) -> Result<()> {
         self.remove_nowait_seq(key).map(drop)
     }
@@ -503,6 +707,21 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// The error of the first failed batch among them, or [`Error::Poisoned`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-commit-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set_nowait("a".into(), 1)?;
+    /// db.commit()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn commit(&self) -> Result<()> {
         let seq = self.shared.map.seq();
         self.shared.progress.wait(seq)
@@ -514,6 +733,25 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// [`Error::Poisoned`] if an earlier failure stopped writes; nothing changes then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-submittx-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let mut delta = ptvp35::Delta::new();
+    /// delta.set("a".into(), 1)?;
+    /// delta.set("b".into(), 2)?;
+    /// db.submit_transaction(delta)?; // both visible now
+    /// assert_eq!(db.get(&"b".into()), Some(2));
+    /// db.commit()?; // durable
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         self.submit_delta(delta, None).map(drop)
     }
@@ -524,6 +762,24 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// As [`submit_transaction`](Self::submit_transaction).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-submitreq-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let mut delta = ptvp35::Delta::new();
+    /// delta.set("a".into(), 1)?;
+    /// let handle = db.submit_transaction_request(delta)?;
+    /// // ... other work while the writer thread syncs ...
+    /// handle.wait()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
         let seq = self.submit_delta(delta, None)?;
         Ok(self.handle(seq))
@@ -535,6 +791,23 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # Errors
     ///
     /// As [`set`](Self::set).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-committx-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let mut delta = ptvp35::Delta::new();
+    /// delta.set("from".into(), -10)?;
+    /// delta.set("to".into(), 10)?;
+    /// db.commit_transaction(delta)?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         let seq = self.submit_delta(delta, None)?;
         self.shared.progress.wait(seq)
@@ -636,6 +909,24 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ///
     /// [`Error::Io`] if a step fails (the database is then poisoned; reopening recovers);
     /// [`Error::Poisoned`] if an earlier failure stopped writes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-compact-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// for i in 0..1000 {
+    ///     db.set_nowait("counter".into(), i)?;
+    /// }
+    /// db.compact()?; // the file now holds one line
+    /// assert_eq!(db.get(&"counter".into()), Some(999));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn compact(&self) -> Result<()> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.shared
@@ -692,6 +983,24 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// [`Error::Io`] if the last writes or the clean-up fail; [`Error::Poisoned`] if an
     /// earlier failure stopped writes (the flag files then stay for the next open's
     /// recovery).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-close-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set_nowait("a".into(), 1)?;
+    /// let path = db.path().to_path_buf();
+    /// db.close()?; // durable, and only the main file is left
+    /// let db = ptvp35::DbConnection::<String, i64>::open(&path)?;
+    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn close(self) -> Result<()> {
         self.shutdown()
     }

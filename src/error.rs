@@ -14,6 +14,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// context needed to act on it (the operation, the file, the line). It implements
 /// [`std::error::Error`] and is `Send + Sync + 'static`, so `?` turns it into
 /// `anyhow::Error` or `Box<dyn Error>`.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-err-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// use ptvp35::{DbConnection, Error};
+///
+/// let path = dir.join("shared.db");
+/// let first = DbConnection::<String, i64>::open(&path)?;
+/// match DbConnection::<String, i64>::open(&path) {
+///     Err(Error::Locked { path }) => println!("{} is in use", path.display()),
+///     Err(other) => return Err(other.into()),
+///     Ok(_) => unreachable!("one owner at a time"),
+/// }
+/// # first.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -28,8 +49,8 @@ pub enum Error {
     },
     /// A line inside the valid region of a database file could not be decoded.
     ///
-    /// The open is refused: nothing is skipped silently. `ptvp35 repair` (or
-    /// [`repair`](crate::repair)) moves such lines to `P.error` explicitly.
+    /// The open is refused: nothing is skipped silently. Repair is an explicit act: the
+    /// `ptvp35 repair` command moves such lines to `P.error`.
     Corrupt {
         /// The file that holds the line.
         path: PathBuf,

@@ -41,6 +41,8 @@
 //! recovery from whatever state a crash left; the repository's `docs/recovery.md` walks
 //! through every crash point and `docs/format.md` describes the file format.
 
+#![deny(missing_docs)]
+
 mod codec;
 mod connection;
 mod delta;

@@ -7,6 +7,23 @@ use crate::fs::{Fs, FsFile};
 use crate::storage::{self, io, Hasher, Paths};
 
 /// What recovery found at open and what it did about it.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-rep-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+/// let report = db.recovery_report();
+/// if !report.was_clean() {
+///     eprintln!("recovered after a crash: {report:?}");
+/// }
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecoveryReport {

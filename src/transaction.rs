@@ -16,6 +16,33 @@ use crate::map::ReadSet;
 ///
 /// The Python library's `loop()` has no counterpart: there is no event loop here, and
 /// every blocking call runs on the caller's thread.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-vc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+/// use ptvp35::VirtualConnection;
+///
+/// /// Works on a database and on any transaction view alike.
+/// fn deposit(conn: &dyn VirtualConnection<String, i64>, amount: i64) -> ptvp35::Result<()> {
+///     let mut delta = ptvp35::Delta::new();
+///     let balance = conn.get(&"balance".into()).unwrap_or(0);
+///     delta.set("balance".into(), balance + amount)?;
+///     conn.submit_transaction(delta)
+/// }
+/// deposit(&db, 10)?;
+/// let tx = db.transaction();
+/// deposit(&*tx, 5)?;
+/// assert_eq!(tx.get(&"balance".into()), Some(15));
+/// tx.commit()?;
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
 pub trait VirtualConnection<K: Key, V: Value> {
     /// The value of `key` as this connection sees it.
     fn get(&self, key: &K) -> Option<V>;
@@ -107,6 +134,22 @@ impl<K: Key, V: Value> fmt::Debug for TransactionView<'_, K, V> {
 
 impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// A view with an empty delta over `parent`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewnew-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let view = ptvp35::TransactionView::new(&db);
+    /// view.set_nowait("a".into(), 1)?;
+    /// view.commit()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(parent: &'p dyn VirtualConnection<K, V>) -> Self {
         TransactionView {
             parent: Parent::Connection(parent),
@@ -125,6 +168,25 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     }
 
     /// The value of `key`: this view's change if it has one, else the parent's value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewget-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("b".into(), 2)?;
+    /// assert_eq!(tx.get(&"a".into()), Some(1)); // from the database
+    /// assert_eq!(tx.get(&"b".into()), Some(2)); // from the view's own delta
+    /// drop(tx);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn get(&self, key: &K) -> Option<V> {
         if let Some(change) = self.delta.lock().get(key) {
@@ -146,6 +208,23 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     ///
     /// [`Error::Serialize`] if the key or value cannot be stored; the delta is unchanged
     /// and the view stays usable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewset-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// assert_eq!(db.get(&"a".into()), None); // only the view sees it
+    /// tx.commit()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_nowait(&self, key: K, value: V) -> Result<()> {
         self.delta.lock().set(key, value)
     }
@@ -155,6 +234,25 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # Errors
     ///
     /// [`Error::Serialize`] if the key cannot be stored; the delta is unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewremove-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// let tx = db.transaction();
+    /// tx.remove_nowait("a".into())?;
+    /// assert_eq!(tx.get(&"a".into()), None);
+    /// tx.commit()?;
+    /// assert!(db.is_empty());
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remove_nowait(&self, key: K) -> Result<()> {
         self.delta.lock().remove(key)
     }
@@ -165,6 +263,24 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # Errors
     ///
     /// [`Error::Poisoned`] if the database refuses writes; the delta is dropped then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewsubmit-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.submit()?; // visible now, durable later
+    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// tx.rollback(); // nothing left to discard
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit(&self) -> Result<()> {
         let delta = std::mem::take(&mut *self.delta.lock());
         if delta.is_empty() {
@@ -221,6 +337,22 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # Errors
     ///
     /// As [`CommitHandle::wait`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewcommit-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.commit()?; // submitted and durable
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn commit(&self) -> Result<()> {
         self.commit_transaction(Delta::new())
     }
@@ -246,11 +378,50 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     }
 
     /// Drops every change in this view's delta.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-viewrollback-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.rollback();
+    /// assert!(db.is_empty());
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn rollback(&self) {
         self.delta.lock().clear();
     }
 
     /// A nested transaction over this view: it submits into this view's delta.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-nested-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let outer = db.transaction();
+    /// outer.set_nowait("a".into(), 1)?;
+    /// {
+    ///     let inner = outer.transaction();
+    ///     inner.set_nowait("b".into(), 2)?;
+    /// } // inner submits into outer, not into the database
+    /// assert_eq!(db.get(&"b".into()), None);
+    /// outer.commit()?; // both
+    /// assert_eq!(db.get(&"b".into()), Some(2));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn transaction(&self) -> Transaction<'_, K, V> {
         Transaction::new(self)
     }
@@ -346,6 +517,22 @@ impl<K: Key, V: Value> fmt::Debug for Transaction<'_, K, V> {
 
 impl<'p, K: Key, V: Value> Transaction<'p, K, V> {
     /// A new guard over `parent`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-txnew-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = ptvp35::Transaction::new(&db); // what db.transaction() does
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.commit()?;
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(parent: &'p dyn VirtualConnection<K, V>) -> Self {
         Transaction {
             view: TransactionView::new(parent),
@@ -359,12 +546,46 @@ impl<'p, K: Key, V: Value> Transaction<'p, K, V> {
     /// # Errors
     ///
     /// As [`CommitHandle::wait`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-txcommit-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.commit()?;
+    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
         self.view.commit()
     }
 
     /// Discards the delta.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-txrollback-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+    /// let tx = db.transaction();
+    /// tx.set_nowait("a".into(), 1)?;
+    /// tx.rollback();
+    /// assert!(db.is_empty());
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn rollback(mut self) {
         self.done = true;
         self.view.rollback();

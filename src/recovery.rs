@@ -35,15 +35,22 @@ pub struct RecoveryReport {
     /// A `P.backup` without `P.recover` (a rebuild cut short) was deleted; `P` was intact.
     pub discarded_stale_backup: bool,
     /// Bytes cut from the end of `P` (after the recorded count, not vouched for by a batch
-    /// checksum) and appended to `P.error`: `(offset, length)`.
+    /// checksum) and appended to `P.error`: `(offset, length)`. Unacknowledged writes
+    /// torn by the crash, or garbage; zero padding after them is not counted here.
     pub cut: Option<(u64, u64)>,
+    /// Zero bytes dropped from the end of `P`: space the writer had preallocated, or a size
+    /// update that outran its data. They held nothing.
+    pub padding: u64,
 }
 
 impl RecoveryReport {
     /// True if the files were exactly as a clean close leaves them.
     #[must_use]
     pub fn was_clean(&self) -> bool {
-        !self.restored_from_backup && !self.discarded_stale_backup && self.cut.is_none()
+        !self.restored_from_backup
+            && !self.discarded_stale_backup
+            && self.cut.is_none()
+            && self.padding == 0
     }
 }
 
@@ -122,7 +129,11 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
             append_error(fs, paths, cut)?;
             io("truncate", &paths.main, file.set_len(valid as u64))?;
             io("fsync", &paths.main, file.sync_data())?;
-            report.cut = Some((valid as u64, cut.len() as u64));
+            let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            if data_len > 0 {
+                report.cut = Some((valid as u64, data_len as u64));
+            }
+            report.padding = (cut.len() - data_len) as u64;
             data.truncate(valid);
         }
     }

@@ -125,8 +125,11 @@ impl Progress {
         self.cv.notify_all();
     }
 
-    fn fail(&self, from: u64, to: u64, e: Error) -> Arc<Error> {
+    /// Fails every request that is not durable yet: those up to `to` (the failed batch)
+    /// with `e` itself, later ones with [`Error::Poisoned`].
+    fn fail(&self, to: u64, e: Error) -> Arc<Error> {
         let mut st = self.lock();
+        let from = st.durable + 1;
         let e = Arc::clone(&st.failed.get_or_insert((from, to, Arc::new(e))).2);
         drop(st);
         self.cv.notify_all();
@@ -412,19 +415,19 @@ impl Writer {
             }
             Err(e) => {
                 let failed: Vec<Pending> = std::mem::take(pending);
-                let first = failed.first().map_or(last, |p| p.seq);
-                self.poison(failed, first, last, e);
+                self.poison(failed, last, e);
             }
         }
         self.budget.release(n, bytes);
     }
 
     /// After a failed write or sync: the disk's state is unknown, so refuse further writes
-    /// (no retry-and-trust), fail every waiter from `first` on, and undo in memory what
-    /// did not reach the disk, including everything still queued.
-    fn poison(&mut self, failed: Vec<Pending>, first: u64, last: u64, e: Error) {
+    /// (no retry-and-trust), fail every waiter whose request is not durable (those up to
+    /// `last` with `e`), and undo in memory what did not reach the disk, including
+    /// everything still queued.
+    fn poison(&mut self, failed: Vec<Pending>, last: u64, e: Error) {
         self.poisoned = true;
-        self.progress.fail(first, last, e);
+        self.progress.fail(last, e);
         self.engine.refuse_writes();
         let mut undos: Vec<Undo> = failed.into_iter().map(|p| p.undo).collect();
         let (mut drained, mut drained_bytes) = (0, 0);
@@ -620,9 +623,8 @@ impl Writer {
         match &r {
             Ok(through) => self.progress.advance(*through),
             Err(e) => {
-                let first = replayed.first().map_or(u64::MAX, |p| p.seq);
-                let last = replayed.last().map_or(u64::MAX, |p| p.seq);
-                self.poison(replayed, first, last, e.duplicate());
+                let last = replayed.last().map_or(0, |p| p.seq);
+                self.poison(replayed, last, e.duplicate());
             }
         }
         self.budget.release(n, bytes);

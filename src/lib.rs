@@ -43,6 +43,7 @@
 
 #![deny(missing_docs)]
 
+mod check;
 mod codec;
 mod connection;
 mod delta;
@@ -64,6 +65,7 @@ pub mod guide_transactions {}
 #[doc(hidden)]
 pub mod testing;
 
+pub use check::{inspect, repair, BadLine, FileState, Health, Inspection, RepairReport};
 pub use connection::{CommitHandle, DbConnection, Options, Stats};
 pub use delta::{Delta, IntoIter, Key, Value};
 pub use error::{Error, Result};

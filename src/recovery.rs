@@ -129,11 +129,7 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
             append_error(fs, paths, cut)?;
             io("truncate", &paths.main, file.set_len(valid as u64))?;
             io("fsync", &paths.main, file.sync_data())?;
-            let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            if data_len > 0 {
-                report.cut = Some((valid as u64, data_len as u64));
-            }
-            report.padding = (cut.len() - data_len) as u64;
+            note_cut(&mut report, valid, cut);
             data.truncate(valid);
         }
     }
@@ -143,6 +139,17 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         has_flag,
         report,
     })
+}
+
+/// Records in `report` what cutting `cut` (the bytes of `P` from offset `valid` on) means:
+/// the data bytes in it, and the zero padding after them. Shared with `check`, which
+/// predicts the same report without cutting anything.
+pub(crate) fn note_cut(report: &mut RecoveryReport, valid: usize, cut: &[u8]) {
+    let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if data_len > 0 {
+        report.cut = Some((valid as u64, data_len as u64));
+    }
+    report.padding = (cut.len() - data_len) as u64;
 }
 
 fn read_all(file: &mut dyn FsFile, paths: &Paths) -> Result<Vec<u8>> {
@@ -223,7 +230,7 @@ pub(crate) fn valid_end(data: &[u8], count: usize) -> usize {
 /// Zero bytes at either end (preallocated space, or a size update that outran its data)
 /// carry nothing and are left out; a fragment that does not end a line gets a `\n` so
 /// entries never run together.
-fn append_error(fs: &dyn Fs, paths: &Paths, cut: &[u8]) -> Result<()> {
+pub(crate) fn append_error(fs: &dyn Fs, paths: &Paths, cut: &[u8]) -> Result<()> {
     let Some(first) = cut.iter().position(|&b| b != 0) else {
         return Ok(());
     };

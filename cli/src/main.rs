@@ -1,0 +1,686 @@
+//! `ptvp35`: look inside, check, recover, repair, compact and edit the database files of
+//! the `ptvp35` crate (and of the Python library that writes the same format).
+
+mod json;
+mod progress;
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, Options, RecoveryReport};
+use serde::de::IgnoredAny;
+
+use json::{Json, JsonKey};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success (check: the files are clean)
+  1   check: recovery needed; get, rm: no such key; repair: refused without --yes
+  2   the database is corrupt (check, and every command that opens it)
+  3   any other failure: the database is locked, a file cannot be read or written
+  64  bad usage: unknown option, a KEY or VALUE that is not valid JSON";
+
+const KEYS: &str = "\
+Keys and values are JSON: 42, true, null, [\"tuple\", 1], {\"a\": [1, 2]}, \"text\".
+A bare word that is not JSON is taken as a string: `get data.db alice` is `get data.db '\"alice\"'`.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ptvp35",
+    version,
+    about = "Look inside, check, repair and edit ptvp35 database files",
+    long_about = "Look inside, check, repair and edit ptvp35 database files.\n\n\
+        A database whose main file is FILE uses up to six paths: FILE, FILE.backup, \
+        FILE.recover, FILE.truncate, FILE.truncate_flag and FILE.error. Commands other \
+        than `check`, `stats` and `repair` (without --yes) open the database, which runs \
+        recovery first, exactly as a program using the library would.",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Report the state of the six files without changing anything
+    #[command(after_help = "\
+Reports which side files exist, what recovery would do (restore from FILE.backup, or cut N
+bytes from offset X to FILE.error), the live keys and dead records, and every line of the
+valid region that does not decode, with its line number and byte offset.
+
+Exit codes:
+  0  clean: the files are as a clean close leaves them
+  1  recovery needed: the next open will recover, then succeed
+  2  corrupt: the next open would fail (see `ptvp35 repair`)
+  3  the database is locked or a file cannot be read
+
+Examples:
+  ptvp35 check data.db
+  ptvp35 check data.db || echo \"exit $?\"")]
+    Check {
+        /// The database's main file
+        file: PathBuf,
+    },
+    /// Run recovery and report what it did
+    #[command(after_help = "Examples:\n  ptvp35 recover data.db")]
+    Recover {
+        /// The database's main file
+        file: PathBuf,
+    },
+    /// Print every live key and value (in no particular order), streamed
+    #[command(after_help = "\
+--format ndjson prints one {\"key\":K,\"value\":V} line per key; --format json prints one JSON
+array of such objects.
+
+Examples:
+  ptvp35 dump data.db > data.ndjson
+  ptvp35 dump data.db --format json | python3 -m json.tool")]
+    Dump {
+        /// The database's main file
+        file: PathBuf,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+        format: Format,
+    },
+    /// Print the value of KEY (exit 1 if there is none)
+    #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 get data.db alice\n  \
+        ptvp35 get data.db '[\"tuple\", \"example\"]'"))]
+    Get {
+        /// The database's main file
+        file: PathBuf,
+        /// The key, as JSON (a bare word is a string)
+        key: String,
+    },
+    /// Set KEY to VALUE, durably (creates the database if there is none)
+    #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 set data.db alice 100\n  \
+        ptvp35 set data.db '[\"tuple\", 1]' '{{\"dict\": \"example\"}}'"))]
+    Set {
+        /// The database's main file
+        file: PathBuf,
+        /// The key, as JSON (a bare word is a string)
+        key: String,
+        /// The value, as JSON (a bare word is a string)
+        value: String,
+    },
+    /// Remove KEY, durably (exit 1 if there is none)
+    #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 rm data.db alice"))]
+    Rm {
+        /// The database's main file
+        file: PathBuf,
+        /// The key, as JSON (a bare word is a string)
+        key: String,
+    },
+    /// Rebuild the file with only the live records
+    #[command(after_help = "\
+Writes a compact copy to FILE.backup, flags it with FILE.recover and renames it over FILE,
+so that a crash at any point leaves one complete copy. Draws a progress bar on a terminal
+for files of 8 MiB or more (PTVP35_PROGRESS=always|never overrides); quiet when piped.
+
+Examples:
+  ptvp35 compact data.db")]
+    Compact {
+        /// The database's main file
+        file: PathBuf,
+    },
+    /// Move the lines that do not decode to FILE.error and keep the rest
+    #[command(after_help = "\
+Without --yes, says what it would do and changes nothing (exit 1). With --yes, runs
+recovery, appends each bad line to FILE.error after a `# ptvp35 repair: line N at byte
+offset X: reason` line, then writes the other lines, unchanged and in order, as a rebuild
+does (FILE.backup, FILE.recover, rename), so that a crash leaves the old or the repaired
+file, never neither.
+
+Examples:
+  ptvp35 repair data.db
+  ptvp35 repair data.db --yes")]
+    Repair {
+        /// The database's main file
+        file: PathBuf,
+        /// Do it
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print sizes, record counts and the ratio of live to dead bytes
+    #[command(after_help = "Reads the files without changing anything.\n\n\
+        Examples:\n  ptvp35 stats data.db")]
+    Stats {
+        /// The database's main file
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// One JSON object per line
+    Ndjson,
+    /// One JSON array
+    Json,
+}
+
+type Db = DbConnection<JsonKey, Json>;
+
+/// Why the tool stops: the exit code and, for failures, the message.
+#[derive(Debug)]
+enum Exit {
+    /// An expected non-zero outcome that `run` already reported (`check` found recovery
+    /// needed, `get` found no key).
+    Quiet(u8),
+    Usage(String),
+    Failed(Error, String),
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Self {
+        Exit::Failed(e, String::new())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let r = run(cli.command, &mut out).and_then(|()| out.flush().map_err(stdout_error));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit::Quiet(code)) => {
+            let _ = out.flush();
+            ExitCode::from(code)
+        }
+        Err(Exit::Usage(msg)) => {
+            eprintln!("ptvp35: {msg}");
+            ExitCode::from(64)
+        }
+        Err(Exit::Failed(e, hint)) => {
+            let _ = out.flush();
+            if is_broken_pipe(&e) {
+                // The reader (`head`, a closed pager) has what it wanted.
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ptvp35: error: {}", chain(&e));
+            if !hint.is_empty() {
+                eprintln!("{hint}");
+            }
+            ExitCode::from(code_of(&e))
+        }
+    }
+}
+
+fn code_of(e: &Error) -> u8 {
+    match e {
+        Error::Corrupt { .. } | Error::BadSideFile { .. } => 2,
+        _ => 3,
+    }
+}
+
+fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The error and its sources, each once.
+fn chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+fn stdout_error(e: io::Error) -> Exit {
+    Exit::Failed(
+        Error::Io {
+            op: "write",
+            path: PathBuf::from("<stdout>"),
+            source: e,
+        },
+        String::new(),
+    )
+}
+
+fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
+    let w = |r: io::Result<()>| r.map_err(stdout_error);
+    match command {
+        Command::Check { file } => check(&file, out),
+        Command::Recover { file } => {
+            let db = open(&file, false)?;
+            let report = db.recovery_report().clone();
+            let keys = db.len();
+            db.close().map_err(|e| with_hint(e, &file))?;
+            w(print_recovered(out, &file, &report, keys))
+        }
+        Command::Dump { file, format } => {
+            let db = open(&file, false)?;
+            dump(&db, format, out)?;
+            db.close().map_err(|e| with_hint(e, &file))
+        }
+        Command::Get { file, key } => {
+            let key = arg(&key, "KEY")?;
+            let db = open(&file, false)?;
+            let found = db.get_with(&key, |v| w(writeln!(out, "{}", v.get())));
+            db.close().map_err(|e| with_hint(e, &file))?;
+            match found {
+                Some(r) => r,
+                None => not_found(&key, &file),
+            }
+        }
+        Command::Set { file, key, value } => {
+            let key = arg(&key, "KEY")?;
+            let value = json::parse_arg(&value, "VALUE").map_err(Exit::Usage)?;
+            let db = open(&file, true)?;
+            db.set(key, value).map_err(|e| with_hint(e, &file))?;
+            db.close().map_err(|e| with_hint(e, &file))
+        }
+        Command::Rm { file, key } => {
+            let key = arg(&key, "KEY")?;
+            let db = open(&file, false)?;
+            let had = db.contains_key(&key);
+            if had {
+                db.remove(&key).map_err(|e| with_hint(e, &file))?;
+            }
+            db.close().map_err(|e| with_hint(e, &file))?;
+            if had {
+                Ok(())
+            } else {
+                not_found(&key, &file)
+            }
+        }
+        Command::Compact { file } => compact(&file, out),
+        Command::Repair { file, yes } => repair(&file, yes, out),
+        Command::Stats { file } => stats(&file, out),
+    }
+}
+
+fn arg(text: &str, what: &str) -> Result<JsonKey, Exit> {
+    json::parse_arg(text, what)
+        .map(JsonKey::new)
+        .map_err(Exit::Usage)
+}
+
+fn not_found(key: &JsonKey, file: &Path) -> Result<(), Exit> {
+    eprintln!("ptvp35: no key {} in {}", key.text(), file.display());
+    Err(Exit::Quiet(1))
+}
+
+/// Adds what to do next to the errors a user can act on.
+fn with_hint(e: Error, file: &Path) -> Exit {
+    let f = file.display();
+    let hint = match &e {
+        Error::Corrupt { .. } => format!(
+            "hint: `ptvp35 check {f}` lists every bad line; `ptvp35 repair {f} --yes` moves \
+             them to {f}.error and keeps the rest"
+        ),
+        Error::Locked { path } => format!(
+            "hint: the lock is the advisory file lock on {} (flock), held by the process that \
+             has the database open; close it there first",
+            path.display()
+        ),
+        Error::BadSideFile { .. } => format!(
+            "hint: `ptvp35 check {f}` shows the six files; no crash leaves this state, so \
+             recovery does not guess"
+        ),
+        _ => String::new(),
+    };
+    Exit::Failed(e, hint)
+}
+
+/// Opens the database schema-less, without automatic rebuilds. Unless `create`, refuses a
+/// path where there is no database rather than creating an empty one.
+fn open(file: &Path, create: bool) -> Result<Db, Exit> {
+    if !create && !exists(file)? {
+        return Err(Exit::Failed(no_database(file), String::new()));
+    }
+    Options::new()
+        .compact_ratio(f64::INFINITY)
+        .open(file)
+        .map_err(|e| with_hint(e, file))
+}
+
+fn exists(file: &Path) -> Result<bool, Exit> {
+    let mut backup = file.as_os_str().to_os_string();
+    backup.push(".backup");
+    let stat = |p: &Path| {
+        p.try_exists().map_err(|e| {
+            Exit::Failed(
+                Error::Io {
+                    op: "stat",
+                    path: p.to_path_buf(),
+                    source: e,
+                },
+                String::new(),
+            )
+        })
+    };
+    Ok(stat(file)? || stat(Path::new(&backup))?)
+}
+
+fn no_database(file: &Path) -> Error {
+    Error::Io {
+        op: "open",
+        path: file.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no database there"),
+    }
+}
+
+fn inspect(file: &Path) -> Result<Inspection, Exit> {
+    ptvp35::inspect::<JsonKey, IgnoredAny>(file).map_err(|e| with_hint(e, file))
+}
+
+fn check(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
+    let r = inspect(file)?;
+    let health = r.health();
+    let w = |r: io::Result<()>| r.map_err(stdout_error);
+    w(print_check(out, file, &r, health))?;
+    match health {
+        Health::Clean => Ok(()),
+        Health::NeedsRecovery => Err(Exit::Quiet(1)),
+        _ => Err(Exit::Quiet(2)),
+    }
+}
+
+fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> io::Result<()> {
+    let state = match h {
+        Health::Clean => "clean",
+        Health::NeedsRecovery => "recovery needed",
+        _ => "corrupt",
+    };
+    writeln!(out, "{}: {state}", file.display())?;
+    writeln!(out, "files:")?;
+    for f in &r.files {
+        match f.len {
+            Some(n) => writeln!(out, "  {:<40} {n} bytes", f.path.display())?,
+            None => writeln!(out, "  {:<40} absent", f.path.display())?,
+        }
+    }
+    if let Some(n) = r.truncate_count {
+        writeln!(out, "recorded valid length (.truncate): {n} bytes")?;
+    }
+    if let Some(e) = &r.refused {
+        writeln!(out, "recovery would refuse to open: {}", chain(e))?;
+    } else {
+        writeln!(out, "recovery would:")?;
+        print_recovery(out, file, &r.recovery, "  ")?;
+        if r.recovery.was_clean() && r.files[4].len.is_some() {
+            writeln!(
+                out,
+                "  keep every byte (the session ended without a clean close; all of it is \
+                 vouched for)"
+            )?;
+        }
+    }
+    print_counts(out, r)?;
+    if !r.bad_lines.is_empty() {
+        writeln!(out, "corrupt lines ({}):", r.bad_lines.len())?;
+        for b in &r.bad_lines {
+            print_bad(out, b)?;
+        }
+        writeln!(
+            out,
+            "`ptvp35 repair {} --yes` moves them to the .error file and keeps the rest",
+            file.display()
+        )?;
+    }
+    Ok(())
+}
+
+fn print_bad(out: &mut dyn Write, b: &BadLine) -> io::Result<()> {
+    writeln!(
+        out,
+        "  line {} at byte offset {} ({} bytes): {}",
+        b.line, b.offset, b.len, b.reason
+    )
+}
+
+fn print_recovery(
+    out: &mut dyn Write,
+    file: &Path,
+    r: &RecoveryReport,
+    indent: &str,
+) -> io::Result<()> {
+    let f = file.display();
+    if r.was_clean() && !r.created {
+        writeln!(out, "{indent}nothing (the files are consistent)")?;
+    }
+    if r.created {
+        writeln!(out, "{indent}create {f} (it did not exist)")?;
+    }
+    if r.restored_from_backup {
+        writeln!(
+            out,
+            "{indent}restore from {f}.backup (a rebuild had flagged it complete)"
+        )?;
+    }
+    if r.discarded_stale_backup {
+        writeln!(
+            out,
+            "{indent}delete {f}.backup (a rebuild stopped before it was complete; {f} is intact)"
+        )?;
+    }
+    if let Some((at, n)) = r.cut {
+        writeln!(
+            out,
+            "{indent}cut {n} bytes from offset {at} (not vouched for) and append them to {f}.error"
+        )?;
+    }
+    if r.padding > 0 {
+        writeln!(
+            out,
+            "{indent}drop {} zero bytes of preallocated space",
+            r.padding
+        )?;
+    }
+    Ok(())
+}
+
+fn print_counts(out: &mut dyn Write, r: &Inspection) -> io::Result<()> {
+    writeln!(
+        out,
+        "records: {} ({} live keys, {} dead records)",
+        r.records, r.live_keys, r.dead_records
+    )?;
+    writeln!(
+        out,
+        "bytes: {} valid, {} live, {} dead",
+        r.valid_len, r.live_bytes, r.dead_bytes
+    )
+}
+
+fn print_recovered(
+    out: &mut dyn Write,
+    file: &Path,
+    r: &RecoveryReport,
+    keys: usize,
+) -> io::Result<()> {
+    writeln!(out, "{}: recovered, {keys} live keys", file.display())?;
+    writeln!(out, "recovery did:")?;
+    print_recovery(out, file, r, "  ")
+}
+
+fn dump(db: &Db, format: Format, out: &mut dyn Write) -> Result<(), Exit> {
+    let mut first = true;
+    let mut result = Ok(());
+    if format == Format::Json {
+        result = write!(out, "[");
+    }
+    // Written under the map's read locks, one shard at a time: no copy of the data.
+    db.for_each(|k, v| {
+        if result.is_ok() {
+            let sep = match (format, first) {
+                (Format::Ndjson, _) => "",
+                (Format::Json, true) => "\n",
+                (Format::Json, false) => ",\n",
+            };
+            first = false;
+            result = writeln_record(out, sep, k, v, format);
+        }
+    });
+    if format == Format::Json && result.is_ok() {
+        result = writeln!(out, "{}]", if first { "" } else { "\n" });
+    }
+    result.map_err(stdout_error)
+}
+
+fn writeln_record(
+    out: &mut dyn Write,
+    sep: &str,
+    k: &JsonKey,
+    v: &Json,
+    format: Format,
+) -> io::Result<()> {
+    let end = if format == Format::Ndjson { "\n" } else { "" };
+    write!(
+        out,
+        "{sep}{{\"key\":{},\"value\":{}}}{end}",
+        k.text(),
+        v.get()
+    )
+}
+
+fn compact(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
+    let before = file_len(file);
+    let show = progress::wanted(before);
+    if show {
+        // Reading has no byte counter outside the library: say what is going on.
+        eprintln!("reading {} ({})...", file.display(), progress::mib(before));
+    }
+    let db = open(file, false);
+    let db = db?;
+    // Every line of the rebuilt file is `{"key":K,"value":V}\n` (18 bytes besides K and V).
+    let mut total = 0u64;
+    db.for_each(|k, v| total += 18 + k.text().len() as u64 + v.get().len() as u64);
+    let bar = show.then(|| {
+        let mut backup = file.as_os_str().to_os_string();
+        backup.push(".backup");
+        let backup = PathBuf::from(backup);
+        progress::Bar::start(format!("compact {}", file.display()), total, move || {
+            std::fs::metadata(&backup).ok().map(|m| m.len())
+        })
+    });
+    let r = db.compact();
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    r.map_err(|e| with_hint(e, file))?;
+    let keys = db.len();
+    db.close().map_err(|e| with_hint(e, file))?;
+    let after = file_len(file);
+    writeln!(
+        out,
+        "{}: compacted from {before} to {after} bytes ({keys} live keys)",
+        file.display()
+    )
+    .map_err(stdout_error)
+}
+
+fn file_len(file: &Path) -> u64 {
+    std::fs::metadata(file).map_or(0, |m| m.len())
+}
+
+fn repair(file: &Path, yes: bool, out: &mut dyn Write) -> Result<(), Exit> {
+    let w = |r: io::Result<()>| r.map_err(stdout_error);
+    let plan = inspect(file)?;
+    if let Some(e) = plan.refused {
+        // Repair fixes lines, not side files: it would stop where recovery stops.
+        return Err(with_hint(e, file));
+    }
+    let f = file.display();
+    if plan.bad_lines.is_empty() {
+        w(writeln!(
+            out,
+            "{f}: no corrupt lines; nothing to repair{}",
+            if plan.health() == Health::NeedsRecovery {
+                " (`ptvp35 recover` runs the pending recovery)"
+            } else {
+                ""
+            }
+        ))?;
+        return Ok(());
+    }
+    let moved: u64 = plan.bad_lines.iter().map(|b| b.len).sum();
+    w((|| {
+        writeln!(out, "{}:", if yes { "repairing" } else { "repair would" })?;
+        if !plan.recovery.was_clean() {
+            writeln!(out, "  first run recovery, which will:")?;
+            print_recovery(out, file, &plan.recovery, "    ")?;
+        }
+        writeln!(
+            out,
+            "  move {} lines ({moved} bytes) to {f}.error, each after a `# ptvp35 repair: \
+             line N at byte offset X: reason` line:",
+            plan.bad_lines.len()
+        )?;
+        for b in &plan.bad_lines {
+            print_bad(out, b)?;
+        }
+        writeln!(
+            out,
+            "  keep the other {} bytes ({} records) unchanged and in order, written to \
+             {f}.backup, flagged by {f}.recover and renamed over {f}",
+            plan.valid_len - moved,
+            plan.records
+        )
+    })())?;
+    if !yes {
+        w(writeln!(
+            out,
+            "nothing was changed; run `ptvp35 repair {f} --yes` to do it"
+        ))?;
+        return Err(Exit::Quiet(1));
+    }
+    let done = ptvp35::repair::<JsonKey, IgnoredAny>(file).map_err(|e| with_hint(e, file))?;
+    w(writeln!(
+        out,
+        "{f}: repaired: moved {} lines to {f}.error, kept {} bytes",
+        done.moved.len(),
+        done.kept_bytes
+    ))
+}
+
+fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
+    let r = inspect(file)?;
+    let w = |r: io::Result<()>| r.map_err(stdout_error);
+    w((|| {
+        writeln!(out, "{}", file.display())?;
+        for f in &r.files {
+            if let Some(n) = f.len {
+                writeln!(out, "  {:<40} {n} bytes", f.path.display())?;
+            }
+        }
+        print_counts(out, &r)?;
+        let total = r.live_bytes + r.dead_bytes;
+        #[allow(clippy::cast_precision_loss)] // a percentage with one decimal
+        let pct = if total == 0 {
+            100.0
+        } else {
+            r.live_bytes as f64 * 100.0 / total as f64
+        };
+        let ratio = if r.dead_bytes == 0 {
+            "no dead bytes".to_owned()
+        } else {
+            #[allow(clippy::cast_precision_loss)] // a ratio with two decimals
+            let x = r.live_bytes as f64 / r.dead_bytes as f64;
+            format!("{x:.2}")
+        };
+        writeln!(
+            out,
+            "live/dead bytes: {ratio} ({pct:.1}% of record bytes live)"
+        )?;
+        if !r.bad_lines.is_empty() || r.refused.is_some() {
+            writeln!(
+                out,
+                "the database is corrupt: `ptvp35 check {}` for details",
+                file.display()
+            )?;
+        }
+        Ok(())
+    })())
+}

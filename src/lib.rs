@@ -1,7 +1,8 @@
 //! `ptvp35`: an embedded, synchronous key-value store for Rust programs that do not use
-//! async. The whole database lives in memory, behind a read-write lock, so reads run at
-//! memory speed; every change is appended to a newline-delimited JSON file by a dedicated
-//! writer thread, and the calls that say so return only once the change is durable.
+//! async. The whole database lives in memory, so reads run at memory speed; every change
+//! is appended to a newline-delimited JSON file by a dedicated writer thread, and the calls
+//! that say so return only once the change is durable. A crash at any instant loses
+//! nothing that was acknowledged.
 //!
 //! It re-creates the Python library of the same name (`DbConnection`, `VirtualConnection`,
 //! `TransactionView`, `Transaction`) with threads and RAII guards instead of an event
@@ -11,7 +12,16 @@
 //! shared by several processes at once (one process owns a database; others get
 //! [`Error::Locked`]).
 //!
-//! # Quick start
+//! # Guide
+//!
+//! ## Open
+//!
+//! [`DbConnection::open`] opens (or creates) the database whose main file is the given
+//! path, repairs whatever a crash left (see [`DbConnection::recovery_report`]) and loads
+//! every pair into memory. Keys are any `Serialize + DeserializeOwned + Eq + Hash + Clone`
+//! type (strings, integers, tuples, your structs), values any
+//! `Serialize + DeserializeOwned + Clone` type, `serde_json::Value` included.
+//! [`Options`] holds the tunables.
 //!
 //! ```
 //! # fn main() -> anyhow::Result<()> {
@@ -19,27 +29,99 @@
 //! # std::fs::create_dir_all(&dir)?;
 //! use ptvp35::DbConnection;
 //!
-//! let db = DbConnection::<String, serde_json::Value>::open(dir.join("app.db"))?;
-//! db.set("greeting".into(), serde_json::json!({"text": "hello"}))?; // durable on return
-//! assert_eq!(db.get(&"greeting".into()).unwrap()["text"], "hello");
-//!
-//! let tx = db.transaction(); // RAII guard: submits on drop, rolls back on panic
-//! tx.set_nowait("a".into(), 1.into())?;
-//! tx.set_nowait("b".into(), 2.into())?;
-//! tx.commit()?; // both, atomically and durably
-//! db.close()?;
+//! let db = DbConnection::<(String, u32), serde_json::Value>::open(dir.join("app.db"))?;
+//! # db.close()?;
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # Durability and recovery
+//! ## Read
+//!
+//! Reads never touch the disk: [`get`](DbConnection::get) clones a value,
+//! [`get_with`](DbConnection::get_with) lends it to a closure,
+//! [`for_each`](DbConnection::for_each) and [`snapshot`](DbConnection::snapshot) see a
+//! consistent state of the whole map.
+//!
+//! ## Write
+//!
+//! [`set`](DbConnection::set) and [`remove`](DbConnection::remove) return once the change
+//! is durable; many threads writing at once share one sync per batch (group commit). The
+//! `_nowait` forms return as soon as the change is visible, and
+//! [`commit`](DbConnection::commit) waits for everything submitted before it.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ptvp35-doc-lib2-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let db = ptvp35::DbConnection::<String, serde_json::Value>::open(dir.join("app.db"))?;
+//! db.set("greeting".into(), serde_json::json!({"text": "hello"}))?; // durable on return
+//! assert_eq!(db.get(&"greeting".into()).unwrap()["text"], "hello");
+//! for i in 0..100 {
+//!     db.set_nowait(format!("item{i}"), i.into())?; // visible now
+//! }
+//! db.commit()?; // all durable
+//! # db.close()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Transactions
+//!
+//! A [`Delta`] is a set of changes applied as one unit: readers see all of it or none,
+//! and after any crash the file holds all of it or none. A [`Transaction`] guard collects
+//! changes in a [`TransactionView`] that reads its own writes; it submits on drop, rolls
+//! back on panic, and nests. [`DbConnection::transact`] runs a read-modify-write closure
+//! and reruns it if another thread changed what it read. The
+//! [transactions guide](guide_transactions) explains visibility, nesting and isolation.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ptvp35-doc-lib3-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("bank.db"))?;
+//! db.set("alice".into(), 100)?;
+//! let tx = db.transaction();
+//! tx.set_nowait("alice".into(), 70)?;
+//! tx.set_nowait("bob".into(), 30)?;
+//! tx.commit()?; // both, atomically and durably
+//!
+//! db.transact(|tx| -> anyhow::Result<()> {
+//!     let a = tx.get(&"alice".into()).unwrap_or(0);
+//!     tx.set_nowait("alice".into(), a + 1)?; // no lost update, whatever other threads do
+//!     Ok(())
+//! })?;
+//! # db.close()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Durability
+//!
+//! The writer thread appends each batch with one write and makes it durable with one
+//! `fdatasync`; the last line of a batch carries a checksum chained over the whole file, so
+//! no second sync is needed to record how much of the file is valid. A failed sync poisons
+//! the database: writes are refused with [`Error::Poisoned`], reads go on, and reopening
+//! recovers. [`close`](DbConnection::close) (or drop) leaves only the main file.
+//!
+//! ## Recovery
 //!
 //! For a main file `P` the engine uses six paths: `P` itself, `P.backup` and `P.recover`
 //! (used while the file is rebuilt), `P.truncate` and `P.truncate_flag` (how much of `P`
 //! is known good), and `P.error` (what recovery cut, never thrown away). Opening runs
-//! recovery from whatever state a crash left; the repository's `docs/recovery.md` walks
-//! through every crash point and `docs/format.md` describes the file format.
+//! recovery from whatever state a crash left. A line that is bad where no crash can
+//! explain it stops the open with [`Error::Corrupt`], naming the file, line and offset.
+//! The repository's `docs/recovery.md` walks through every crash point and
+//! `docs/format.md` describes the file format.
+//!
+//! ## Checking, repairing, and the `ptvp35` tool
+//!
+//! [`inspect`] reads a database's six files without changing anything and tells what
+//! opening would do; [`repair`] moves lines that do not decode to `P.error` and keeps the
+//! rest, crash-safely. The `ptvp35` command (`cargo install ptvp35-cli`) wraps both, with
+//! `check`, `recover`, `dump`, `get`, `set`, `rm`, `compact`, `repair` and `stats`.
 
 #![deny(missing_docs)]
 

@@ -125,15 +125,27 @@ impl Progress {
         self.cv.notify_all();
     }
 
+    /// Records the failure that poisons the store (the first one wins), so that refused
+    /// submissions name it, without failing any waiter yet: see [`Progress::fail`].
+    fn record(&self, e: Error) {
+        self.lock()
+            .failed
+            .get_or_insert((u64::MAX, u64::MAX, Arc::new(e)));
+    }
+
     /// Fails every request that is not durable yet: those up to `to` (the failed batch)
-    /// with `e` itself, later ones with [`Error::Poisoned`].
-    fn fail(&self, to: u64, e: Error) -> Arc<Error> {
+    /// with the recorded error itself, later ones with [`Error::Poisoned`]. Called once
+    /// memory is undone, so a caller that gets the error reads the durable state.
+    fn fail(&self, to: u64) {
         let mut st = self.lock();
         let from = st.durable + 1;
-        let e = Arc::clone(&st.failed.get_or_insert((from, to, Arc::new(e))).2);
+        if let Some(f) = &mut st.failed {
+            if f.0 == u64::MAX {
+                (f.0, f.1) = (from, to);
+            }
+        }
         drop(st);
         self.cv.notify_all();
-        e
     }
 
     fn stop(&self) {
@@ -310,6 +322,11 @@ impl Writer {
                         recv(job.done) -> copied => {
                             let copied = copied.unwrap_or(Err(Error::Closed));
                             self.finish_rebuild(copied);
+                            // A failed install poisons, which may take a shutdown from
+                            // the queue: stop then, or `close` waits forever.
+                            if self.stop {
+                                break;
+                            }
                             continue;
                         }
                     }
@@ -414,6 +431,7 @@ impl Writer {
                 self.progress.advance(last);
             }
             Err(e) => {
+                self.cut_failed_tail();
                 let failed: Vec<Pending> = std::mem::take(pending);
                 self.poison(failed, last, e);
             }
@@ -427,7 +445,7 @@ impl Writer {
     /// everything still queued.
     fn poison(&mut self, failed: Vec<Pending>, last: u64, e: Error) {
         self.poisoned = true;
-        self.progress.fail(last, e);
+        self.progress.record(e);
         self.engine.refuse_writes();
         let mut undos: Vec<Undo> = failed.into_iter().map(|p| p.undo).collect();
         let (mut drained, mut drained_bytes) = (0, 0);
@@ -448,7 +466,20 @@ impl Writer {
             }
         }
         self.engine.undo(undos);
+        self.progress.fail(last);
         self.budget.release(drained, drained_bytes);
+    }
+
+    /// After a failed append: best effort, cut `P` back to its durable length and sync.
+    /// A failed `fdatasync` may leave the batch in the page cache marked clean (D6): a
+    /// reopen in this process would read it whole, checksum and all, and append after
+    /// it, while the disk may hold a hole there that later makes recovery cut those
+    /// acknowledged appends. The cut drops the cached pages; if it fails too, the next
+    /// open still sees what the cache holds (`docs/recovery.md`, "Faults while running").
+    fn cut_failed_tail(&mut self) {
+        if self.file.set_len(self.len).is_ok() && self.file.sync_data().is_ok() {
+            self.allocated = self.len;
+        }
     }
 
     fn poisoned_error(&self) -> Error {

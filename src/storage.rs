@@ -126,7 +126,7 @@ pub(crate) struct BackupWriter {
     hasher: Hasher,
 }
 
-/// XXH3 state over a file's bytes, with the count of bytes it has seen.
+/// XXH3 state over every byte of a file so far.
 #[derive(Clone)]
 pub(crate) struct Hasher(pub(crate) Xxh3);
 

@@ -282,23 +282,16 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # }
     /// ```
     pub fn submit(&self) -> Result<()> {
+        // Inside `transact` the root delta stays put: `transact` submits it itself, with
+        // its conflict check.
+        let Parent::Connection(p) = &self.parent else {
+            return Ok(());
+        };
         let delta = std::mem::take(&mut *self.delta.lock());
         if delta.is_empty() {
             return Ok(());
         }
-        self.parent_submit(delta)
-    }
-
-    fn parent_submit(&self, delta: Delta<K, V>) -> Result<()> {
-        match &self.parent {
-            Parent::Connection(p) => p.submit_transaction(delta),
-            Parent::Tracked { .. } => {
-                // Inside `transact` the root delta is submitted by `transact` itself, with
-                // its conflict check.
-                self.delta.lock().merge(delta);
-                Ok(())
-            }
-        }
+        p.submit_transaction(delta)
     }
 
     /// Merges `delta` into this view's delta (a view's form of "submit").

@@ -35,13 +35,13 @@ pub(crate) enum Request {
 
 /// The typed side of the database, as the writer sees it.
 pub(crate) trait Engine: Send + Sync {
-    /// Serializes every live pair, in chunks of whole lines, under the map's read lock.
-    /// Returns the highest sequence number the copy includes.
+    /// Serializes every live pair, in chunks of whole lines, one shard at a time under
+    /// that shard's read lock. Returns the last sequence number the copy may include.
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
-    /// Under the map's write lock: refuse every later submission.
+    /// Refuses every later submission.
     fn refuse_writes(&self);
-    /// Under the map's write lock: undo `undos` (oldest first in the vector), newest
-    /// first, so that memory matches the disk again.
+    /// Undoes `undos` (oldest first in the vector), newest first, so that memory matches
+    /// the disk again.
     fn undo(&self, undos: Vec<Undo>);
     /// Live keys.
     fn live_keys(&self) -> u64;
@@ -553,7 +553,7 @@ impl Writer {
         let in_file = self.counters.records_in_file.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)] // a ratio of counts; precision is irrelevant
         let grown = in_file as f64 > self.config.compact_ratio * live as f64;
-        if grown && self.job.is_none() {
+        if grown {
             self.start_rebuild(None);
         }
     }

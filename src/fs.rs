@@ -3,9 +3,6 @@
 //! Every file operation of the storage protocol goes through [`Fs`] and [`FsFile`], so the
 //! tests (and the fuzz targets) can put a simulated, crashable filesystem under the engine
 //! without touching the protocol code. Production uses [`RealFs`].
-// The seam is public only with the `testing` feature; without it the `pub` items are
-// reachable from inside the crate alone.
-#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

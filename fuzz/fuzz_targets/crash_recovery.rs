@@ -1,6 +1,6 @@
-//! `crash_recovery`: see `ptvp35::testing::crash_recovery`.
+//! `crash_recovery`: see `ptvp35_testkit::crash_recovery`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| ptvp35::testing::crash_recovery(data));
+fuzz_target!(|data: &[u8]| ptvp35_testkit::crash_recovery(data));

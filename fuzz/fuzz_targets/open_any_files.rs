@@ -1,6 +1,6 @@
-//! `open_any_files`: see `ptvp35::testing::open_any_files`.
+//! `open_any_files`: see `ptvp35_testkit::open_any_files`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| ptvp35::testing::open_any_files(data));
+fuzz_target!(|data: &[u8]| ptvp35_testkit::open_any_files(data));

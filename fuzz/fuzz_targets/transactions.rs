@@ -1,6 +1,6 @@
-//! `transactions`: see `ptvp35::testing::transactions`.
+//! `transactions`: see `ptvp35_testkit::transactions`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| ptvp35::testing::transactions(data));
+fuzz_target!(|data: &[u8]| ptvp35_testkit::transactions(data));

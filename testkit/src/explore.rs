@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::disk::{Fate, OpKind, PendingOp, Rng};
 use super::model::{db_path, open_on, run_steps, six_paths, verify, Model, Step};
 use super::sim::SimFs;
-use crate::Options;
+use ptvp35::Options;
 
 /// How much to explore at each crash point.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use super::sim::SimFs;
-use crate::{DbConnection, Delta, Error, Options};
+use ptvp35::{DbConnection, Delta, Error, Options};
 
 /// The database type every check uses: string keys `"k0"`, `"k1"`, ... and values that
 /// are unique per write, so that each state names the writes it holds.
@@ -53,7 +53,7 @@ pub fn open_on(fs: &SimFs, opts: &Options) -> Result<Db, Error> {
 }
 
 /// [`open_on`] with any value type.
-pub(super) fn open_typed<V: crate::Value>(
+pub(super) fn open_typed<V: ptvp35::Value>(
     fs: &SimFs,
     opts: &Options,
 ) -> Result<DbConnection<String, V>, Error> {
@@ -267,7 +267,7 @@ fn delta_of(changes: &[(String, Option<u64>)]) -> Result<Delta<String, u64>, Err
     Ok(d)
 }
 
-fn fill(view: &crate::TransactionView<'_, String, u64>, ch: &[(String, Option<u64>)]) {
+fn fill(view: &ptvp35::TransactionView<'_, String, u64>, ch: &[(String, Option<u64>)]) {
     for (k, v) in ch {
         let r = match v {
             Some(v) => view.set_nowait(k.clone(), *v),
@@ -575,7 +575,7 @@ pub struct Verified {
     /// What `P.error` holds after recovery.
     pub error_file: Vec<u8>,
     /// The recovery report of the first open.
-    pub report: crate::RecoveryReport,
+    pub report: ptvp35::RecoveryReport,
 }
 
 /// At most 200 bytes of `b`, for messages.

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::disk::{
     describe, random_fate, role, Effect, Fate, Fault, FileOp, OpKind, PendingOp, Rng, TraceOp,
 };
-use crate::fs::{Fs, FsFile};
+use ptvp35::{Fs, FsFile};
 
 #[derive(Debug, Clone, Default)]
 struct Inode {

@@ -1,15 +1,14 @@
 //! The fuzz bodies of `fuzz/` on their committed seed corpora (`fuzz/seeds/<target>/`)
 //! and on inputs made from a fixed generator, so `cargo test` covers them without a
 //! fuzzer.
-#![cfg(feature = "testing")]
 
 use std::path::Path;
 
-use ptvp35::testing::{crash_recovery, open_any_files, transactions, Rng};
+use ptvp35_testkit::{crash_recovery, open_any_files, transactions, Rng};
 
 fn seeds(target: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/seeds")
+        .join("../fuzz/seeds")
         .join(target);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir)? {

@@ -4,18 +4,17 @@
 //! acknowledged is lost, writes are refused afterwards while reads go on and memory
 //! matches the disk, and reopening (in the same process, or after a crash) recovers to a
 //! state the model allows.
-#![cfg(feature = "testing")]
 
 use std::io;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use ptvp35::testing::{
+use ptvp35::{Error, Options};
+use ptvp35_testkit::{
     open_on, run_steps, standard_workload, state_of, strays, verify, Db, Effect, Fault, Model,
     OpKind, SimFs, Step,
 };
-use ptvp35::{Error, Options};
 
 fn opts() -> Options {
     Options::new()
@@ -403,7 +402,7 @@ fn faults_during_recovery_are_reported_and_retried() -> anyhow::Result<()> {
     let mut model = Model::default();
     let out = run_steps(&fs, &opts(), &standard_workload(), &mut model);
     drop(out.db);
-    let base = fs.crash_with(|_, _| ptvp35::testing::Fate::Prefix(5));
+    let base = fs.crash_with(|_, _| ptvp35_testkit::Fate::Prefix(5));
     for kind in [
         OpKind::Write,
         OpKind::SyncData,

@@ -1,6 +1,6 @@
 //! The fuzz bodies: each turns arbitrary bytes into a scenario, runs it on a [`SimFs`] and
 //! panics if a rule is broken. `fuzz/` calls them from libFuzzer; `cargo test` calls them
-//! on a fixed seed set (`tests/fuzz_seeds.rs`).
+//! on a fixed seed set (`testkit/tests/fuzz_seeds.rs`).
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -11,7 +11,7 @@ use super::model::{
     strays, verify, IntendedPanic, Model, Step,
 };
 use super::sim::SimFs;
-use crate::{DbConnection, Options, TransactionView};
+use ptvp35::{DbConnection, Options, TransactionView};
 
 /// Reads numbers from the fuzzer's bytes; zeros once they run out.
 #[derive(Debug)]
@@ -325,7 +325,7 @@ fn level(
 
 /// Ends guard `t` (the top of `stack`) as `end` says, mirroring it in the model.
 fn finish(
-    t: crate::Transaction<'_, String, u64>,
+    t: ptvp35::Transaction<'_, String, u64>,
     end: End,
     model: &mut Model,
     stack: &mut Vec<Level>,

@@ -1,16 +1,15 @@
-//! Systematic crash exploration over the simulated filesystem (`ptvp35::testing`): the
+//! Systematic crash exploration over the simulated filesystem (`ptvp35_testkit`): the
 //! standard workload dies at every operation boundary in turn, each frozen state is
 //! crashed into many disk states, every recovery is checked against the model, and
 //! recovery itself is crashed at each of its boundaries. Set `PTVP35_EXPLORE_VERBOSE=1`
 //! to see each crash point.
-#![cfg(feature = "testing")]
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::ensure;
-use ptvp35::testing::{explore, standard_workload, Exploration, Explored};
 use ptvp35::Options;
+use ptvp35_testkit::{explore, standard_workload, Exploration, Explored};
 
 fn run(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored> {
     let t = Instant::now();

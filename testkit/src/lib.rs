@@ -1,0 +1,27 @@
+//! The test kit of `ptvp35`, not published: a simulated crashable filesystem
+//! ([`SimFs`]), a reference model with its checker, the systematic crash exploration, and
+//! the fuzz bodies that `fuzz/` and `cargo test` both call.
+//!
+//! It reaches the engine only through the public API and the hidden filesystem seam
+//! ([`ptvp35::Fs`], [`ptvp35::Options::filesystem`]), so the library package ships none
+//! of it. `docs/recovery.md` ("Crash points") states the disk model that [`SimFs`]
+//! implements and lists which test reaches each crash point.
+
+pub use ptvp35::{Fs, FsFile, RealFs};
+
+mod disk;
+mod explore;
+mod fuzz;
+mod model;
+mod sim;
+
+pub use disk::{random_fate, role, Effect, Fate, Fault, OpKind, PendingOp, Rng, TraceOp};
+pub use explore::{
+    crash_recovery as crash_during_recovery, explore, standard_workload, Exploration, Explored,
+};
+pub use fuzz::{crash_recovery, open_any_files, transactions};
+pub use model::{
+    db_path, key, open_on, quiet_intended_panics, run_steps, six_paths, state_of, strays, verify,
+    Db, IntendedPanic, Model, Outcome, State, Step, Txn, Verified,
+};
+pub use sim::SimFs;

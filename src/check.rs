@@ -266,7 +266,7 @@ where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    inspect_with::<K, V>(&RealFs, &Paths::new(path.as_ref()))
+    inspect_with::<K, V>(&RealFs, &Paths::resolve(&RealFs, path.as_ref())?)
 }
 
 pub(crate) fn inspect_with<K, V>(fs: &dyn Fs, paths: &Paths) -> Result<Inspection>
@@ -307,7 +307,8 @@ where
         .map_err(|_| Error::io("read", &paths.main, io::Error::other("six files expected")))?;
     let truncate_count = truncate
         .as_deref()
-        .and_then(|b| storage::parse_count(&paths.truncate, b).ok());
+        .and_then(|b| storage::parse_count(&paths.truncate, b).ok())
+        .map(|c| c.valid);
 
     // The decisions of `recovery::open_and_recover`, taken without acting on them.
     let mut report = RecoveryReport {
@@ -359,17 +360,15 @@ where
 /// Takes the database's lock on `P` for the caller's scope; `None` if `P` cannot be opened
 /// for writing (a read-only copy), which nobody can be writing either.
 fn lock(fs: &dyn Fs, paths: &Paths) -> Result<Option<Box<dyn FsFile>>> {
-    let mut f = match fs.open(&paths.main, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
-        Err(e) => return Err(Error::io("open", &paths.main, e)),
-    };
-    if io("lock", &paths.main, f.try_lock())? {
-        Ok(Some(f))
-    } else {
-        Err(Error::Locked {
+    match storage::open_locked(fs, &paths.main, false) {
+        Ok(Some(f)) => Ok(Some(f)),
+        Ok(None) => Err(Error::Locked {
             path: paths.main.clone(),
-        })
+        }),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -485,7 +484,8 @@ where
     V: DeserializeOwned,
 {
     let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    repair_with::<K, V>(&fs, &Paths::new(path.as_ref()))
+    let paths = Paths::resolve(&*fs, path.as_ref())?;
+    repair_with::<K, V>(&fs, &paths)
 }
 
 pub(crate) fn repair_with<K, V>(fs: &Arc<dyn Fs>, paths: &Paths) -> Result<RepairReport>
@@ -503,7 +503,7 @@ where
         ));
     }
     // Locks `P` (held until `rec.file` drops at the end) and recovers.
-    let rec = recovery::open_and_recover(&**fs, paths)?;
+    let mut rec = recovery::open_and_recover(&**fs, paths)?;
     let mut moved = Vec::new();
     let mut error_bytes = Vec::new();
     for_each_line(&rec.data, |line_no, offset, line, complete| {
@@ -541,7 +541,8 @@ where
     recovery::append_error(&**fs, paths, &error_bytes)?;
     // (2) The kept lines go to `P.backup`, which is flagged and renamed over `P` as in a
     // rebuild (`docs/recovery.md`, R1–R9).
-    let mut backup = BackupWriter::create(Arc::clone(fs), paths.clone())?;
+    let like = io("stat", &paths.main, rec.file.meta())?;
+    let mut backup = BackupWriter::create(Arc::clone(fs), paths.clone(), &like)?;
     let mut chunk = Vec::with_capacity(1 << 20);
     let mut kept = 0u64;
     let mut next_bad = moved.iter().map(|b| b.offset).peekable();
@@ -564,11 +565,12 @@ where
     }
     kept += chunk.len() as u64;
     backup.write(&chunk)?;
-    let (new_main, _, _) = backup.install()?;
+    let installed = backup.install()?;
+    installed.result?;
     // (3) `install` left a count in `P.truncate` (and the flag, if a crash had left one):
     // the repaired `P` is whole, so end the session as a clean close does.
     storage::end_session(&**fs, paths)?;
-    drop(new_main);
+    drop(installed.file);
     drop(rec.file);
     Ok(RepairReport {
         recovery: rec.report,

@@ -138,6 +138,18 @@ pub(crate) fn close_batch(buf: &mut Vec<u8>, hasher: &mut Xxh3) {
     hasher.update(&buf[tail_start..]);
 }
 
+/// The lines of `data` from `from` on that end in `\n`, each with its offset (the line
+/// without its `\n`); bytes after the last `\n` are not a line.
+pub(crate) fn lines(data: &[u8], from: usize) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut pos = from;
+    std::iter::from_fn(move || {
+        let nl = data.get(pos..)?.iter().position(|&b| b == b'\n')?;
+        let at = pos;
+        pos += nl + 1;
+        Some((at, &data[at..at + nl]))
+    })
+}
+
 /// If `line` (without its `\n`) ends like a batch's last line, returns how many bytes of
 /// it precede the checksum digits and the checksum those digits spell.
 pub(crate) fn batch_tail(line: &[u8]) -> Option<(usize, u64)> {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 use crate::map::{Map, ReadSet, Refusal, UndoList};
 use crate::recovery::{self, RecoveryReport};
-use crate::storage::{self, Hasher, Paths};
+use crate::storage::{self, Paths};
 use crate::writer::{Budget, Counters, Engine, Progress, Request, Undo, Writer, WriterConfig};
 
 /// Tunables for opening a database. [`Options::new`] gives the defaults.
@@ -320,14 +320,12 @@ impl<K: Key, V: Value> DbConnection<K, V> {
 
     fn open_with(opts: &Options, path: &Path) -> Result<Self> {
         let fs = Arc::clone(&opts.fs);
-        let paths = Paths::new(path);
-        let rec = recovery::open_and_recover(&*fs, &paths)?;
+        let paths = Paths::resolve(&*fs, path)?;
+        let mut rec = recovery::open_and_recover(&*fs, &paths)?;
         let (map, records) = crate::load::load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
-        let mut hasher = Hasher::new();
-        hasher.0.update(&rec.data);
         let len = rec.data.len() as u64;
         drop(rec.data);
-        storage::start_session(&*fs, &paths, len, rec.has_flag)?;
+        let chain = storage::start_session(&*fs, &paths, &mut *rec.file, len, rec.has_flag)?;
 
         let (tx, rx) = crossbeam_channel::bounded(opts.queue_requests);
         let budget = Arc::new(Budget::new(opts.queue_requests, opts.queue_bytes));
@@ -348,7 +346,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             file: rec.file,
             len,
             allocated: len,
-            hasher,
+            chain,
             rx,
             engine: Arc::clone(&shared) as Arc<dyn Engine>,
             progress,

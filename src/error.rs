@@ -99,6 +99,15 @@ pub enum Error {
         /// How many times the closure ran.
         attempts: u32,
     },
+    /// The file is in a state the engine will not run on, though nothing in it is
+    /// corrupt: for example a main file with other hard links, which a rebuild would split
+    /// into two databases. Nothing was changed.
+    Unsupported {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, and what to do instead.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -147,6 +156,10 @@ impl Error {
             Error::Conflict { attempts } => Error::Conflict {
                 attempts: *attempts,
             },
+            Error::Unsupported { path, reason } => Error::Unsupported {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
         }
     }
 
@@ -189,6 +202,9 @@ impl fmt::Display for Error {
                 f,
                 "transaction gave up after {attempts} attempts: the keys it read kept changing"
             ),
+            Error::Unsupported { path, reason } => {
+                write!(f, "cannot use {} as a database: {reason}", path.display())
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A directory tree of files, as the storage protocol needs it.
 ///
@@ -58,6 +58,42 @@ pub trait Fs: Send + Sync + fmt::Debug {
     ///
     /// What the filesystem reports.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// The identity and ownership of the file at `path` (symbolic links followed), or
+    /// `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports.
+    fn meta(&self, path: &Path) -> io::Result<Option<FileMeta>>;
+
+    /// The absolute path of the file that `path` names now: relative to the current
+    /// directory, with symbolic links (of the file itself, and of the directories above
+    /// it) followed. The file itself need not exist; its directory must.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports; a chain of more than 40 links is an error.
+    fn resolve(&self, path: &Path) -> io::Result<PathBuf>;
+
+    /// A fresh 64-bit salt, never 0: the seed of a new file incarnation's checksum chain.
+    /// Random on a real system; the simulated filesystem makes it reproducible.
+    fn salt(&self) -> u64;
+}
+
+/// What identifies a file, and what a rebuild keeps of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Device and inode number: two paths name one file when these are equal.
+    pub id: (u64, u64),
+    /// The number of hard links (names) the file has.
+    pub links: u64,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Owning user.
+    pub uid: u32,
+    /// Owning group.
+    pub gid: u32,
 }
 
 /// An open file.
@@ -100,6 +136,22 @@ pub trait FsFile: Send + fmt::Debug {
     /// and a later successful sync does not make it known (the kernel may have dropped
     /// the dirty pages): callers must not retry and trust.
     fn sync_data(&mut self) -> io::Result<()>;
+
+    /// The file's identity and ownership.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports.
+    fn meta(&mut self) -> io::Result<FileMeta>;
+
+    /// Gives the file the owner, group and permission bits of `like`, as far as the
+    /// process may: a change of owner that the system refuses for lack of privilege is
+    /// skipped (the group is still tried), any other failure is an error.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports.
+    fn set_owner_and_mode(&mut self, like: &FileMeta) -> io::Result<()>;
 
     /// Takes an exclusive advisory lock without waiting. Returns `false` if another open
     /// file (in this process or another) holds it. The lock ends when the file is closed.
@@ -158,6 +210,35 @@ impl Fs for RealFs {
         std::fs::remove_file(path)
     }
 
+    fn meta(&self, path: &Path) -> io::Result<Option<FileMeta>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(file_meta(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn resolve(&self, path: &Path) -> io::Result<PathBuf> {
+        let file = follow_links(std::path::absolute(path)?)?;
+        let name = file
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "names no file"))?;
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        Ok(std::fs::canonicalize(dir)?.join(name))
+    }
+
+    fn salt(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        // The standard library seeds each `RandomState` from the system's randomness.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish().max(1)
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         #[cfg(unix)]
         {
@@ -171,6 +252,51 @@ impl Fs for RealFs {
             Ok(())
         }
     }
+}
+
+#[cfg(unix)]
+fn file_meta(m: &std::fs::Metadata) -> FileMeta {
+    use std::os::unix::fs::MetadataExt;
+    FileMeta {
+        id: (m.dev(), m.ino()),
+        links: m.nlink(),
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+    }
+}
+
+// Other systems have no inode numbers or owners to keep: every file looks alike, and
+// the identity checks that compare them pass.
+#[cfg(not(unix))]
+fn file_meta(_: &std::fs::Metadata) -> FileMeta {
+    FileMeta {
+        id: (0, 0),
+        links: 1,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+/// Follows `path` while it is a symbolic link; returns the first path that is not one
+/// (or does not exist).
+fn follow_links(mut path: PathBuf) -> io::Result<PathBuf> {
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("more than 40 levels of symbolic links"))
 }
 
 impl FsFile for RealFile {
@@ -207,6 +333,38 @@ impl FsFile for RealFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.file.flush()?;
         self.file.sync_data()
+    }
+
+    fn meta(&mut self) -> io::Result<FileMeta> {
+        Ok(file_meta(&self.file.metadata()?))
+    }
+
+    fn set_owner_and_mode(&mut self, like: &FileMeta) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let now = self.meta()?;
+            // Owner first: a change of owner may clear the set-id bits set below.
+            if (now.uid, now.gid) != (like.uid, like.gid) {
+                let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+                match std::os::unix::fs::fchown(&self.file, Some(like.uid), Some(like.gid)) {
+                    Err(e) if denied(&e) => {
+                        match std::os::unix::fs::fchown(&self.file, None, Some(like.gid)) {
+                            Err(e) if !denied(&e) => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    r => r?,
+                }
+            }
+            if self.meta()?.mode != like.mode {
+                self.file
+                    .set_permissions(std::fs::Permissions::from_mode(like.mode))?;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = like;
+        Ok(())
     }
 
     fn try_lock(&mut self) -> io::Result<bool> {

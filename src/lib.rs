@@ -125,6 +125,7 @@
 
 #![deny(missing_docs)]
 
+mod chain;
 mod check;
 mod codec;
 mod connection;
@@ -146,7 +147,7 @@ pub mod guide_transactions {}
 /// The filesystem seam, public but hidden and outside semver: the workspace's test kit
 /// (`testkit/`) puts a simulated, crashable filesystem under the engine through it.
 #[doc(hidden)]
-pub use fs::{Fs, FsFile, RealFs};
+pub use fs::{FileMeta, Fs, FsFile, RealFs};
 
 pub use check::{inspect, repair, BadLine, FileState, Health, Inspection, RepairReport};
 pub use connection::{CommitHandle, DbConnection, Options, Stats};

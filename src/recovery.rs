@@ -1,10 +1,10 @@
 //! Repair at open from the flag files: restore from `P.backup`, or cut `P` back to what the
 //! truncate marker and the batch checksums vouch for. Cut bytes go to `P.error`.
 
-use crate::codec;
+use crate::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsFile};
-use crate::storage::{self, io, Hasher, Paths};
+use crate::storage::{self, io, Count, Paths};
 
 /// What recovery found at open and what it did about it.
 ///
@@ -71,12 +71,26 @@ pub(crate) struct Recovered {
 pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let existed = io("stat", &paths.main, fs.exists(&paths.main))?;
-    let mut file = io("open", &paths.main, fs.open(&paths.main, true))?;
-    if !io("lock", &paths.main, file.try_lock())? {
+    if !existed
+        && io("stat", &paths.recover, fs.exists(&paths.recover))?
+        && !io("stat", &paths.backup, fs.exists(&paths.backup))?
+    {
+        // (V0) The flag says the backup is the data, and neither file is there: a rename
+        // that the filesystem carried out as "unlink target, unlink source, link target"
+        // and lost in the middle. Nothing here can bring the data back; creating an empty
+        // database would hide that. Leave the evidence as it is.
+        return Err(Error::BadSideFile {
+            path: paths.recover.clone(),
+            reason: "says the rebuilt copy P.backup holds the data, but neither it nor the \
+                     main file exists; nothing was changed"
+                .into(),
+        });
+    }
+    let Some(mut file) = storage::open_locked(fs, &paths.main, true)? else {
         return Err(Error::Locked {
             path: paths.main.clone(),
         });
-    }
+    };
     if !existed {
         report.created = true;
         storage::sync_dir(fs, paths)?;
@@ -84,13 +98,19 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
 
     if io("stat", &paths.recover, fs.exists(&paths.recover))? {
         // (V1) A rebuild had flagged its backup as complete.
-        if io("stat", &paths.backup, fs.exists(&paths.backup))? {
-            let mut backup = io("open", &paths.backup, fs.open(&paths.backup, false))?;
-            if !io("lock", &paths.backup, backup.try_lock())? {
+        let main_id = io("stat", &paths.main, file.meta())?.id;
+        let backup_id = io("stat", &paths.backup, fs.meta(&paths.backup))?.map(|m| m.id);
+        if backup_id == Some(main_id) {
+            // Both names lead to the backup: the rename linked it as `P` and was cut
+            // before it unlinked the old name. The rename happened; drop the old name.
+            storage::remove_if_exists(fs, &paths.backup)?;
+            storage::sync_dir(fs, paths)?;
+        } else if backup_id.is_some() {
+            let Some(backup) = storage::open_locked(fs, &paths.backup, false)? else {
                 return Err(Error::Locked {
                     path: paths.backup.clone(),
                 });
-            }
+            };
             io(
                 "rename",
                 &paths.backup,
@@ -113,6 +133,7 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         storage::sync_dir(fs, paths)?;
         report.discarded_stale_backup = true;
     }
+    check_links(&mut *file, paths)?;
 
     let mut data = read_all(&mut *file, paths)?;
     let has_flag = io(
@@ -125,6 +146,7 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         let count = read_count(fs, paths, &data)?;
         let valid = valid_end(&data, count);
         if valid < data.len() {
+            refuse_character_count(paths, &data, count, valid)?;
             let cut = &data[valid..];
             append_error(fs, paths, cut)?;
             io("truncate", &paths.main, file.set_len(valid as u64))?;
@@ -138,6 +160,43 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         data,
         has_flag,
         report,
+    })
+}
+
+/// Refuses a main file with other hard links: a rebuild replaces `P` by a new file, and
+/// the other names would go on naming the old one, a second database from then on.
+fn check_links(file: &mut dyn FsFile, paths: &Paths) -> Result<()> {
+    let links = io("stat", &paths.main, file.meta())?.links;
+    if links > 1 {
+        return Err(Error::Unsupported {
+            path: paths.main.clone(),
+            reason: format!(
+                "the main file has {links} hard links; a rebuild would replace it under \
+                 this name only and split the database in two (use a symbolic link instead)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A count written without a salt may come from the Python library, which counts
+/// characters, not bytes. Where the text before the count is ASCII the two agree; where
+/// it is not, the bytes after the count may be whole, synced records, and cutting them
+/// would lose them without a word. Refuse instead, as `docs/format.md` promises.
+fn refuse_character_count(paths: &Paths, data: &[u8], count: Count, valid: usize) -> Result<()> {
+    let at = usize::try_from(count.valid).unwrap_or(usize::MAX);
+    if count.salt != 0 || data[..at.min(data.len())].is_ascii() {
+        return Ok(());
+    }
+    Err(Error::BadSideFile {
+        path: paths.truncate.clone(),
+        reason: format!(
+            "counts {at} valid bytes with no salt, as the Python library writes it, and the \
+             text before that point is not ASCII: the count may be in characters, so the \
+             {} bytes after it may be whole records; nothing was cut (remove \
+             P.truncate_flag to keep them all, once you have checked the last line)",
+            data.len() - valid
+        ),
     })
 }
 
@@ -176,7 +235,7 @@ fn read_all(file: &mut dyn FsFile, paths: &Paths) -> Result<Vec<u8>> {
 }
 
 /// Reads `P.truncate` and checks it against `P`; a flag must vouch for a sane count.
-pub(crate) fn read_count(fs: &dyn Fs, paths: &Paths, data: &[u8]) -> Result<usize> {
+pub(crate) fn read_count(fs: &dyn Fs, paths: &Paths, data: &[u8]) -> Result<Count> {
     let bytes = io("read", &paths.truncate, fs.read(&paths.truncate))?.ok_or_else(|| {
         Error::BadSideFile {
             path: paths.truncate.clone(),
@@ -188,42 +247,33 @@ pub(crate) fn read_count(fs: &dyn Fs, paths: &Paths, data: &[u8]) -> Result<usiz
         path: paths.truncate.clone(),
         reason,
     };
-    let count = usize::try_from(count)
+    let valid = usize::try_from(count.valid)
         .ok()
         .filter(|&c| c <= data.len())
         .ok_or_else(|| {
             bad(format!(
-                "records {count} valid bytes but the main file holds only {}",
+                "records {} valid bytes but the main file holds only {}",
+                count.valid,
                 data.len()
             ))
         })?;
-    if count > 0 && data[count - 1] != b'\n' {
+    if valid > 0 && data[valid - 1] != b'\n' {
         return Err(bad(format!(
-            "count {count} does not end a line of the main file"
+            "count {valid} does not end a line of the main file"
         )));
     }
     Ok(count)
 }
 
-/// The end of the last whole batch after `count` whose checksum holds (or `count`).
-pub(crate) fn valid_end(data: &[u8], count: usize) -> usize {
-    let mut hasher = Hasher::new();
-    hasher.0.update(&data[..count]);
-    let mut hashed_to = count;
-    let mut accepted = count;
-    let mut pos = count;
-    while let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') {
-        let line = &data[pos..pos + nl];
-        if let Some((digits_at, ck)) = codec::batch_tail(line) {
-            hasher.0.update(&data[hashed_to..pos + digits_at]);
-            hashed_to = pos + digits_at;
-            if hasher.0.digest() == ck {
-                accepted = pos + nl + 1;
-            }
-        }
-        pos += nl + 1;
-    }
-    accepted
+/// The end of the last whole batch after the count whose checksum holds (or the count).
+pub(crate) fn valid_end(data: &[u8], count: Count) -> usize {
+    // `read_count` checked that the count is within `data`.
+    let from = usize::try_from(count.valid)
+        .unwrap_or(data.len())
+        .min(data.len());
+    Chain::after_count(count.salt, data, from)
+        .valid_end(data, from)
+        .0
 }
 
 /// Appends what recovery cut to `P.error` and makes it durable before `P` is cut.
@@ -248,48 +298,4 @@ pub(crate) fn append_error(fs: &dyn Fs, paths: &Paths, cut: &[u8]) -> Result<()>
         storage::sync_dir(fs, paths)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use xxhash_rust::xxh3::Xxh3;
-
-    fn batch(prefix: &[u8], lines: &[u8]) -> Vec<u8> {
-        let mut h = Xxh3::new();
-        h.update(prefix);
-        let mut buf = lines.to_vec();
-        codec::close_batch(&mut buf, &mut h);
-        buf
-    }
-
-    #[test]
-    fn valid_end_keeps_whole_checked_batches_only() {
-        let base = b"{\"key\":1,\"value\":1}\n".to_vec();
-        let mut data = base.clone();
-        let b1 = batch(&data, b"{\"key\":2,\"value\":2}\n{\"key\":3,\"value\":3}\n");
-        data.extend_from_slice(&b1);
-        let after_b1 = data.len();
-        let b2 = batch(&data, b"{\"key\":4,\"value\":4}\n");
-        data.extend_from_slice(&b2);
-        assert_eq!(valid_end(&data, base.len()), data.len());
-        for cut in base.len()..data.len() {
-            let want = if cut >= data.len() {
-                data.len()
-            } else if cut >= after_b1 {
-                after_b1
-            } else {
-                base.len()
-            };
-            assert_eq!(valid_end(&data[..cut], base.len()), want, "cut at {cut}");
-        }
-        // A batch whose bytes were garbled is not accepted, nor anything after it.
-        let mut bad = data.clone();
-        bad[base.len() + 3] ^= 1;
-        assert_eq!(valid_end(&bad, base.len()), base.len());
-        // Stale batches written after a different prefix never pass.
-        let mut other = b"{\"key\":9,\"value\":9}\n".to_vec();
-        other.extend_from_slice(&b1);
-        assert_eq!(valid_end(&other, 20), 20);
-    }
 }

@@ -9,10 +9,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::Xxh3;
-
+use crate::chain::Chain;
 use crate::error::{Error, Result};
-use crate::fs::{Fs, FsFile};
+use crate::fs::{FileMeta, Fs, FsFile};
 
 /// The six paths of a database whose main file is `P`.
 #[derive(Debug, Clone)]
@@ -49,7 +48,16 @@ impl Paths {
     }
 }
 
-/// Runs `f`, wrapping an I/O error with `op` and `path`.
+impl Paths {
+    /// The paths of the database that `path` names now, for its whole life: absolute
+    /// (a later change of the working directory does not move it) and with symbolic
+    /// links followed (a rebuild replaces the file a link leads to, not the link).
+    pub(crate) fn resolve(fs: &dyn Fs, path: &Path) -> Result<Self> {
+        Ok(Paths::new(&io("resolve", path, fs.resolve(path))?))
+    }
+}
+
+/// Wraps an I/O error with `op` and `path`.
 pub(crate) fn io<T>(op: &'static str, path: &Path, r: io::Result<T>) -> Result<T> {
     r.map_err(|e| Error::io(op, path, e))
 }
@@ -76,33 +84,91 @@ pub(crate) fn write_file(fs: &dyn Fs, path: &Path, data: &[u8]) -> Result<()> {
     io("fsync", path, f.sync_data())
 }
 
-/// Parses the 16-byte little-endian count of `P.truncate`.
-pub(crate) fn parse_count(path: &Path, bytes: &[u8]) -> Result<u64> {
+/// What `P.truncate` holds: how many bytes of `P` are valid, and the salt of the checksum
+/// chain that starts there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Count {
+    pub(crate) valid: u64,
+    /// 0 in a count written before salts existed (see [`crate::chain`]).
+    pub(crate) salt: u64,
+}
+
+impl Count {
+    /// The 16 bytes of `P.truncate`: the count, then the salt, each little-endian. A
+    /// count without a salt reads as the 16-byte little-endian number the Python
+    /// library writes.
+    pub(crate) fn to_bytes(self) -> [u8; 16] {
+        (u128::from(self.salt) << 64 | u128::from(self.valid)).to_le_bytes()
+    }
+}
+
+/// Parses the 16 bytes of `P.truncate`.
+pub(crate) fn parse_count(path: &Path, bytes: &[u8]) -> Result<Count> {
     let arr: [u8; 16] = bytes.try_into().map_err(|_| Error::BadSideFile {
         path: path.to_path_buf(),
         reason: format!("holds {} bytes, expected 16", bytes.len()),
     })?;
-    u64::try_from(u128::from_le_bytes(arr)).map_err(|_| Error::BadSideFile {
-        path: path.to_path_buf(),
-        reason: "count does not fit in 64 bits".into(),
+    let n = u128::from_le_bytes(arr);
+    #[allow(clippy::cast_possible_truncation)] // the halves of a u128, on purpose
+    Ok(Count {
+        valid: n as u64,
+        salt: (n >> 64) as u64,
     })
 }
 
-/// Session start: make sure `P.truncate_flag` vouches for a count in `P.truncate` no larger
-/// than `P`'s durable length before the first append.
-///
-/// With the flag already there (recovery kept it, and its count was checked), nothing is
-/// written: the count stays a valid lower bound, and every batch after it is
-/// self-validating. Otherwise: (S1) write and fsync `P.truncate`, (S2) fsync the directory,
-/// (S3) create `P.truncate_flag`, (S4) fsync the directory.
-pub(crate) fn start_session(fs: &dyn Fs, paths: &Paths, len: u64, has_flag: bool) -> Result<()> {
-    if has_flag {
-        return Ok(());
+/// Opens (with `create`, creating) the file at `path` and takes its lock, and makes sure
+/// `path` still names the locked file: an opener that raced with a rebuild may have
+/// opened the old file just before `P.backup` was renamed over it, and locked it just
+/// after its owner let it go. Returns `None` if another owner holds the lock.
+pub(crate) fn open_locked(
+    fs: &dyn Fs,
+    path: &Path,
+    create: bool,
+) -> Result<Option<Box<dyn FsFile>>> {
+    for _ in 0..8 {
+        let mut file = io("open", path, fs.open(path, create))?;
+        if !io("lock", path, file.try_lock())? {
+            return Ok(None);
+        }
+        let locked = io("stat", path, file.meta())?.id;
+        if io("stat", path, fs.meta(path))?.map(|m| m.id) == Some(locked) {
+            return Ok(Some(file));
+        }
+        // Renamed over (or removed) between the open and the lock: try the file the
+        // path names now, which its owner holds locked if it is live.
     }
-    write_file(fs, &paths.truncate, &u128::from(len).to_le_bytes())?;
+    // The name keeps changing under us: an owner is rebuilding it again and again.
+    Ok(None)
+}
+
+/// Session start, once recovery has left `P` (of `len` bytes) whole: make what the open
+/// shows durable, then make `P.truncate_flag` vouch for a count of exactly `len` bytes,
+/// with a new salt, before the first append. Returns the session's checksum chain.
+///
+/// (O2) fsync `P`: recovery may have kept batches that were written but never synced, or
+/// another program may have written `P` without syncing it, and a reader may act on what
+/// the open shows. (S0) Remove a flag recovery kept, and fsync the directory: the flag's
+/// absence must be durable before `P.truncate` is rewritten (a close whose last directory
+/// sync failed may have left that absence unsynced). (S1) Write and fsync `P.truncate`,
+/// (S2) fsync the directory, (S3) create `P.truncate_flag`, (S4) fsync the directory.
+pub(crate) fn start_session(
+    fs: &dyn Fs,
+    paths: &Paths,
+    main: &mut dyn FsFile,
+    len: u64,
+    has_flag: bool,
+) -> Result<Chain> {
+    io("fsync", &paths.main, main.sync_data())?;
+    if has_flag {
+        remove_if_exists(fs, &paths.truncate_flag)?;
+    }
+    sync_dir(fs, paths)?;
+    let salt = fs.salt().max(1);
+    write_file(fs, &paths.truncate, &Count { valid: len, salt }.to_bytes())?;
     sync_dir(fs, paths)?;
     write_file(fs, &paths.truncate_flag, b"")?;
-    sync_dir(fs, paths)
+    sync_dir(fs, paths)?;
+    Ok(Chain::new(salt))
 }
 
 /// Clean close, after the last batch is durable: (C1) remove `P.truncate_flag`, (C2) fsync
@@ -123,42 +189,39 @@ pub(crate) struct BackupWriter {
     paths: Paths,
     file: Box<dyn FsFile>,
     len: u64,
-    hasher: Hasher,
 }
 
-/// XXH3 state over every byte of a file so far.
-#[derive(Clone)]
-pub(crate) struct Hasher(pub(crate) Xxh3);
-
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Hasher({:016x})", self.0.digest())
-    }
-}
-
-impl Hasher {
-    pub(crate) fn new() -> Self {
-        Hasher(Xxh3::new())
-    }
+/// The new main file of a rebuild that got as far as its rename: it is `P` now and holds
+/// the database's lock, whether or not the steps after the rename succeeded.
+#[derive(Debug)]
+pub(crate) struct Installed {
+    pub(crate) file: Box<dyn FsFile>,
+    /// The length and checksum chain of the new `P`, or why the install failed after
+    /// the rename.
+    pub(crate) result: Result<(u64, Chain)>,
 }
 
 impl BackupWriter {
-    /// (R1) Creates or empties `P.backup` and takes its lock, so that the file that
-    /// becomes `P` is already locked when it is renamed into place.
-    pub(crate) fn create(fs: Arc<dyn Fs>, paths: Paths) -> Result<Self> {
-        let mut file = io("create", &paths.backup, fs.open(&paths.backup, true))?;
-        if !io("lock", &paths.backup, file.try_lock())? {
+    /// (R1) Creates or empties `P.backup`, takes its lock, so that the file that becomes
+    /// `P` is already locked when it is renamed into place, and gives it the owner, group
+    /// and permissions of `P` (`like`), so that a rebuild keeps the file's identity.
+    pub(crate) fn create(fs: Arc<dyn Fs>, paths: Paths, like: &FileMeta) -> Result<Self> {
+        let Some(mut file) = open_locked(&*fs, &paths.backup, true)? else {
             return Err(Error::Locked {
                 path: paths.backup.clone(),
             });
-        }
+        };
         io("truncate", &paths.backup, file.set_len(0))?;
+        io(
+            "set owner and mode of",
+            &paths.backup,
+            file.set_owner_and_mode(like),
+        )?;
         Ok(BackupWriter {
             fs,
             paths,
             file,
             len: 0,
-            hasher: Hasher::new(),
         })
     }
 
@@ -182,36 +245,59 @@ impl BackupWriter {
             &self.paths.backup,
             self.file.write_at(self.len, data),
         )?;
-        self.hasher.0.update(data);
         self.len += data.len() as u64;
         Ok(())
     }
 
-    /// Steps R3–R8: makes the backup durable, flags it, renames it over `P`, records the new
-    /// count and drops the flag. Returns the new main file, its length and hash state.
+    /// Steps R3–R9: makes the backup durable, flags it, renames it over `P`, records the
+    /// new count with a new salt and drops the flag.
     ///
     /// (R3) fsync `P.backup`; (R4) fsync the directory, so the flag below never vouches for
     /// a missing file; (R5) create `P.recover`, (R6) fsync the directory: from here the
     /// backup is the authoritative copy; (R7) rename `P.backup` over `P`, fsync the
-    /// directory; (R8) overwrite `P.truncate` with the new length and fsync it (safe while
-    /// `P.recover` exists, which makes recovery ignore it); (R9) remove `P.recover`, fsync
-    /// the directory.
-    pub(crate) fn install(mut self) -> Result<(Box<dyn FsFile>, u64, Hasher)> {
+    /// directory; (R8) overwrite `P.truncate` with the new length and a new salt and fsync
+    /// it (safe while `P.recover` exists, which makes recovery ignore it); (R9) remove
+    /// `P.recover`, fsync the directory.
+    ///
+    /// # Errors
+    ///
+    /// The failure of a step before the rename: `P` is untouched and still the caller's,
+    /// and the files are left as they are (a `P.recover` may vouch for the backup
+    /// already, so it is not removed). Once the rename is done, the new `P` comes back in
+    /// [`Installed`] whatever happens after, so that its lock is never let go.
+    pub(crate) fn install(mut self) -> Result<Installed> {
+        self.flag()?;
         let (fs, paths) = (&*self.fs, &self.paths);
-        io("fsync", &paths.backup, self.file.sync_data())?;
-        sync_dir(fs, paths)?;
-        write_file(fs, &paths.recover, b"")?;
-        sync_dir(fs, paths)?;
         io(
             "rename",
             &paths.backup,
             fs.rename(&paths.backup, &paths.main),
         )?;
+        let result = (|| {
+            sync_dir(fs, paths)?;
+            let salt = fs.salt().max(1);
+            let count = Count {
+                valid: self.len,
+                salt,
+            };
+            write_file(fs, &paths.truncate, &count.to_bytes())?;
+            io("remove", &paths.recover, fs.remove(&paths.recover))?;
+            sync_dir(fs, paths)?;
+            Ok((self.len, Chain::new(salt)))
+        })();
+        Ok(Installed {
+            file: self.file,
+            result,
+        })
+    }
+
+    /// Steps R3–R6.
+    fn flag(&mut self) -> Result<()> {
+        let (fs, paths) = (&*self.fs, &self.paths);
+        io("fsync", &paths.backup, self.file.sync_data())?;
         sync_dir(fs, paths)?;
-        write_file(fs, &paths.truncate, &u128::from(self.len).to_le_bytes())?;
-        io("remove", &paths.recover, fs.remove(&paths.recover))?;
-        sync_dir(fs, paths)?;
-        Ok((self.file, self.len, self.hasher))
+        write_file(fs, &paths.recover, b"")?;
+        sync_dir(fs, paths)
     }
 }
 
@@ -231,11 +317,13 @@ mod tests {
     #[test]
     fn count_must_be_sixteen_bytes() {
         let p = Path::new("x.truncate");
-        assert_eq!(parse_count(p, &42u128.to_le_bytes()).ok(), Some(42));
+        let legacy = Count { valid: 42, salt: 0 };
+        assert_eq!(parse_count(p, &42u128.to_le_bytes()).ok(), Some(legacy));
+        let salted = Count { valid: 42, salt: 9 };
+        assert_eq!(parse_count(p, &salted.to_bytes()).ok(), Some(salted));
         assert!(matches!(
             parse_count(p, &[1, 2, 3]),
             Err(Error::BadSideFile { .. })
         ));
-        assert!(parse_count(p, &u128::MAX.to_le_bytes()).is_err());
     }
 }

@@ -10,10 +10,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::codec;
+use crate::chain::Chain;
 use crate::error::{Error, Result};
-use crate::fs::{Fs, FsFile};
-use crate::storage::{self, BackupWriter, Hasher, Paths};
+use crate::fs::{FileMeta, Fs, FsFile};
+use crate::storage::{self, BackupWriter, Paths};
 
 /// What undoes one request's changes to the map, kept until the request is durable.
 pub(crate) type Undo = Box<dyn Any + Send>;
@@ -231,7 +231,8 @@ pub(crate) struct Writer {
     pub(crate) len: u64,
     /// Length of `P` including preallocated zeros after `len`.
     pub(crate) allocated: u64,
-    pub(crate) hasher: Hasher,
+    /// The checksum chain of this incarnation of `P`, over every byte after its count.
+    pub(crate) chain: Chain,
     pub(crate) rx: Receiver<Request>,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) progress: Arc<Progress>,
@@ -282,9 +283,10 @@ pub(crate) struct Copied {
     records: u64,
 }
 
-/// The rebuild thread's work: steps R1–R3.
-fn copy_map(fs: Arc<dyn Fs>, paths: Paths, engine: &dyn Engine) -> Result<Copied> {
-    let mut backup = BackupWriter::create(fs, paths)?;
+/// The rebuild thread's work: steps R1–R3. `like` is the main file's identity, which the
+/// new file takes.
+fn copy_map(fs: Arc<dyn Fs>, paths: Paths, like: &FileMeta, engine: &dyn Engine) -> Result<Copied> {
+    let mut backup = BackupWriter::create(fs, paths, like)?;
     let mut records = 0u64;
     let through = engine.snapshot(&mut |chunk| {
         records += crate::load::count_lines(chunk);
@@ -490,7 +492,7 @@ impl Writer {
     }
 
     fn append(&mut self, buf: &mut Vec<u8>, records: u64, requests: u64) -> Result<()> {
-        codec::close_batch(buf, &mut self.hasher.0);
+        self.chain.close_batch(buf);
         let end = self.len + buf.len() as u64;
         if self.config.preallocate && end > self.allocated {
             self.preallocate(end)?;
@@ -584,6 +586,15 @@ impl Writer {
             }
             return;
         }
+        let like = match self.file.meta() {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::io("stat", &self.paths.main, e)));
+                }
+                return;
+            }
+        };
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let (fs, paths, engine) = (
             Arc::clone(&self.fs),
@@ -593,7 +604,7 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("ptvp35-rebuild".into())
             .spawn(move || {
-                let _ = done_tx.send(copy_map(fs, paths, &*engine));
+                let _ = done_tx.send(copy_map(fs, paths, &like, &*engine));
             });
         match spawned {
             Ok(thread) => {
@@ -699,11 +710,14 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        let (file, len, hasher) = backup.install()?;
-        self.file = file;
+        let installed = backup.install()?;
+        // From the rename on, the new file is `P`: keep it (and its lock) even if a
+        // later step failed, so that the database stays locked while its owner lives.
+        self.file = installed.file;
+        let (len, chain) = installed.result?;
         self.len = len;
         self.allocated = len;
-        self.hasher = hasher;
+        self.chain = chain;
         let c = &self.counters;
         c.file_len.store(len, Ordering::Relaxed);
         c.records_in_file.store(records, Ordering::Relaxed);

@@ -196,7 +196,10 @@ pub enum Fate {
     Keep,
     /// It did not.
     Lose,
-    /// A write reached the disk only up to this many bytes (a torn write).
+    /// A write reached the disk only up to this many bytes (a torn write). For a rename,
+    /// the crash cut it in the middle, as ALICE's pessimistic model sees a rename
+    /// (unlink the target, unlink the source, link the target): 1, the target is gone;
+    /// 2, both names are; 3, both names lead to the source's file.
     Prefix(usize),
     /// A write reached the disk in blocks of `size` bytes (aligned on file offsets), each
     /// kept or not as `seed` decides: non-prefix persistence, holes read as zeros.
@@ -325,6 +328,10 @@ impl FileOp {
 /// A random fate for one unsynced change, drawn from every kind the disk model allows.
 #[must_use]
 pub fn random_fate(rng: &mut Rng, op: &PendingOp) -> Fate {
+    if op.kind == OpKind::Rename && rng.chance(1, 8) {
+        // A rename cut in the middle, as ALICE's pessimistic model sees it.
+        return Fate::Prefix(1 + rng.index(3));
+    }
     if op.kind != OpKind::Write {
         return if rng.chance(1, 2) {
             Fate::Keep

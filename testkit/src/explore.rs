@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::disk::{Fate, OpKind, PendingOp, Rng};
-use super::model::{db_path, open_on, run_steps, six_paths, verify, Model, Step};
+use super::model::{db_path, open_on, run_steps, six_paths, verify, Model, Step, WORKLOAD_OWNER};
 use super::sim::SimFs;
 use ptvp35::Options;
 
@@ -84,11 +84,22 @@ fn variants(fs: &SimFs, cfg: &Exploration, rng: &mut Rng) -> Vec<(String, SimFs)
         ("all kept".to_string(), fs.crash_with(|_, _| Fate::Keep)),
     ];
     for (i, op) in pending.iter().enumerate() {
+        let only =
+            |fate: Fate| move |j: usize, _: &PendingOp| if j == i { fate } else { Fate::Keep };
+        if op.kind == OpKind::Rename {
+            // A rename cut as ALICE's pessimistic model cuts it: target unlinked, both
+            // names unlinked, both names on one file.
+            for k in 1..=3 {
+                let fate = Fate::Prefix(k);
+                out.push((
+                    format!("pending #{i} rename cut {k}"),
+                    fs.crash_with(only(fate)),
+                ));
+            }
+        }
         if op.kind != OpKind::Write {
             continue;
         }
-        let only =
-            |fate: Fate| move |j: usize, _: &PendingOp| if j == i { fate } else { Fate::Keep };
         if op.zeros {
             // Preallocated zeros: only whether they (or garbage) reached the disk matters.
             for fate in [
@@ -153,6 +164,12 @@ pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Expl
         ));
     }
     drop(out.db);
+    if full.owner(&db_path()) != Some(WORKLOAD_OWNER) {
+        return Err(format!(
+            "the workload's rebuilds changed the main file's owner or mode: {:?}",
+            full.owner(&db_path())
+        ));
+    }
     stats.full_trace = full.trace().iter().map(super::TraceOp::label).collect();
     let mut gap_counts: HashMap<(String, String), u32> = HashMap::new();
     let mut n = 0;

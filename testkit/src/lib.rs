@@ -22,6 +22,6 @@ pub use explore::{
 pub use fuzz::{crash_recovery, open_any_files, transactions};
 pub use model::{
     db_path, key, open_on, quiet_intended_panics, run_steps, six_paths, state_of, strays, verify,
-    Db, IntendedPanic, Model, Outcome, State, Step, Txn, Verified,
+    Db, IntendedPanic, Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
 };
-pub use sim::SimFs;
+pub use sim::{Owner, SimFs};

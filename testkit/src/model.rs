@@ -8,7 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
-use super::sim::SimFs;
+use super::sim::{Owner, SimFs};
 use ptvp35::{DbConnection, Delta, Error, Options};
 
 /// The database type every check uses: string keys `"k0"`, `"k1"`, ... and values that
@@ -21,7 +21,7 @@ pub type State = BTreeMap<String, u64>;
 /// The main file's path inside a [`SimFs`].
 #[must_use]
 pub fn db_path() -> PathBuf {
-    PathBuf::from("db/data.db")
+    PathBuf::from("/db/data.db")
 }
 
 /// The six paths of the database at `path`.
@@ -318,7 +318,12 @@ fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<Db, Err
 pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
     quiet_intended_panics();
     let mut db = match open_checked(fs, opts, model) {
-        Ok(db) => db,
+        Ok(db) => {
+            // The main file belongs to a service account from here on: every rebuild
+            // and recovery must keep that (`verify` checks it).
+            let _ = fs.set_owner(&db_path(), WORKLOAD_OWNER);
+            db
+        }
         Err(e) => {
             return Outcome {
                 db: None,
@@ -503,9 +508,44 @@ pub fn strays(fs: &SimFs) -> Vec<PathBuf> {
 ///
 /// A description of the first rule broken.
 pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified, String> {
-    let [p, _, _, _, _, perr] = six_paths(&db_path());
+    let [p, backup, recover, _, _, perr] = six_paths(&db_path());
     let fs = crashed.fork();
+    if crashed.file(&recover).is_some()
+        && crashed.file(&p).is_none()
+        && crashed.file(&backup).is_none()
+    {
+        // A rename cut as ALICE's pessimistic model cuts it lost both names: the data is
+        // gone with them, and the open must say so and keep the evidence.
+        return match open_on(&fs, opts) {
+            Err(Error::BadSideFile { path, .. })
+                if path == recover && fs.files() == crashed.files() =>
+            {
+                Ok(Verified {
+                    prefix: 0,
+                    error_file: crashed.file(&perr).unwrap_or_default(),
+                    report: ptvp35::RecoveryReport::default(),
+                    refused: true,
+                })
+            }
+            Err(e) => Err(format!("refused the flag without its files wrongly: {e}")),
+            Ok(_) => Err("opened a database whose data both names lost".into()),
+        };
+    }
     let db = open_on(&fs, opts).map_err(|e| format!("recovery failed: {e} ({e:?})"))?;
+    // The file that becomes `P`: the flagged backup, if there is one.
+    let becomes_p = if crashed.file(&recover).is_some() && crashed.file(&backup).is_some() {
+        &backup
+    } else {
+        &p
+    };
+    if let Some(want) = crashed.owner(becomes_p) {
+        let got = fs.owner(&p);
+        if got != Some(want) {
+            return Err(format!(
+                "recovery changed the main file's owner or mode: {want:?} became {got:?}"
+            ));
+        }
+    }
     let got = state_of(&db);
     let k = model.check(&got)?;
     let report = db.recovery_report().clone();
@@ -561,6 +601,7 @@ pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified
     }
     again.close().map_err(|e| format!("second close: {e}"))?;
     Ok(Verified {
+        refused: false,
         prefix: k,
         error_file: fs.file(&perr).unwrap_or_default(),
         report,
@@ -576,7 +617,17 @@ pub struct Verified {
     pub error_file: Vec<u8>,
     /// The recovery report of the first open.
     pub report: ptvp35::RecoveryReport,
+    /// The open was rightly refused: a rename cut in the middle lost both names of the
+    /// data (ALICE's pessimistic model), and the flag was kept as evidence.
+    pub refused: bool,
 }
+
+/// The owner and mode [`run_steps`] gives the main file once the database exists.
+pub const WORKLOAD_OWNER: Owner = Owner {
+    mode: 0o600,
+    uid: 1000,
+    gid: 1001,
+};
 
 /// At most 200 bytes of `b`, for messages.
 fn shorten(b: &[u8]) -> String {

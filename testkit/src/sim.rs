@@ -18,7 +18,11 @@ use parking_lot::Mutex;
 use super::disk::{
     describe, random_fate, role, Effect, Fate, Fault, FileOp, OpKind, PendingOp, Rng, TraceOp,
 };
-use ptvp35::{Fs, FsFile};
+use ptvp35::{FileMeta, Fs, FsFile};
+
+#[path = "sim_identity.rs"]
+mod identity;
+pub use identity::Owner;
 
 #[derive(Debug, Clone, Default)]
 struct Inode {
@@ -27,6 +31,10 @@ struct Inode {
     pending: Vec<FileOp>,
     /// The name it was last reached by (for traces and pending lists).
     name: PathBuf,
+    /// Owner and permissions as the program sees them, and as the disk holds them (a
+    /// change is durable with the file's next sync, or its directory's).
+    owner: Owner,
+    durable_owner: Owner,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +51,29 @@ impl DirOp {
             DirOp::Rename { to, .. } => to,
         };
         parent(p)
+    }
+
+    /// Applies the operation as far as `fate` says: a rename that a crash cut in the
+    /// middle, seen as ALICE's pessimistic model sees a rename (unlink the target, unlink
+    /// the source, link the target), is [`Fate::Prefix`]`(1)` (target gone),
+    /// `Prefix(2)` (neither name) or `Prefix(3)` (both names on the source's file).
+    fn apply_fate(&self, names: &mut BTreeMap<PathBuf, u64>, fate: Fate) {
+        match (self, fate) {
+            (_, Fate::Lose) => {}
+            (DirOp::Rename { from, to }, Fate::Prefix(k)) if k < 4 && names.contains_key(from) => {
+                if k >= 1 {
+                    names.remove(to);
+                }
+                if k == 2 {
+                    names.remove(from);
+                }
+                if k == 3 {
+                    let ino = names[from];
+                    names.insert(to.clone(), ino);
+                }
+            }
+            _ => self.apply(names),
+        }
     }
 
     fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
@@ -93,6 +124,15 @@ struct State {
     /// Total bytes all files may hold (ENOSPC beyond).
     space: Option<u64>,
     rng: Rng,
+    /// Symbolic links (absolute link path to its target as written); set up by tests,
+    /// durable at once.
+    symlinks: BTreeMap<PathBuf, PathBuf>,
+    /// The directory that relative paths start from.
+    cwd: PathBuf,
+    /// Salts handed out so far.
+    salts: u64,
+    /// Scratch for [`State::crashed`]: old inode to new.
+    shared: HashMap<u64, u64>,
 }
 /// The simulated filesystem. Cloning gives another handle to the same filesystem (the
 /// test keeps one while the engine holds another); [`SimFs::fork`] copies it.
@@ -160,6 +200,17 @@ impl State {
     }
 
     fn sync_dir_ops(&mut self, dir: &Path) {
+        let named: Vec<u64> = self
+            .names
+            .iter()
+            .filter(|(p, _)| parent(p) == dir)
+            .map(|(_, i)| *i)
+            .collect();
+        for ino in named {
+            if let Some(node) = self.inodes.get_mut(&ino) {
+                node.durable_owner = node.owner;
+            }
+        }
         let mut keep = Vec::new();
         for op in std::mem::take(&mut self.dir_pending) {
             if op.dir() == dir {
@@ -195,6 +246,7 @@ impl SimFs {
         {
             let mut st = fs.state.lock();
             for (path, data) in files {
+                let path = &st.abs(path);
                 let ino = st.next_ino;
                 st.next_ino += 1;
                 st.inodes.insert(
@@ -202,8 +254,8 @@ impl SimFs {
                     Inode {
                         live: data.clone(),
                         durable: data.clone(),
-                        pending: Vec::new(),
                         name: path.clone(),
+                        ..Inode::default()
                     },
                 );
                 st.names.insert(path.clone(), ino);
@@ -215,7 +267,9 @@ impl SimFs {
 
     /// Puts a directory at `path`: opening or reading it fails as it would on a disk.
     pub fn make_dir(&self, path: &Path) {
-        self.state.lock().dirs.insert(path.to_path_buf());
+        let mut st = self.state.lock();
+        let path = st.abs(path);
+        st.dirs.insert(path);
     }
 
     /// An independent copy of this filesystem, live and durable state, trace and faults.
@@ -294,7 +348,7 @@ impl SimFs {
     pub fn file(&self, path: &Path) -> Option<Vec<u8>> {
         let st = self.state.lock();
         st.names
-            .get(path)
+            .get(&st.abs(path))
             .and_then(|i| st.inodes.get(i))
             .map(|n| n.live.clone())
     }
@@ -356,9 +410,7 @@ impl SimFs {
         let mut i = 0;
         let mut names = st.durable_names.clone();
         for op in &st.dir_pending {
-            if fate(i, &pending[i]) != Fate::Lose {
-                op.apply(&mut names);
-            }
+            op.apply_fate(&mut names, fate(i, &pending[i]));
             i += 1;
         }
         let mut inos: Vec<&u64> = st.inodes.keys().collect();
@@ -373,17 +425,12 @@ impl SimFs {
             }
             contents.insert(*ino, buf);
         }
-        let mut files = BTreeMap::new();
-        for (path, ino) in names {
-            files.insert(path, contents.get(&ino).cloned().unwrap_or_default());
-        }
-        let fs = SimFs::with_files(&files);
-        fs.state.lock().dirs.clone_from(&st.dirs);
-        fs
+        st.crashed(&names, &mut contents)
     }
 
     fn lookup(&self, path: &Path) -> io::Result<Option<u64>> {
         let st = self.state.lock();
+        let path = &st.follow(&st.abs(path))?;
         if st.dirs.contains(path) {
             return Err(io::Error::new(
                 io::ErrorKind::IsADirectory,
@@ -396,6 +443,11 @@ impl SimFs {
 
 impl Fs for SimFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn FsFile>> {
+        let resolved = {
+            let st = self.state.lock();
+            st.follow(&st.abs(path))?
+        };
+        let path: &Path = &resolved;
         let ino = match self.lookup(path)? {
             Some(ino) => ino,
             None if create => {
@@ -447,11 +499,22 @@ impl Fs for SimFs {
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         let st = self.state.lock();
-        Ok(st.dirs.contains(path) || st.names.contains_key(path))
+        let path = &st.abs(path);
+        Ok(st.dirs.contains(path) || st.names.contains_key(path) || st.symlinks.contains_key(path))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.lookup(to)?;
+        let (from, to) = {
+            let st = self.state.lock();
+            (st.abs(from), st.abs(to))
+        };
+        let (from, to) = (from.as_path(), to.as_path());
+        if self.state.lock().dirs.contains(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory",
+            ));
+        }
         let mut st = self.state.lock();
         let effect = st.tick(TraceOp {
             kind: OpKind::Rename,
@@ -468,6 +531,8 @@ impl Fs for SimFs {
             .names
             .remove(from)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        // A rename over a symbolic link replaces the link, not the file it leads to.
+        st.symlinks.remove(to);
         st.names.insert(to.to_path_buf(), ino);
         st.file_mut(ino)?.name = to.to_path_buf();
         st.dir_pending.push(DirOp::Rename {
@@ -478,6 +543,11 @@ impl Fs for SimFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
+        let absolute = self.state.lock().abs(path);
+        let path: &Path = &absolute;
+        if self.state.lock().symlinks.remove(path).is_some() {
+            return Ok(());
+        }
         if self.lookup(path)?.is_none() {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
@@ -502,6 +572,8 @@ impl Fs for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
+        let absolute = st.abs(dir);
+        let dir: &Path = &absolute;
         let effect = st.tick(TraceOp {
             kind: OpKind::SyncDir,
             path: dir.to_path_buf(),
@@ -518,6 +590,27 @@ impl Fs for SimFs {
         }
         st.sync_dir_ops(dir);
         Ok(())
+    }
+
+    fn meta(&self, path: &Path) -> io::Result<Option<FileMeta>> {
+        let Some(ino) = self.lookup(path)? else {
+            return Ok(None);
+        };
+        self.state.lock().meta(ino).map(Some)
+    }
+
+    fn resolve(&self, path: &Path) -> io::Result<PathBuf> {
+        let st = self.state.lock();
+        st.follow(&st.abs(path))
+    }
+
+    fn salt(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.salts += 1;
+        // Distinct and reproducible: a bijective mix of the counter.
+        let mut z = st.salts.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (z ^ (z >> 31)).max(1)
     }
 }
 
@@ -655,6 +748,21 @@ impl FsFile for SimFile {
         for change in std::mem::take(&mut node.pending) {
             change.apply(&mut node.durable);
         }
+        node.durable_owner = node.owner;
+        Ok(())
+    }
+
+    fn meta(&mut self) -> io::Result<FileMeta> {
+        self.fs.state.lock().meta(self.ino)
+    }
+
+    fn set_owner_and_mode(&mut self, like: &FileMeta) -> io::Result<()> {
+        let mut st = self.fs.state.lock();
+        st.file_mut(self.ino)?.owner = Owner {
+            mode: like.mode,
+            uid: like.uid,
+            gid: like.gid,
+        };
         Ok(())
     }
 

@@ -30,7 +30,7 @@ fn names_op_and_path(e: &Error) -> anyhow::Result<()> {
         other => other.to_string(),
     };
     ensure!(
-        text.contains(" failed on db"),
+        text.contains(" failed on /db"),
         "no operation or path in {text:?}"
     );
     let mut source = std::error::Error::source(e);

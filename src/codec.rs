@@ -368,7 +368,11 @@ mod tests {
 
         let mut out = b"keep".to_vec();
         let too_deep = nested(MAX_NESTING);
-        refused(encode_set(&"k".to_owned(), &too_deep, &mut out), "value", "nested deeper");
+        refused(
+            encode_set(&"k".to_owned(), &too_deep, &mut out),
+            "value",
+            "nested deeper",
+        );
         assert_eq!(out, b"keep");
         refused(encode_set(&too_deep, &1, &mut out), "key", "nested deeper");
         refused(encode_remove(&too_deep, &mut out), "key", "nested deeper");
@@ -391,7 +395,10 @@ mod tests {
             "would not read back as itself",
         );
         assert_eq!(out, b"keep");
-        assert_eq!(set(&"a".to_owned(), &None::<Option<u8>>)?, "{\"key\":\"a\",\"value\":null}\n");
+        assert_eq!(
+            set(&"a".to_owned(), &None::<Option<u8>>)?,
+            "{\"key\":\"a\",\"value\":null}\n"
+        );
         assert_eq!(
             set(&"a".to_owned(), &Some(Some(1u8)))?,
             "{\"key\":\"a\",\"value\":1}\n"
@@ -483,7 +490,11 @@ mod tests {
             "value",
             "as itself",
         );
-        refused(encode_set(&1, &Number::Int(3), &mut out), "value", "as itself");
+        refused(
+            encode_set(&1, &Number::Int(3), &mut out),
+            "value",
+            "as itself",
+        );
         refused(
             encode_set(&Untagged::B { x: 1 }, &1, &mut out),
             "key",
@@ -520,7 +531,11 @@ mod tests {
         refused(encode_set(&1, &Custom(3), &mut out), "value", "read back");
         refused(encode_remove(&Custom(3), &mut out), "key", "read back");
         // A number that the reader's type cannot hold.
-        refused(encode_set(&1, &Narrow(300), &mut out), "value", "invalid value");
+        refused(
+            encode_set(&1, &Narrow(300), &mut out),
+            "value",
+            "invalid value",
+        );
         assert!(out.is_empty());
         Ok(())
     }
@@ -536,9 +551,15 @@ mod tests {
         let set_: std::collections::HashSet<(String, char)> =
             (0..40).map(|i| (format!("s{i}"), 'é')).collect();
         set(&"s".to_owned(), &set_)?;
-        set(&("tuple".to_owned(), 1u64, -2i8), &(f32::MIN_POSITIVE, f32::MAX, 0.1f32))?;
+        set(
+            &("tuple".to_owned(), 1u64, -2i8),
+            &(f32::MIN_POSITIVE, f32::MAX, 0.1f32),
+        )?;
         set(&u64::MAX, &(i128::MIN, u128::from(u64::MAX) + 1))?;
-        set(&"v".to_owned(), &serde_json::json!({"a": [1, 2.5, null, "x", {"b": false}]}))?;
+        set(
+            &"v".to_owned(),
+            &serde_json::json!({"a": [1, 2.5, null, "x", {"b": false}]}),
+        )?;
         set(&"o".to_owned(), &Some(Some(None::<u8>)).map(|_| Some(2u8)))?;
         let mut out = Vec::new();
         encode_remove(&("tuple".to_owned(), 1u64), &mut out)?;

@@ -105,7 +105,10 @@ fn name(n: &str) -> u64 {
 }
 
 fn variant(tag: Tag, ty: &str, index: u32, v: &str) -> u64 {
-    then(then(then(word(tag, 0), name(ty)), u64::from(index)), name(v))
+    then(
+        then(then(word(tag, 0), name(ty)), u64::from(index)),
+        name(v),
+    )
 }
 
 fn float(tag: Tag, v: f64, bits: u64) -> Result<u64, Refused> {

@@ -26,7 +26,7 @@ const CK_OPEN: &[u8] = b",\"ck\":\"";
 pub(crate) const CK_SUFFIX_LEN: usize = CK_OPEN.len() + 16 + 2;
 
 /// Appends `{"key":K,"value":V}\n` to `out`, or leaves `out` as it was and returns an error
-/// if the key or the value cannot be stored faithfully: if serde_json cannot write it, or
+/// if the key or the value cannot be stored faithfully: if `serde_json` cannot write it, or
 /// if the line would not read back, through [`decode`], as this very key and value.
 pub(crate) fn encode_set<K, V>(key: &K, value: &V, out: &mut Vec<u8>) -> Result<()>
 where
@@ -169,7 +169,7 @@ fn unreadable<K: DeserializeOwned>(line: &[u8], e: &str) -> Error {
     Error::Serialize { what, reason }
 }
 
-/// The most arrays and objects nested in one line that serde_json's reader accepts (its
+/// The most arrays and objects nested in one line that `serde_json`'s reader accepts (its
 /// recursion limit; a unit test pins it).
 const MAX_NESTING: usize = 127;
 

@@ -45,10 +45,7 @@ fn a_value_nested_deeper_than_the_reader_reads_is_refused_and_the_file_opens() -
         }
     }
     let deepest = deepest_ok.unwrap_or_default();
-    ensure!(
-        deepest >= 120 && deepest < 139,
-        "deepest accepted: {deepest}"
-    );
+    ensure!((120..139).contains(&deepest), "deepest accepted: {deepest}");
     ensure!(db.get(&format!("d{}", deepest + 1)).is_none());
     ensure!(db.len() == 1 + deepest - 119);
     // The same through a transaction.

@@ -3,7 +3,7 @@
 //! `PartialEq` and without allocating.
 //!
 //! The digest covers the serde data model, not the JSON text: which method was called
-//! (`serialize_none` and `serialize_some(&())` differ, though serde_json writes `null`
+//! (`serialize_none` and `serialize_some(&())` differ, though `serde_json` writes `null`
 //! for both), the names of structs, fields and variants, variant indexes, each primitive
 //! bit for bit (`-0.0` is not `0.0`), the integer width, and the nesting. Two values whose
 //! digests differ are different values; so a value whose read-back copy digests otherwise
@@ -15,7 +15,7 @@
 //! cares about order reads it back in the order written anyway.
 //!
 //! Non-finite floats are refused here with a clear reason: JSON cannot hold them and
-//! serde_json writes `null` in their place.
+//! `serde_json` writes `null` in their place.
 
 use std::fmt;
 
@@ -367,17 +367,17 @@ mod tests {
 
     #[test]
     fn unordered_collections_digest_alike_in_any_order() {
-        let a: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
-        let b: HashMap<String, u32> = (0..50).rev().map(|i| (format!("k{i}"), i)).collect();
-        assert_eq!(d(&a), d(&b));
-        let s: BTreeMap<String, u32> = a.clone().into_iter().collect();
-        assert_eq!(d(&a), d(&s));
-        let mut c = a.clone();
-        c.insert("k3".into(), 4);
-        assert_ne!(d(&a), d(&c));
-        let x: HashSet<u32> = (0..20).collect();
-        let y: HashSet<u32> = (0..20).rev().collect();
-        assert_eq!(d(&x), d(&y));
+        let up: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+        let down: HashMap<String, u32> = (0..50).rev().map(|i| (format!("k{i}"), i)).collect();
+        assert_eq!(d(&up), d(&down));
+        let sorted: BTreeMap<String, u32> = up.clone().into_iter().collect();
+        assert_eq!(d(&up), d(&sorted));
+        let mut changed = up.clone();
+        changed.insert("k3".into(), 4);
+        assert_ne!(d(&up), d(&changed));
+        let set_up: HashSet<u32> = (0..20).collect();
+        let set_down: HashSet<u32> = (0..20).rev().collect();
+        assert_eq!(d(&set_up), d(&set_down));
     }
 
     #[test]

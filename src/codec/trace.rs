@@ -91,13 +91,24 @@ fn bytes(tag: Tag, b: &[u8]) -> u64 {
     xxh3_64_with_seed(b, tag as u64)
 }
 
+/// Folded 64×64→128-bit multiply (wyhash's `mum`): a strong, cheap mix of two words. Not
+/// symmetric (the two constants differ), so `mix(a, b)` and `mix(b, a)` differ.
+fn mix(a: u64, b: u64) -> u64 {
+    const P0: u64 = 0xa076_1d64_78bd_642f;
+    const P1: u64 = 0xe703_7ed1_a0b4_28db;
+    let m = u128::from(a ^ P0) * u128::from(b ^ P1);
+    #[allow(clippy::cast_possible_truncation)] // the two halves, folded
+    let (lo, hi) = (m as u64, (m >> 64) as u64);
+    lo ^ hi
+}
+
 fn word(tag: Tag, w: u64) -> u64 {
-    bytes(tag, &w.to_le_bytes())
+    mix(tag as u64, w)
 }
 
 /// Ordered combination: `then(then(a, b), c)` differs from `then(then(a, c), b)`.
 fn then(state: u64, next: u64) -> u64 {
-    xxh3_64_with_seed(&next.to_le_bytes(), state)
+    mix(state, next)
 }
 
 fn name(n: &str) -> u64 {
@@ -122,6 +133,42 @@ fn float(tag: Tag, v: f64, bits: u64) -> Result<u64, Refused> {
 }
 
 type R = Result<u64, Refused>;
+
+/// A scalar of up to 128 bits, as a word pair mixed under its tag.
+trait Wide {
+    fn halves(self) -> (u64, u64);
+}
+impl Wide for u64 {
+    fn halves(self) -> (u64, u64) {
+        (self, 0)
+    }
+}
+impl Wide for i64 {
+    fn halves(self) -> (u64, u64) {
+        (self.cast_unsigned(), 0)
+    }
+}
+impl Wide for u128 {
+    #[allow(clippy::cast_possible_truncation)] // the two halves
+    fn halves(self) -> (u64, u64) {
+        (self as u64, (self >> 64) as u64)
+    }
+}
+impl Wide for i128 {
+    fn halves(self) -> (u64, u64) {
+        self.cast_unsigned().halves()
+    }
+}
+impl Wide for u32 {
+    fn halves(self) -> (u64, u64) {
+        (u64::from(self), 0)
+    }
+}
+
+fn wide<W: Wide>(tag: Tag, w: W) -> u64 {
+    let (lo, hi) = w.halves();
+    then(word(tag, lo), hi)
+}
 
 struct Trace;
 
@@ -159,7 +206,7 @@ macro_rules! scalar {
     ($($m:ident: $t:ty => $tag:ident as $w:ty),* $(,)?) => {$(
         fn $m(self, v: $t) -> R {
             // Sign-extended or widened: the tag keeps the widths apart.
-            Ok(bytes(Tag::$tag, &<$w>::from(v).to_le_bytes()))
+            Ok(wide(Tag::$tag, <$w>::from(v)))
         }
     )*};
 }

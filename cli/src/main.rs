@@ -419,6 +419,12 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     }
     print_counts(out, r)?;
     if !r.bad_lines.is_empty() {
+        if r.records == 0 {
+            writeln!(
+                out,
+                "no line is a record: this is not a database (`ptvp35 repair` refuses it)"
+            )?;
+        }
         writeln!(out, "corrupt lines ({}):", r.bad_lines.len())?;
         for b in &r.bad_lines {
             print_bad(out, b)?;
@@ -605,8 +611,15 @@ fn repair(file: &Path, yes: bool, out: &mut dyn Write) -> Result<(), Exit> {
         ))?;
         return Ok(());
     }
+    if plan.records == 0 && !yes {
+        return Err(not_a_database(file, &plan));
+    }
     let moved: u64 = plan.bad_lines.iter().map(|b| b.len).sum();
     w((|| {
+        if plan.records == 0 {
+            // The library's repair refuses this file; it says why.
+            return Ok(());
+        }
         writeln!(out, "{}:", if yes { "repairing" } else { "repair would" })?;
         if !plan.recovery.was_clean() {
             writeln!(out, "  first run recovery, which will:")?;
@@ -636,13 +649,48 @@ fn repair(file: &Path, yes: bool, out: &mut dyn Write) -> Result<(), Exit> {
         ))?;
         return Err(Exit::Quiet(1));
     }
-    let done = ptvp35::repair::<JsonKey, IgnoredAny>(file).map_err(|e| with_hint(e, file))?;
+    let done = ptvp35::repair::<JsonKey, IgnoredAny>(file).map_err(|e| {
+        if plan.records == 0 {
+            Exit::Failed(e, not_a_database_hint(file))
+        } else {
+            with_hint(e, file)
+        }
+    })?;
     w(writeln!(
         out,
         "{f}: repaired: moved {} lines to {f}.error, kept {} bytes",
         done.moved.len(),
         done.kept_bytes
     ))
+}
+
+/// What to look at when a file with bad lines and no record is refused: it is not a
+/// database, and repair would empty it.
+fn not_a_database_hint(file: &Path) -> String {
+    let f = file.display();
+    format!(
+        "hint: is {f} the database you meant? `ptvp35 check {f}` lists every line that is not \
+         a record"
+    )
+}
+
+/// The refusal without `--yes`, worded as the library's repair words it.
+fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
+    let first = &plan.bad_lines[0];
+    Exit::Failed(
+        Error::Corrupt {
+            path: file.to_path_buf(),
+            line: first.line,
+            offset: first.offset,
+            reason: format!(
+                "this is not a database: none of its lines is a record ({} do not decode, the \
+                 first because: {}); repair refuses to move every line to the error file",
+                plan.bad_lines.len(),
+                first.reason
+            ),
+        },
+        not_a_database_hint(file),
+    )
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {

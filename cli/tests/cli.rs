@@ -400,3 +400,37 @@ fn stats_reports_sizes_counts_and_the_live_ratio() -> Result<()> {
     ensure!(r.stdout.contains("live/dead bytes: 0.3"), "{}", r.stdout);
     Ok(())
 }
+
+/// Issue 9, item 17: `repair --yes` on a file that is not a database moved every line to
+/// `.error` and left it empty.
+#[test]
+fn repair_refuses_a_file_that_is_not_a_database() -> Result<()> {
+    let d = Dir::new("notadb")?;
+    let path = d.join("passwd");
+    let f = s(&path);
+    let text = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                {\"not\": \"a record\"}\n";
+    std::fs::write(&path, text)?;
+    for args in [vec!["repair", f, "--yes"], vec!["repair", f]] {
+        let r = run(&args)?.expect(2)?;
+        ensure!(
+            r.stderr.contains("not a database") && r.stderr.contains(f),
+            "{args:?}: {}",
+            r.stderr
+        );
+        ensure!(
+            !r.stderr.contains("repair moves") && !r.stdout.contains("repairing"),
+            "{args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        ensure!(
+            std::fs::read_to_string(&path)? == text,
+            "{args:?} changed it"
+        );
+        ensure!(!side(&path, ".error").exists(), "{args:?} wrote .error");
+    }
+    let c = run(&["check", f])?.expect(2)?;
+    ensure!(c.stdout.contains("not a database"), "{}", c.stdout);
+    Ok(())
+}

@@ -3,9 +3,12 @@
 //! moves undecodable lines of the valid region to `P.error`.
 //!
 //! Both decode every line with the caller's key and value types, so they answer "does
-//! this file open as `DbConnection<K, V>`?". For a schema-less look, decode values as
-//! [`serde::de::IgnoredAny`] (the JSON is still checked) and keys as any type that holds
-//! the keys in the file.
+//! this file open as `DbConnection<K, V>`?". For a schema-less look, decode keys as any
+//! type that holds the keys in the file, and values as `serde_json::Value`, which reads
+//! them as a typed program would (every number and string parsed, the nesting counted
+//! against the reader's limit). [`serde::de::IgnoredAny`] is cheaper but checks only that
+//! the JSON is well formed: it neither parses numbers nor counts nesting, so a value that
+//! no typed program reads back (`1e400`, arrays nested past the limit) passes it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -253,7 +256,7 @@ pub struct RepairReport {
 /// let db = ptvp35::DbConnection::<(String, u32), serde_json::Value>::open(&path)?;
 /// db.set(("a".into(), 1), serde_json::json!({"x": [1, 2]}))?;
 /// db.close()?;
-/// // Schema-less: keys as JSON values, values checked as JSON and dropped.
+/// // Schema-less: keys as tuples, values checked as well-formed JSON and dropped.
 /// let report = inspect::<(String, u32), serde::de::IgnoredAny>(&path)?;
 /// assert_eq!(report.health(), Health::Clean);
 /// assert_eq!(report.live_keys, 1);

@@ -613,7 +613,7 @@ fn not_a_database(paths: &Paths, bad: usize, first: &BadLine) -> Error {
         reason: format!(
             "this is not a database: none of its lines is a record of the database's key \
              and value types ({bad} do not decode, the first because: {}); repair refuses \
-             to move every line to the error file, and changed nothing",
+             to move every line to the error file",
             first.reason.replace('\n', " ")
         ),
     }

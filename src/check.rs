@@ -3,9 +3,12 @@
 //! moves undecodable lines of the valid region to `P.error`.
 //!
 //! Both decode every line with the caller's key and value types, so they answer "does
-//! this file open as `DbConnection<K, V>`?". For a schema-less look, decode values as
-//! [`serde::de::IgnoredAny`] (the JSON is still checked) and keys as any type that holds
-//! the keys in the file.
+//! this file open as `DbConnection<K, V>`?". For a schema-less look, decode keys as any
+//! type that holds the keys in the file, and values as `serde_json::Value`, which reads
+//! them as a typed program would (every number and string parsed, the nesting counted
+//! against the reader's limit). [`serde::de::IgnoredAny`] is cheaper but checks only that
+//! the JSON is well formed: it neither parses numbers nor counts nesting, so a value that
+//! no typed program reads back (`1e400`, arrays nested past the limit) passes it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -253,7 +256,7 @@ pub struct RepairReport {
 /// let db = ptvp35::DbConnection::<(String, u32), serde_json::Value>::open(&path)?;
 /// db.set(("a".into(), 1), serde_json::json!({"x": [1, 2]}))?;
 /// db.close()?;
-/// // Schema-less: keys as JSON values, values checked as JSON and dropped.
+/// // Schema-less: keys as tuples, values checked as well-formed JSON and dropped.
 /// let report = inspect::<(String, u32), serde::de::IgnoredAny>(&path)?;
 /// assert_eq!(report.health(), Health::Clean);
 /// assert_eq!(report.live_keys, 1);
@@ -449,13 +452,17 @@ where
 /// old `P`, and repairing again appends the same lines to `P.error` a second time. When
 /// this returns, only `P` and `P.error` remain, and the database opens.
 ///
-/// With no bad line, nothing but the recovery is done.
+/// With no bad line, nothing but the recovery is done. A file in which no line is a
+/// record is refused, not emptied.
 ///
 /// # Errors
 ///
 /// [`Error::Locked`] if the database is open; [`Error::BadSideFile`] if recovery refuses
-/// the side files (repair does not guess either); [`Error::Io`] if a file operation fails
-/// (the files are then in a state the next open or repair recovers from).
+/// the side files (repair does not guess either); [`Error::Corrupt`], naming the file and
+/// its first line, if no line of it is a record of `K` and `V` (a file that is not a
+/// database, or a database of other types): repair would empty it, so it refuses and
+/// changes nothing, not even the recovery; [`Error::Io`] if a file operation fails (the
+/// files are then in a state the next open or repair recovers from).
 ///
 /// # Examples
 ///
@@ -502,12 +509,26 @@ where
             io::Error::new(io::ErrorKind::NotFound, "no database file"),
         ));
     }
+    // A file in which nothing is a record is not a database (a copy of `/etc/passwd`, or
+    // a database of other types): moving every line to `P.error` would empty it. Decided
+    // on the prediction, before recovery changes anything.
+    let plan = inspect_with::<K, V>(&**fs, paths)?;
+    if plan.refused.is_none() && plan.records == 0 {
+        if let Some(first) = plan.bad_lines.first() {
+            return Err(not_a_database(paths, plan.bad_lines.len(), first));
+        }
+    }
     // Locks `P` (held until `rec.file` drops at the end) and recovers.
     let mut rec = recovery::open_and_recover(&**fs, paths)?;
     let mut moved = Vec::new();
     let mut error_bytes = Vec::new();
+    let mut records = 0u64;
     for_each_line(&rec.data, |line_no, offset, line, complete| {
-        if let Err(reason) = classify::<K, V>(line, complete) {
+        let decoded = classify::<K, V>(line, complete);
+        if let Ok(Some(_)) = decoded {
+            records += 1;
+        }
+        if let Err(reason) = decoded {
             error_bytes.extend_from_slice(
                 format!(
                     "# ptvp35 repair: line {line_no} at byte offset {offset}: {}\n",
@@ -525,6 +546,12 @@ where
             });
         }
     });
+    if records == 0 {
+        if let Some(first) = moved.first() {
+            // The files changed between the prediction and the lock: still not a database.
+            return Err(not_a_database(paths, moved.len(), first));
+        }
+    }
     if moved.is_empty() {
         if rec.has_flag {
             // Every byte of `P` is vouched for now; end the session a crash left open.
@@ -577,6 +604,21 @@ where
         moved,
         kept_bytes: kept,
     })
+}
+
+/// Why [`repair`] refuses a file in which no line is a record.
+fn not_a_database(paths: &Paths, bad: usize, first: &BadLine) -> Error {
+    Error::Corrupt {
+        path: paths.main.clone(),
+        line: first.line,
+        offset: first.offset,
+        reason: format!(
+            "this is not a database: none of its lines is a record of the database's key \
+             and value types ({bad} do not decode, the first because: {}); repair refuses \
+             to move every line to the error file",
+            first.reason.replace('\n', " ")
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -724,6 +766,51 @@ mod tests {
             Err(Error::Io { .. })
         ));
         assert!(!d.0.join("missing.db").exists());
+        Ok(())
+    }
+
+    /// Issue 9, item 17: repair moved every line of a file that is not a database to
+    /// `P.error` and left it empty.
+    #[test]
+    fn repair_refuses_a_file_in_which_nothing_is_a_record() -> Result<()> {
+        let d = Dir::new("notadb")?;
+        let p = d.0.join("passwd");
+        let text = "root:x:0:0:root:/root:/bin/bash\n\ndaemon:x:1:1::/usr/sbin:/bin/sh\n";
+        std::fs::write(&p, text)?;
+        // A crash image around it too: recovery must not run either.
+        std::fs::write(side(&p, ".truncate"), 32u128.to_le_bytes())?;
+        std::fs::write(side(&p, ".truncate_flag"), b"")?;
+        let e = repair::<String, serde_json::Value>(&p).expect_err("refused");
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                Error::Corrupt {
+                    line: 1,
+                    offset: 0,
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("not a database"), "{msg}");
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert_eq!(std::fs::read_to_string(&p)?, text);
+        assert!(!side(&p, ".error").exists());
+        assert!(side(&p, ".truncate_flag").exists());
+
+        // A database read with other types: every line is a stranger, so also refused.
+        let q = image(&d.0, "typed.db", 5)?;
+        let before = std::fs::read(&q)?;
+        let e = repair::<String, bool>(&q).expect_err("refused");
+        assert!(e.to_string().contains("not a database"), "{e}");
+        assert_eq!(std::fs::read(&q)?, before);
+        // One record among strangers is a database: the strangers move.
+        let mut data = before.clone();
+        data.extend_from_slice(b"not json\n");
+        std::fs::write(&q, &data)?;
+        assert_eq!(repair::<u32, String>(&q)?.moved.len(), 1);
+        assert_eq!(std::fs::read(&q)?, before);
         Ok(())
     }
 

@@ -4,8 +4,17 @@
 //! not even `null`, can be mistaken for it). The last line of every batch the writer
 //! appends carries one more field, `"ck"`, holding the XXH3-64 of every byte of the file
 //! before its digits; see `docs/format.md` and `docs/recovery.md`.
+//!
+//! Writer and reader agree by construction: every line is decoded back, by the reader's
+//! own [`decode`] and so under its limits, before it is accepted, and the copy read back
+//! must digest ([`trace`]) exactly like the original. A key or value that the reader
+//! would refuse (nested too deep, a number out of range) or read as another value
+//! (`Some(None)` written as `null`, an untagged variant read as its sibling) is refused
+//! at the call.
 
-use serde::de::DeserializeOwned;
+mod trace;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -17,22 +26,48 @@ const CK_OPEN: &[u8] = b",\"ck\":\"";
 pub(crate) const CK_SUFFIX_LEN: usize = CK_OPEN.len() + 16 + 2;
 
 /// Appends `{"key":K,"value":V}\n` to `out`, or leaves `out` as it was and returns an error
-/// if the key or the value cannot be stored faithfully.
-pub(crate) fn encode_set<K: Serialize, V: Serialize>(
-    key: &K,
-    value: &V,
-    out: &mut Vec<u8>,
-) -> Result<()> {
+/// if the key or the value cannot be stored faithfully: if `serde_json` cannot write it, or
+/// if the line would not read back, through [`decode`], as this very key and value.
+pub(crate) fn encode_set<K, V>(key: &K, value: &V, out: &mut Vec<u8>) -> Result<()>
+where
+    K: Serialize + DeserializeOwned + Eq,
+    V: Serialize + DeserializeOwned,
+{
+    encode_set_with(key, value, out, true)
+}
+
+fn encode_set_with<K, V>(key: &K, value: &V, out: &mut Vec<u8>, verify: bool) -> Result<()>
+where
+    K: Serialize + DeserializeOwned + Eq,
+    V: Serialize + DeserializeOwned,
+{
     let start = out.len();
     let r = (|| {
-        check_finite(key, "key")?;
-        check_finite(value, "value")?;
+        let digests = if verify {
+            Some((digest(key, "key")?, digest(value, "value")?))
+        } else {
+            None
+        };
         out.extend_from_slice(b"{\"key\":");
         write_json(key, "key", out)?;
         out.extend_from_slice(b",\"value\":");
         write_json(value, "value", out)?;
         out.extend_from_slice(b"}\n");
-        Ok(())
+        let Some((key_digest, value_digest)) = digests else {
+            return Ok(());
+        };
+        let line = &out[start..out.len() - 1];
+        match decode::<K, V>(line) {
+            Ok(Some(Record::Set(k, v))) => {
+                same_key(key, key_digest, &k, line)?;
+                if digest(&v, "value")? != value_digest {
+                    return Err(not_itself("value", line));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(not_itself("value", line)),
+            Err(e) => Err(unreadable::<K>(line, &e)),
+        }
     })();
     if r.is_err() {
         out.truncate(start);
@@ -40,20 +75,44 @@ pub(crate) fn encode_set<K: Serialize, V: Serialize>(
     r
 }
 
-/// Appends `{"key":K}\n` (a removal) to `out`, or leaves it as it was on error.
-pub(crate) fn encode_remove<K: Serialize>(key: &K, out: &mut Vec<u8>) -> Result<()> {
+/// Appends `{"key":K}\n` (a removal) to `out`, or leaves it as it was on error (as
+/// [`encode_set`] does for the key).
+pub(crate) fn encode_remove<K>(key: &K, out: &mut Vec<u8>) -> Result<()>
+where
+    K: Serialize + DeserializeOwned + Eq,
+{
     let start = out.len();
     let r = (|| {
-        check_finite(key, "key")?;
+        let key_digest = digest(key, "key")?;
         out.extend_from_slice(b"{\"key\":");
         write_json(key, "key", out)?;
         out.extend_from_slice(b"}\n");
-        Ok(())
+        let line = &out[start..out.len() - 1];
+        match decode::<K, IgnoredAny>(line) {
+            Ok(Some(Record::Remove(k))) => same_key(key, key_digest, &k, line),
+            Ok(_) => Err(not_itself("key", line)),
+            Err(e) => Err(unreadable::<K>(line, &e)),
+        }
     })();
     if r.is_err() {
         out.truncate(start);
     }
     r
+}
+
+/// Times [`encode_set`] for the benchmark: `verify: false` skips the read-back check, to
+/// measure what it costs. Not part of the API.
+///
+/// # Errors
+///
+/// [`Error::Serialize`], as `DbConnection::set` would return it.
+#[doc(hidden)]
+pub fn bench_encode_set<K, V>(key: &K, value: &V, out: &mut Vec<u8>, verify: bool) -> Result<()>
+where
+    K: Serialize + DeserializeOwned + Eq,
+    V: Serialize + DeserializeOwned,
+{
+    encode_set_with(key, value, out, verify)
 }
 
 fn write_json<T: Serialize>(x: &T, what: &'static str, out: &mut Vec<u8>) -> Result<()> {
@@ -63,9 +122,64 @@ fn write_json<T: Serialize>(x: &T, what: &'static str, out: &mut Vec<u8>) -> Res
     })
 }
 
-fn check_finite<T: Serialize>(x: &T, what: &'static str) -> Result<()> {
-    x.serialize(finite::Checker)
-        .map_err(|e| Error::Serialize { what, reason: e.0 })
+fn digest<T: Serialize>(x: &T, what: &'static str) -> Result<u64> {
+    trace::digest(x).map_err(|e| Error::Serialize { what, reason: e.0 })
+}
+
+/// The key read back must be equal to the original (`Eq`: it is the map's key) and digest
+/// alike (no field that `Eq` ignores changed).
+fn same_key<K: Serialize + Eq>(key: &K, key_digest: u64, back: &K, line: &[u8]) -> Result<()> {
+    if back == key && digest(back, "key")? == key_digest {
+        Ok(())
+    } else {
+        Err(not_itself("key", line))
+    }
+}
+
+/// The line decodes, but as another key or value: JSON writes two values alike.
+fn not_itself(what: &'static str, line: &[u8]) -> Error {
+    Error::Serialize {
+        what,
+        reason: format!(
+            "it would not read back as itself: the line {} reads back as another {what} \
+             (JSON writes some different values alike, for example `Some(None)` and `None` \
+             of an `Option<Option<T>>`, or two variants of an untagged enum)",
+            excerpt(line)
+        ),
+    }
+}
+
+/// The line does not decode: the reader would refuse the file.
+fn unreadable<K: DeserializeOwned>(line: &[u8], e: &str) -> Error {
+    // Which part: if the key decodes with the value skipped, the value is at fault.
+    let what = if decode::<K, IgnoredAny>(line).is_ok() {
+        "value"
+    } else {
+        "key"
+    };
+    let reason = if e.contains("recursion limit exceeded") {
+        format!(
+            "it is nested deeper than the reader accepts ({e}; serde_json reads at most \
+             {MAX_NESTING} nested arrays and objects in a line, the record's own object \
+             included), so the database would not open"
+        )
+    } else {
+        format!("it would not read back ({e}), so the database would not open")
+    };
+    Error::Serialize { what, reason }
+}
+
+/// The most arrays and objects nested in one line that `serde_json`'s reader accepts (its
+/// recursion limit; a unit test pins it).
+const MAX_NESTING: usize = 127;
+
+/// The first 80 characters of `line`, quoted, for an error message.
+fn excerpt(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("`{}...`", &text[..i]),
+        None => format!("`{text}`"),
+    }
 }
 
 /// One decoded line.
@@ -173,189 +287,16 @@ pub(crate) fn batch_tail(line: &[u8]) -> Option<(usize, u64)> {
     Some((open + CK_OPEN.len(), v))
 }
 
-/// A serializer that writes nothing and fails on the first non-finite float: JSON has no
-/// way to hold NaN or infinity (`serde_json` writes `null`, which does not read back).
-mod finite {
-    use serde::ser::{self, Serialize};
-    use std::fmt;
-
-    #[derive(Debug)]
-    pub(super) struct Checker;
-
-    #[derive(Debug)]
-    pub(super) struct NotFinite(pub(super) String);
-
-    impl fmt::Display for NotFinite {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-    impl std::error::Error for NotFinite {}
-    impl ser::Error for NotFinite {
-        fn custom<T: fmt::Display>(msg: T) -> Self {
-            NotFinite(msg.to_string())
-        }
-    }
-
-    type R = Result<(), NotFinite>;
-
-    fn float(v: f64) -> R {
-        if v.is_finite() {
-            Ok(())
-        } else {
-            Err(NotFinite(format!(
-                "{v} is not a finite number and cannot be stored in JSON"
-            )))
-        }
-    }
-
-    macro_rules! ok {
-        ($($name:ident: $t:ty),*) => { $(fn $name(self, _: $t) -> R { Ok(()) })* };
-    }
-
-    impl ser::Serializer for Checker {
-        type Ok = ();
-        type Error = NotFinite;
-        type SerializeSeq = Self;
-        type SerializeTuple = Self;
-        type SerializeTupleStruct = Self;
-        type SerializeTupleVariant = Self;
-        type SerializeMap = Self;
-        type SerializeStruct = Self;
-        type SerializeStructVariant = Self;
-
-        ok!(serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
-            serialize_i64: i64, serialize_i128: i128, serialize_u8: u8, serialize_u16: u16,
-            serialize_u32: u32, serialize_u64: u64, serialize_u128: u128, serialize_char: char,
-            serialize_str: &str, serialize_bytes: &[u8], serialize_unit_struct: &'static str);
-
-        fn serialize_f32(self, v: f32) -> R {
-            float(f64::from(v))
-        }
-        fn serialize_f64(self, v: f64) -> R {
-            float(v)
-        }
-        fn serialize_none(self) -> R {
-            Ok(())
-        }
-        fn serialize_some<T: ?Sized + Serialize>(self, v: &T) -> R {
-            v.serialize(self)
-        }
-        fn serialize_unit(self) -> R {
-            Ok(())
-        }
-        fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R {
-            Ok(())
-        }
-        fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, v: &T) -> R {
-            v.serialize(self)
-        }
-        fn serialize_newtype_variant<T: ?Sized + Serialize>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            v: &T,
-        ) -> R {
-            v.serialize(self)
-        }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_tuple(self, _: usize) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_tuple_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_map(self, _: Option<usize>) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-        fn serialize_struct_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self, NotFinite> {
-            Ok(self)
-        }
-    }
-
-    macro_rules! compound {
-        ($tr:ident, $m:ident) => {
-            impl ser::$tr for Checker {
-                type Ok = ();
-                type Error = NotFinite;
-                fn $m<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-                    v.serialize(Checker)
-                }
-                fn end(self) -> R {
-                    Ok(())
-                }
-            }
-        };
-    }
-    compound!(SerializeSeq, serialize_element);
-    compound!(SerializeTuple, serialize_element);
-    compound!(SerializeTupleStruct, serialize_field);
-    compound!(SerializeTupleVariant, serialize_field);
-
-    impl ser::SerializeMap for Checker {
-        type Ok = ();
-        type Error = NotFinite;
-        fn serialize_key<T: ?Sized + Serialize>(&mut self, k: &T) -> R {
-            k.serialize(Checker)
-        }
-        fn serialize_value<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(Checker)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStruct for Checker {
-        type Ok = ();
-        type Error = NotFinite;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
-            v.serialize(Checker)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStructVariant for Checker {
-        type Ok = ();
-        type Error = NotFinite;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
-            v.serialize(Checker)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn set<K: Serialize, V: Serialize>(k: &K, v: &V) -> Result<String> {
+    fn set<K, V>(k: &K, v: &V) -> Result<String>
+    where
+        K: Serialize + DeserializeOwned + Eq,
+        V: Serialize + DeserializeOwned,
+    {
         let mut out = Vec::new();
         encode_set(k, v, &mut out)?;
         Ok(String::from_utf8(out).expect("json is utf-8"))
@@ -363,9 +304,9 @@ mod tests {
 
     #[test]
     fn encodes_sets_and_removals() -> Result<()> {
-        assert_eq!(set(&"a", &1)?, "{\"key\":\"a\",\"value\":1}\n");
+        assert_eq!(set(&"a".to_owned(), &1)?, "{\"key\":\"a\",\"value\":1}\n");
         assert_eq!(
-            set(&("tuple", "example"), &None::<u8>)?,
+            set(&("tuple".to_owned(), "example".to_owned()), &None::<u8>)?,
             "{\"key\":[\"tuple\",\"example\"],\"value\":null}\n"
         );
         let mut out = Vec::new();
@@ -377,11 +318,11 @@ mod tests {
     #[test]
     fn refuses_non_finite_floats_anywhere_and_leaves_buffer() {
         let mut out = b"keep".to_vec();
-        let e = encode_set(&"k", &vec![Some(1.0), Some(f64::NAN)], &mut out);
+        let e = encode_set(&"k".to_owned(), &vec![Some(1.0), Some(f64::NAN)], &mut out);
         assert!(matches!(e, Err(Error::Serialize { what: "value", .. })));
         assert_eq!(out, b"keep");
-        assert!(encode_set(&"k", &Some(f32::INFINITY), &mut out).is_err());
-        assert!(encode_set(&f64::NEG_INFINITY, &1, &mut out).is_err());
+        assert!(encode_set(&"k".to_owned(), &Some(f32::INFINITY), &mut out).is_err());
+        assert!(encode_set(&1, &f64::NEG_INFINITY, &mut out).is_err());
         assert_eq!(out, b"keep");
     }
 
@@ -390,12 +331,251 @@ mod tests {
         let mut m = HashMap::new();
         m.insert(vec![1u8], 2u8);
         let mut out = Vec::new();
-        let e = encode_set(&"k", &m, &mut out);
+        let e = encode_set(&"k".to_owned(), &m, &mut out);
         assert!(
             matches!(e, Err(Error::Serialize { what: "value", .. })),
             "{e:?}"
         );
         assert!(out.is_empty());
+    }
+
+    /// `depth` nested one-element arrays around `1`.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = serde_json::json!(1);
+        for _ in 0..depth {
+            v = serde_json::Value::Array(vec![v]);
+        }
+        v
+    }
+
+    fn refused<T>(r: Result<T>, what: &str, needle: &str) {
+        match r {
+            Err(Error::Serialize { what: w, reason }) => {
+                assert_eq!(w, what, "{reason}");
+                assert!(reason.contains(needle), "{reason}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("accepted a {what} that does not read back as itself"),
+        }
+    }
+
+    #[test]
+    fn max_nesting_is_serde_jsons_recursion_limit() {
+        let text = |n| "[".repeat(n) + &"]".repeat(n);
+        assert!(serde_json::from_str::<serde_json::Value>(&text(MAX_NESTING)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&text(MAX_NESTING + 1)).is_err());
+    }
+
+    /// Issue 9, item 3: a value nested deeper than the reader's limit was written and
+    /// acknowledged, and the file then refused to open.
+    #[test]
+    fn refuses_values_nested_deeper_than_the_reader_reads() -> Result<()> {
+        // The record's own object is one level: a value may nest one less.
+        let deepest = nested(MAX_NESTING - 1);
+        let line = set(&"k".to_owned(), &deepest)?;
+        let back: Record<String, serde_json::Value> = decode(line.trim_end().as_bytes())
+            .expect("the deepest accepted value reads back")
+            .expect("not blank");
+        assert_eq!(back, Record::Set("k".into(), deepest));
+
+        let mut out = b"keep".to_vec();
+        let too_deep = nested(MAX_NESTING);
+        refused(
+            encode_set(&"k".to_owned(), &too_deep, &mut out),
+            "value",
+            "nested deeper",
+        );
+        assert_eq!(out, b"keep");
+        refused(encode_set(&too_deep, &1, &mut out), "key", "nested deeper");
+        refused(encode_remove(&too_deep, &mut out), "key", "nested deeper");
+        assert_eq!(out, b"keep");
+        Ok(())
+    }
+
+    /// Issue 9, item 3: `Some(None)` was written as `null` and read back as `None`.
+    #[test]
+    fn refuses_some_none_of_an_option_option() -> Result<()> {
+        let mut out = b"keep".to_vec();
+        refused(
+            encode_set(&"a".to_owned(), &Some(None::<u8>), &mut out),
+            "value",
+            "would not read back as itself",
+        );
+        refused(
+            encode_set(&vec![Some(None::<u8>)], &1, &mut out),
+            "key",
+            "would not read back as itself",
+        );
+        assert_eq!(out, b"keep");
+        assert_eq!(
+            set(&"a".to_owned(), &None::<Option<u8>>)?,
+            "{\"key\":\"a\",\"value\":null}\n"
+        );
+        assert_eq!(
+            set(&"a".to_owned(), &Some(Some(1u8)))?,
+            "{\"key\":\"a\",\"value\":1}\n"
+        );
+        Ok(())
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
+    #[serde(untagged)]
+    enum Untagged {
+        A { x: u8 },
+        B { x: u8 },
+        C(Vec<u8>),
+        D { x: u8, y: u8 },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Float(f64),
+        Int(i64),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Flat {
+        a: u8,
+        #[serde(flatten)]
+        rest: std::collections::BTreeMap<String, u8>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Skips {
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<u8>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Default0 {
+        #[serde(skip_serializing_if = "is_zero", default = "seven")]
+        n: u8,
+    }
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` signature
+    fn is_zero(n: &u8) -> bool {
+        *n == 0
+    }
+    fn seven() -> u8 {
+        7
+    }
+
+    /// A hand-written pair that disagrees with itself: written as a string, read as a
+    /// number.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Custom(u8);
+    impl Serialize for Custom {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+    impl<'de> Deserialize<'de> for Custom {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u8::deserialize(d).map(Custom)
+        }
+    }
+
+    /// Written as a `u16`, read as a `u8`.
+    #[derive(Serialize, Deserialize)]
+    #[serde(into = "u16", from = "u8")]
+    #[derive(Clone, Copy)]
+    struct Narrow(u16);
+    impl From<Narrow> for u16 {
+        fn from(n: Narrow) -> u16 {
+            n.0
+        }
+    }
+    impl From<u8> for Narrow {
+        fn from(n: u8) -> Narrow {
+            Narrow(n.into())
+        }
+    }
+
+    #[test]
+    fn refuses_the_ambiguous_forms_by_reading_back() -> Result<()> {
+        let mut out = Vec::new();
+        // Untagged variants that read back as a sibling of another shape: a value whose
+        // events differ, or a key that `Eq` tells apart (values of one shape, like `A`
+        // and `B` here, are the same events and only `PartialEq` could tell them).
+        refused(
+            encode_set(&1, &Untagged::D { x: 1, y: 2 }, &mut out),
+            "value",
+            "as itself",
+        );
+        refused(
+            encode_set(&1, &Number::Int(3), &mut out),
+            "value",
+            "as itself",
+        );
+        refused(
+            encode_set(&Untagged::B { x: 1 }, &1, &mut out),
+            "key",
+            "as itself",
+        );
+        set(&Untagged::A { x: 1 }, &Untagged::A { x: 1 })?;
+        set(&Untagged::C(vec![1, 2]), &Number::Float(3.0))?;
+        // A flattened map holding a field's name: written twice, read back otherwise.
+        let clash = Flat {
+            a: 1,
+            rest: [("a".to_owned(), 2)].into(),
+        };
+        assert!(encode_set(&1, &clash, &mut out).is_err());
+        let fine = Flat {
+            a: 1,
+            rest: [("b".to_owned(), 2)].into(),
+        };
+        set(&1, &fine)?;
+        // A skipped field with no default: the reader wants it.
+        refused(
+            encode_set(&1, &Skips { tags: vec![] }, &mut out),
+            "value",
+            "missing field",
+        );
+        set(&1, &Skips { tags: vec![1] })?;
+        // A skipped field whose default is another value.
+        refused(
+            encode_set(&1, &Default0 { n: 0 }, &mut out),
+            "value",
+            "as itself",
+        );
+        set(&1, &Default0 { n: 7 })?;
+        // A hand-written impl that reads back as something else, or not at all.
+        refused(encode_set(&1, &Custom(3), &mut out), "value", "read back");
+        refused(encode_remove(&Custom(3), &mut out), "key", "read back");
+        // A number that the reader's type cannot hold.
+        refused(
+            encode_set(&1, &Narrow(300), &mut out),
+            "value",
+            "invalid value",
+        );
+        assert!(out.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn accepts_what_reads_back_whatever_its_order() -> Result<()> {
+        let map: HashMap<String, Vec<f64>> = (0..40)
+            .map(|i| (format!("k{i}"), vec![f64::from(i) / 3.0, -0.0, 1e300]))
+            .collect();
+        set(&"m".to_owned(), &map)?;
+        let numbers: HashMap<u32, i64> = (0..40).map(|i| (i, -i64::from(i) << 40)).collect();
+        set(&"n".to_owned(), &numbers)?;
+        let set_: std::collections::HashSet<(String, char)> =
+            (0..40).map(|i| (format!("s{i}"), 'é')).collect();
+        set(&"s".to_owned(), &set_)?;
+        set(
+            &("tuple".to_owned(), 1u64, -2i8),
+            &(f32::MIN_POSITIVE, f32::MAX, 0.1f32),
+        )?;
+        set(&u64::MAX, &(i128::MIN, u128::from(u64::MAX) + 1))?;
+        set(
+            &"v".to_owned(),
+            &serde_json::json!({"a": [1, 2.5, null, "x", {"b": false}]}),
+        )?;
+        set(&"o".to_owned(), &Some(Some(None::<u8>)).map(|_| Some(2u8)))?;
+        let mut out = Vec::new();
+        encode_remove(&("tuple".to_owned(), 1u64), &mut out)?;
+        Ok(())
     }
 
     #[test]

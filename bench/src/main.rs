@@ -1,10 +1,11 @@
 //! ptvp35 against its peers and the physical limits (issue 5).
 //!
 //! `cargo run --release --manifest-path bench/Cargo.toml -- [--quick] [--reps N]
-//! [--dir DIR] [--svg FILE] [commits] [txn] [reads] [bulk] [reopen] [rebuild]`
+//! [--dir DIR] [--svg FILE] [commits] [txn] [reads] [bulk] [reopen] [rebuild] [encode]`
 
 mod child;
 mod data;
+mod encode;
 mod engine;
 mod report;
 mod stores;
@@ -16,11 +17,13 @@ use anyhow::{bail, Context, Result};
 
 use workloads::Cfg;
 
-const WORKLOADS: [&str; 6] = ["commits", "txn", "reads", "bulk", "reopen", "rebuild"];
+const WORKLOADS: [&str; 7] = [
+    "commits", "txn", "reads", "bulk", "reopen", "rebuild", "encode",
+];
 
 const USAGE: &str =
     "usage: ptvp35-bench [--quick] [--reps N] [--dir DIR] [--svg FILE] [WORKLOAD...]
-workloads: commits txn reads bulk reopen rebuild (default: all)
+workloads: commits txn reads bulk reopen rebuild encode (default: all)
   --quick      fewer keys and shorter runs (100k-key bulk database, 0.3 s runs)
   --reps N     repetitions of every measurement (default 3, at least 3 for a median)
   --dir DIR    where the databases go (default: a fresh directory under /tmp)
@@ -106,6 +109,7 @@ fn bench(args: &[String]) -> Result<()> {
             "reads" => workloads::reads(&cfg),
             "bulk" => workloads::bulk(&cfg),
             "reopen" => workloads::reopen(&cfg),
+            "encode" => encode::encode(&cfg),
             _ => workloads::rebuild(&cfg),
         };
         eprintln!("== {w} took {:.0} s", t.elapsed().as_secs_f64());

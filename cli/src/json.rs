@@ -1,8 +1,12 @@
 //! Keys and values as the tool holds them: their exact JSON text, so that nothing it
 //! rewrites (`compact`, `repair`, `set` of another key) changes a byte of them.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -129,6 +133,101 @@ pub(crate) fn parse_arg(arg: &str, what: &str) -> Result<Json, String> {
     }
 }
 
+/// Any JSON value, read as a typed program reads it, keeping nothing: `serde_json` parses
+/// every number (and refuses one beyond the range of `f64`, such as `1e400`) and every
+/// string (and refuses a lone surrogate escape), and counts the nesting against its
+/// recursion limit; an object may not repeat a key (a struct refuses it, a map keeps only
+/// the last). Used as the value type of `check` and `repair`, and to test a typed `KEY`
+/// or `VALUE`, so that the tool calls clean, and writes, only what reads back.
+#[derive(Debug)]
+pub(crate) struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ReadableVisitor)
+    }
+}
+
+struct ReadableVisitor;
+
+impl<'de> Visitor<'de> for ReadableVisitor {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Readable, D::Error> {
+        Readable::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value::<Readable>()?;
+            if !seen.insert(k.clone()) {
+                return Err(de::Error::custom(format_args!(
+                    "the key {k:?} appears twice in one object (a struct refuses it, a map \
+                     keeps only the last)"
+                )));
+            }
+        }
+        Ok(Readable)
+    }
+}
+
+/// A key for `check` and `repair`: a [`JsonKey`] whose text is also [`Readable`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ReadableKey(pub(crate) JsonKey);
+
+impl<'de> Deserialize<'de> for ReadableKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let key = JsonKey::deserialize(d)?;
+        readable(key.text()).map_err(|e| de::Error::custom(format_args!("the key: {e}")))?;
+        Ok(ReadableKey(key))
+    }
+}
+
+/// Whether the JSON text `text`, as a key or value of a record, reads back in a typed
+/// program (see [`Readable`]). It is read inside one array, which takes the place of the
+/// record's object, so that the nesting is counted as the reader counts it in the file.
+pub(crate) fn readable(text: &str) -> Result<(), String> {
+    let wrapped = format!("[{text}]");
+    let mut de = serde_json::Deserializer::from_str(&wrapped);
+    let r = Readable::deserialize(&mut de).and_then(|_| de.end());
+    r.map_err(|e| {
+        // The position is in the wrapped text: leave it out.
+        let msg = e.to_string();
+        match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_owned(),
+            None => msg,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +261,36 @@ mod tests {
         assert_ne!(key("1")?, key("\"1\"")?);
         assert_eq!(key("\"a b\"")?, key("a b")?);
         Ok(())
+    }
+
+    #[test]
+    fn readable_is_what_a_typed_reader_reads_in_a_record() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        for ok in [
+            "1",
+            "-0.0",
+            "1e308",
+            "18446744073709551616",
+            "\"\\u00e9\"",
+            "{\"a\": [1, {\"a\": 2}]}",
+            &nested(126),
+        ] {
+            assert_eq!(readable(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("1e400", "number out of range"),
+            ("[-1e309]", "number out of range"),
+            ("{\"a\": 1, \"\\u0061\": 2}", "appears twice"),
+            ("\"\\ud800\"", ""),
+            (&nested(127), "recursion limit exceeded"),
+        ] {
+            let e = readable(bad).expect_err(bad);
+            assert!(e.contains(why) && !e.contains(" at line "), "{bad}: {e}");
+        }
+        // The same limit as the reader's, counted in a whole record line.
+        let line = |n| format!("{{\"key\":1,\"value\":{}}}", nested(n));
+        assert!(serde_json::from_str::<serde_json::Value>(&line(126)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&line(127)).is_err());
     }
 
     #[test]

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use json::{Json, JsonKey, Readable, ReadableKey};
 use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, Options, RecoveryReport};
-use serde::de::IgnoredAny;
-
-use json::{Json, JsonKey};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -20,7 +18,9 @@ Exit codes:
   1   check: recovery needed; get, rm: no such key; repair: refused without --yes
   2   the database is corrupt (check, and every command that opens it)
   3   any other failure: the database is locked, a file cannot be read or written
-  64  bad usage: unknown option, a KEY or VALUE that is not valid JSON";
+  64  bad usage: unknown option, a KEY or VALUE that is not valid JSON or that a
+      program would not read back (a number beyond f64's range, nesting deeper than
+      the reader's limit, an object that repeats a key)";
 
 const KEYS: &str = "\
 Keys and values are JSON: 42, true, null, [\"tuple\", 1], {\"a\": [1, 2]}, \"text\".
@@ -49,7 +49,9 @@ enum Command {
     #[command(after_help = "\
 Reports which side files exist, what recovery would do (restore from FILE.backup, or cut N
 bytes from offset X to FILE.error), the live keys and dead records, and every line of the
-valid region that does not decode, with its line number and byte offset.
+valid region that does not decode, with its line number and byte offset. A line whose key or
+value a typed program would not read back (a number beyond f64's range such as 1e400,
+nesting deeper than the reader's limit, an object that repeats a key) counts as corrupt.
 
 Exit codes:
   0  clean: the files are as a clean close leaves them
@@ -95,7 +97,10 @@ Examples:
         key: String,
     },
     /// Set KEY to VALUE, durably (creates the database if there is none)
-    #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 set data.db alice 100\n  \
+    #[command(after_help = format!("{KEYS}\n\nA KEY or VALUE that a program using the \
+        database would not read back is refused (exit 64):\na number beyond f64's range \
+        (1e400), nesting deeper than the reader's limit, an object that repeats a key.\n\n\
+        Examples:\n  ptvp35 set data.db alice 100\n  \
         ptvp35 set data.db '[\"tuple\", 1]' '{{\"dict\": \"example\"}}'"))]
     Set {
         /// The database's main file
@@ -127,7 +132,9 @@ Examples:
     },
     /// Move the lines that do not decode to FILE.error and keep the rest
     #[command(after_help = "\
-Without --yes, says what it would do and changes nothing (exit 1). With --yes, runs
+A file in which no line is a record is not a database: repair refuses it (exit 2) and
+changes nothing. Otherwise, without --yes, says what it would do and changes nothing
+(exit 1). With --yes, runs
 recovery, appends each bad line to FILE.error after a `# ptvp35 repair: line N at byte
 offset X: reason` line, then writes the other lines, unchanged and in order, as a rebuild
 does (FILE.backup, FILE.recover, rename), so that a crash leaves the old or the repaired
@@ -274,8 +281,9 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
             }
         }
         Command::Set { file, key, value } => {
-            let key = arg(&key, "KEY")?;
+            let key = writable(arg(&key, "KEY")?, "KEY")?;
             let value = json::parse_arg(&value, "VALUE").map_err(Exit::Usage)?;
+            check_readable(value.get(), "VALUE")?;
             let db = open(&file, true)?;
             db.set(key, value).map_err(|e| with_hint(e, &file))?;
             db.close().map_err(|e| with_hint(e, &file))
@@ -304,6 +312,27 @@ fn arg(text: &str, what: &str) -> Result<JsonKey, Exit> {
     json::parse_arg(text, what)
         .map(JsonKey::new)
         .map_err(Exit::Usage)
+}
+
+/// Refuses a typed `KEY` or `VALUE` that a typed program would not read back from the file
+/// (a number beyond `f64`'s range, nesting past the reader's limit, a repeated object key,
+/// a lone surrogate): what the library refuses to write, the tool refuses too.
+fn check_readable(text: &str, what: &str) -> Result<(), Exit> {
+    json::readable(text).map_err(|e| {
+        let shown = match text.char_indices().nth(60) {
+            Some((i, _)) => format!("{}...", &text[..i]),
+            None => text.to_owned(),
+        };
+        Exit::Usage(format!(
+            "{what} {shown} would not read back as itself in a program using the database \
+             ({e}); nothing was stored"
+        ))
+    })
+}
+
+fn writable(key: JsonKey, what: &str) -> Result<JsonKey, Exit> {
+    check_readable(key.text(), what)?;
+    Ok(key)
 }
 
 fn not_found(key: &JsonKey, file: &Path) -> Result<(), Exit> {
@@ -372,7 +401,7 @@ fn no_database(file: &Path) -> Error {
 }
 
 fn inspect(file: &Path) -> Result<Inspection, Exit> {
-    ptvp35::inspect::<JsonKey, IgnoredAny>(file).map_err(|e| with_hint(e, file))
+    ptvp35::inspect::<ReadableKey, Readable>(file).map_err(|e| with_hint(e, file))
 }
 
 fn check(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
@@ -419,6 +448,12 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     }
     print_counts(out, r)?;
     if !r.bad_lines.is_empty() {
+        if r.records == 0 {
+            writeln!(
+                out,
+                "no line is a record: this is not a database (`ptvp35 repair` refuses it)"
+            )?;
+        }
         writeln!(out, "corrupt lines ({}):", r.bad_lines.len())?;
         for b in &r.bad_lines {
             print_bad(out, b)?;
@@ -605,8 +640,15 @@ fn repair(file: &Path, yes: bool, out: &mut dyn Write) -> Result<(), Exit> {
         ))?;
         return Ok(());
     }
+    if plan.records == 0 && !yes {
+        return Err(not_a_database(file, &plan));
+    }
     let moved: u64 = plan.bad_lines.iter().map(|b| b.len).sum();
     w((|| {
+        if plan.records == 0 {
+            // The library's repair refuses this file; it says why.
+            return Ok(());
+        }
         writeln!(out, "{}:", if yes { "repairing" } else { "repair would" })?;
         if !plan.recovery.was_clean() {
             writeln!(out, "  first run recovery, which will:")?;
@@ -636,13 +678,48 @@ fn repair(file: &Path, yes: bool, out: &mut dyn Write) -> Result<(), Exit> {
         ))?;
         return Err(Exit::Quiet(1));
     }
-    let done = ptvp35::repair::<JsonKey, IgnoredAny>(file).map_err(|e| with_hint(e, file))?;
+    let done = ptvp35::repair::<ReadableKey, Readable>(file).map_err(|e| {
+        if plan.records == 0 {
+            Exit::Failed(e, not_a_database_hint(file))
+        } else {
+            with_hint(e, file)
+        }
+    })?;
     w(writeln!(
         out,
         "{f}: repaired: moved {} lines to {f}.error, kept {} bytes",
         done.moved.len(),
         done.kept_bytes
     ))
+}
+
+/// What to look at when a file with bad lines and no record is refused: it is not a
+/// database, and repair would empty it.
+fn not_a_database_hint(file: &Path) -> String {
+    let f = file.display();
+    format!(
+        "hint: is {f} the database you meant? `ptvp35 check {f}` lists every line that is not \
+         a record"
+    )
+}
+
+/// The refusal without `--yes`, worded as the library's repair words it.
+fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
+    let first = &plan.bad_lines[0];
+    Exit::Failed(
+        Error::Corrupt {
+            path: file.to_path_buf(),
+            line: first.line,
+            offset: first.offset,
+            reason: format!(
+                "this is not a database: none of its lines is a record ({} do not decode, the \
+                 first because: {}); repair refuses to move every line to the error file",
+                plan.bad_lines.len(),
+                first.reason
+            ),
+        },
+        not_a_database_hint(file),
+    )
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {

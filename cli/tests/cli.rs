@@ -400,3 +400,106 @@ fn stats_reports_sizes_counts_and_the_live_ratio() -> Result<()> {
     ensure!(r.stdout.contains("live/dead bytes: 0.3"), "{}", r.stdout);
     Ok(())
 }
+
+/// Issue 9, item 17: `repair --yes` on a file that is not a database moved every line to
+/// `.error` and left it empty.
+#[test]
+fn repair_refuses_a_file_that_is_not_a_database() -> Result<()> {
+    let d = Dir::new("notadb")?;
+    let path = d.join("passwd");
+    let f = s(&path);
+    let text = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                {\"not\": \"a record\"}\n";
+    std::fs::write(&path, text)?;
+    for args in [vec!["repair", f, "--yes"], vec!["repair", f]] {
+        let r = run(&args)?.expect(2)?;
+        ensure!(
+            r.stderr.contains("not a database") && r.stderr.contains(f),
+            "{args:?}: {}",
+            r.stderr
+        );
+        ensure!(
+            !r.stderr.contains("repair moves") && !r.stdout.contains("repairing"),
+            "{args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        ensure!(
+            std::fs::read_to_string(&path)? == text,
+            "{args:?} changed it"
+        );
+        ensure!(!side(&path, ".error").exists(), "{args:?} wrote .error");
+    }
+    let c = run(&["check", f])?.expect(2)?;
+    ensure!(c.stdout.contains("not a database"), "{}", c.stdout);
+    Ok(())
+}
+
+/// `n` nested arrays: `[[...]]`.
+fn nested(n: usize) -> String {
+    "[".repeat(n) + &"]".repeat(n)
+}
+
+/// Issue 9, item 16: `set f.db b 1e400` stored a number no typed program reads, and
+/// `check` called the file clean; the same for a value nested past the reader's limit.
+#[test]
+fn set_refuses_and_check_reports_what_would_not_read_back() -> Result<()> {
+    let d = Dir::new("readback")?;
+    let path = d.join("f.db");
+    let f = s(&path);
+    run(&["set", f, "a", "1"])?.expect(0)?;
+    let before = std::fs::read(&path)?;
+    // The record's own object is one level, so a value nests at most 126.
+    let (deepest, too_deep) = (nested(126), nested(127));
+    for (value, why) in [
+        ("1e400", "out of range"),
+        ("-1e400", "out of range"),
+        ("[1, 1e309]", "out of range"),
+        ("{\"x\": 1, \"x\": 2}", "appears twice"),
+        (too_deep.as_str(), "recursion limit"),
+    ] {
+        let r = run(&["set", "--", f, "b", value])?.expect(64)?;
+        ensure!(
+            r.stderr.contains("would not read back") && r.stderr.contains(why),
+            "{value}: {}",
+            r.stderr
+        );
+        ensure!(std::fs::read(&path)? == before, "{value} was stored");
+    }
+    let r = run(&["set", f, &too_deep, "1"])?.expect(64)?;
+    ensure!(r.stderr.contains("KEY"), "{}", r.stderr);
+    run(&["set", f, "deep", &deepest])?.expect(0)?;
+    run(&["set", f, "big", "18446744073709551616"])?.expect(0)?;
+    run(&["check", f])?.expect(0)?;
+    // What the tool wrote, a typed program reads.
+    {
+        let db = DbConnection::<String, serde_json::Value>::open(&path)?;
+        ensure!(db.len() == 3);
+        db.close()?;
+    }
+
+    // Lines another program wrote: check reports each, repair moves them.
+    let mut data = std::fs::read(&path)?;
+    let at = data.len();
+    data.extend_from_slice(b"{\"key\": \"n\", \"value\": 1e400}\n");
+    data.extend_from_slice(format!("{{\"key\":\"d\",\"value\":{too_deep}}}\n").as_bytes());
+    data.extend_from_slice(format!("{{\"key\":{too_deep},\"value\":1}}\n").as_bytes());
+    std::fs::write(&path, &data)?;
+    let c = run(&["check", f])?.expect(2)?;
+    ensure!(
+        c.stdout.contains(&format!("line 4 at byte offset {at}"))
+            && c.stdout.contains("out of range")
+            && c.stdout.contains("line 5")
+            && c.stdout.contains("line 6")
+            && c.stdout.contains("recursion limit"),
+        "{}",
+        c.stdout
+    );
+    ensure!(DbConnection::<String, serde_json::Value>::open(&path).is_err());
+    run(&["repair", f, "--yes"])?.expect(0)?;
+    run(&["check", f])?.expect(0)?;
+    let db = DbConnection::<String, serde_json::Value>::open(&path)?;
+    ensure!(db.len() == 3);
+    db.close()?;
+    Ok(())
+}

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, Record};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsFile, RealFs};
+use crate::plan::{self, Found};
 use crate::recovery::{self, RecoveryReport};
 use crate::storage::{self, io, BackupWriter, Paths};
 
@@ -314,35 +315,30 @@ where
         .map(|c| c.valid);
 
     // The decisions of `recovery::open_and_recover`, taken without acting on them.
-    let mut report = RecoveryReport {
-        created: main.is_none(),
-        ..RecoveryReport::default()
+    let meta = |p: &Path| io("stat", p, fs.meta(p));
+    let (main_meta, backup_meta) = (meta(&paths.main)?, meta(&paths.backup)?);
+    let backup_is_main =
+        main_meta.is_some() && main_meta.map(|m| m.id) == backup_meta.map(|m| m.id);
+    let found = Found {
+        main_links: main_meta.map_or(0, |m| m.links),
+        backup: backup.is_some(),
+        backup_data: backup.filter(|_| recover.is_some() && !backup_is_main),
+        backup_is_main,
+        recover: recover.is_some(),
+        flag: flag.is_some(),
+        truncate,
+        main,
     };
-    let mut refused = None;
-    let main = main.unwrap_or_default();
-    let (data, valid) = if recover.is_some() {
-        // (V1) The flagged backup becomes `P` (or already did); the marker is dropped.
-        report.restored_from_backup = true;
-        let data = backup.unwrap_or(main);
-        let len = data.len();
-        (data, len)
-    } else {
-        // (V3) An unflagged backup is deleted; (V4) the flag's count and the batch
-        // checksums say how much of `P` stays.
-        report.discarded_stale_backup = backup.is_some();
-        let mut valid = main.len();
-        if flag.is_some() {
-            match recovery::read_count(fs, paths, &main) {
-                Ok(count) => {
-                    valid = recovery::valid_end(&main, count);
-                    recovery::note_cut(&mut report, valid, &main[valid..]);
-                }
-                Err(e) => refused = Some(e),
-            }
+    let (report, refused, data) = match plan::plan(paths, &found) {
+        Ok(plan) => (plan.report.clone(), None, &plan.data(&found)[..plan.valid]),
+        Err(e) => {
+            let report = RecoveryReport {
+                created: found.main.is_none(),
+                ..RecoveryReport::default()
+            };
+            (report, Some(e), found.main.as_deref().unwrap_or_default())
         }
-        (main, valid)
     };
-    let data = &data[..valid];
     let mut out = Inspection {
         files,
         truncate_count,
@@ -378,15 +374,8 @@ fn lock(fs: &dyn Fs, paths: &Paths) -> Result<Option<Box<dyn FsFile>>> {
 /// Calls `f(line_number, offset, line)` for every line of `data`; `line` has no `\n`, and
 /// `complete` says whether one followed it.
 fn for_each_line(data: &[u8], mut f: impl FnMut(u64, usize, &[u8], bool)) {
-    let (mut pos, mut n) = (0, 0u64);
-    while pos < data.len() {
-        n += 1;
-        let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
-            f(n, pos, &data[pos..], false);
-            break;
-        };
-        f(n, pos, &data[pos..pos + nl], true);
-        pos += nl + 1;
+    for (n, line) in (1u64..).zip(codec::lines(data, 0)) {
+        f(n, line.offset, line.bytes, line.complete);
     }
 }
 
@@ -490,8 +479,22 @@ where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    let paths = Paths::resolve(&*fs, path.as_ref())?;
+    repair_on::<K, V>(Arc::new(RealFs), path.as_ref())
+}
+
+/// [`repair`] on another filesystem (the test kit's simulated one). Hidden and outside
+/// semver, like [`Options::filesystem`](crate::Options::filesystem).
+///
+/// # Errors
+///
+/// As [`repair`].
+#[doc(hidden)]
+pub fn repair_on<K, V>(fs: Arc<dyn Fs>, path: &Path) -> Result<RepairReport>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let paths = Paths::resolve(&*fs, path)?;
     repair_with::<K, V>(&fs, &paths)
 }
 

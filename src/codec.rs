@@ -12,6 +12,7 @@
 //! (`Some(None)` written as `null`, an untagged variant read as its sibling) is refused
 //! at the call.
 
+pub(crate) mod chain;
 mod trace;
 
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -252,15 +253,46 @@ pub(crate) fn close_batch(buf: &mut Vec<u8>, hasher: &mut Xxh3) {
     hasher.update(&buf[tail_start..]);
 }
 
-/// The lines of `data` from `from` on that end in `\n`, each with its offset (the line
-/// without its `\n`); bytes after the last `\n` are not a line.
-pub(crate) fn lines(data: &[u8], from: usize) -> impl Iterator<Item = (usize, &[u8])> {
-    let mut pos = from;
+/// One line of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Line<'a> {
+    /// Byte offset of its first byte.
+    pub(crate) offset: usize,
+    /// Its bytes, without the `\n`.
+    pub(crate) bytes: &'a [u8],
+    /// Whether a `\n` ended it (only the last line of a file can lack one).
+    pub(crate) complete: bool,
+}
+
+impl Line<'_> {
+    /// The offset just past its `\n` (or its last byte).
+    pub(crate) fn end(&self) -> usize {
+        self.offset + self.bytes.len() + usize::from(self.complete)
+    }
+}
+
+/// The lines of `data` from offset `from` on, the one line walker of the crate: every
+/// line that ends in `\n`, then the bytes after the last `\n`, if any, as a last line
+/// that is not complete.
+pub(crate) fn lines(data: &[u8], from: usize) -> impl Iterator<Item = Line<'_>> {
+    let mut pos = from.min(data.len());
     std::iter::from_fn(move || {
-        let nl = data.get(pos..)?.iter().position(|&b| b == b'\n')?;
-        let at = pos;
-        pos += nl + 1;
-        Some((at, &data[at..at + nl]))
+        let rest = data.get(pos..).filter(|r| !r.is_empty())?;
+        let offset = pos;
+        let line = match memchr::memchr(b'\n', rest) {
+            Some(nl) => Line {
+                offset,
+                bytes: &rest[..nl],
+                complete: true,
+            },
+            None => Line {
+                offset,
+                bytes: rest,
+                complete: false,
+            },
+        };
+        pos = line.end();
+        Some(line)
     })
 }
 

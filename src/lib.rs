@@ -125,7 +125,6 @@
 
 #![deny(missing_docs)]
 
-mod chain;
 mod check;
 mod codec;
 mod connection;
@@ -134,6 +133,7 @@ mod error;
 mod fs;
 mod load;
 mod map;
+mod plan;
 mod recovery;
 mod storage;
 mod transaction;
@@ -153,6 +153,8 @@ pub use fs::{FileMeta, Fs, FsFile, RealFs};
 #[doc(hidden)]
 pub use codec::bench_encode_set;
 
+#[doc(hidden)]
+pub use check::repair_on;
 pub use check::{inspect, repair, BadLine, FileState, Health, Inspection, RepairReport};
 pub use connection::{CommitHandle, DbConnection, Options, Stats};
 pub use delta::{Delta, IntoIter, Key, Value};

@@ -1,10 +1,12 @@
 //! Repair at open from the flag files: restore from `P.backup`, or cut `P` back to what the
 //! truncate marker and the batch checksums vouch for. Cut bytes go to `P.error`.
 
-use crate::chain::Chain;
+use std::path::Path;
+
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsFile};
-use crate::storage::{self, io, Count, Paths};
+use crate::plan::{self, Found, Restore};
+use crate::storage::{self, io, Paths};
 
 /// What recovery found at open and what it did about it.
 ///
@@ -64,27 +66,22 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
 }
 
-/// Opens and locks `P`, then brings the six files to a state where all of `P` is valid.
+/// Opens and locks `P`, reads what the six files hold, plans recovery
+/// ([`plan::plan`]) and carries the plan out, so that all of `P` is valid.
 ///
 /// Every step is idempotent: a crash during recovery leaves a state that the next
 /// recovery handles the same way (`docs/recovery.md`, "Recovery").
 pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> {
-    let mut report = RecoveryReport::default();
-    let existed = io("stat", &paths.main, fs.exists(&paths.main))?;
-    if !existed
-        && io("stat", &paths.recover, fs.exists(&paths.recover))?
-        && !io("stat", &paths.backup, fs.exists(&paths.backup))?
-    {
-        // (V0) The flag says the backup is the data, and neither file is there: a rename
-        // that the filesystem carried out as "unlink target, unlink source, link target"
-        // and lost in the middle. Nothing here can bring the data back; creating an empty
-        // database would hide that. Leave the evidence as it is.
-        return Err(Error::BadSideFile {
-            path: paths.recover.clone(),
-            reason: "says the rebuilt copy P.backup holds the data, but neither it nor the \
-                     main file exists; nothing was changed"
-                .into(),
-        });
+    let exists = |p: &Path| io("stat", p, fs.exists(p));
+    let existed = exists(&paths.main)?;
+    if !existed {
+        // V0 before anything is created.
+        plan::check_names(
+            paths,
+            false,
+            exists(&paths.backup)?,
+            exists(&paths.recover)?,
+        )?;
     }
     let Some(mut file) = storage::open_locked(fs, &paths.main, true)? else {
         return Err(Error::Locked {
@@ -92,20 +89,17 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         });
     };
     if !existed {
-        report.created = true;
         storage::sync_dir(fs, paths)?;
     }
+    let mut found = find(fs, paths, &mut *file)?;
+    if !existed {
+        found.main = None;
+    }
+    let plan = plan::plan(paths, &found)?;
 
-    if io("stat", &paths.recover, fs.exists(&paths.recover))? {
-        // (V1) A rebuild had flagged its backup as complete.
-        let main_id = io("stat", &paths.main, file.meta())?.id;
-        let backup_id = io("stat", &paths.backup, fs.meta(&paths.backup))?.map(|m| m.id);
-        if backup_id == Some(main_id) {
-            // Both names lead to the backup: the rename linked it as `P` and was cut
-            // before it unlinked the old name. The rename happened; drop the old name.
-            storage::remove_if_exists(fs, &paths.backup)?;
-            storage::sync_dir(fs, paths)?;
-        } else if backup_id.is_some() {
+    match plan.restore {
+        Restore::Rename => {
+            // (V1) The flagged backup becomes `P`.
             let Some(backup) = storage::open_locked(fs, &paths.backup, false)? else {
                 return Err(Error::Locked {
                     path: paths.backup.clone(),
@@ -119,7 +113,14 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
             storage::sync_dir(fs, paths)?;
             file = backup;
         }
-        report.restored_from_backup = true;
+        Restore::DropName => {
+            // (V1) Both names lead to the backup: the rename happened; drop the old name.
+            storage::remove_if_exists(fs, &paths.backup)?;
+            storage::sync_dir(fs, paths)?;
+        }
+        Restore::Done | Restore::No => {}
+    }
+    if plan.restore != Restore::No {
         // (V2) The truncate marker described the old `P`: drop the flag first and make
         // that durable, only then the `P.recover` that overrides it.
         storage::remove_if_exists(fs, &paths.truncate_flag)?;
@@ -127,88 +128,53 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
         storage::remove_if_exists(fs, &paths.truncate)?;
         storage::remove_if_exists(fs, &paths.recover)?;
         storage::sync_dir(fs, paths)?;
-    } else if io("stat", &paths.backup, fs.exists(&paths.backup))? {
+    }
+    if plan.discard_backup {
         // (V3) A rebuild stopped before its backup was vouched for: `P` is authoritative.
         storage::remove_if_exists(fs, &paths.backup)?;
         storage::sync_dir(fs, paths)?;
-        report.discarded_stale_backup = true;
     }
-    check_links(&mut *file, paths)?;
-
-    let mut data = read_all(&mut *file, paths)?;
-    let has_flag = io(
-        "stat",
-        &paths.truncate_flag,
-        fs.exists(&paths.truncate_flag),
-    )?;
-    if has_flag {
-        // (V4) Bytes after the count are kept only in whole batches whose checksum holds.
-        let count = read_count(fs, paths, &data)?;
-        let valid = valid_end(&data, count);
-        if valid < data.len() {
-            refuse_character_count(paths, &data, count, valid)?;
-            let cut = &data[valid..];
-            append_error(fs, paths, cut)?;
-            io("truncate", &paths.main, file.set_len(valid as u64))?;
-            io("fsync", &paths.main, file.sync_data())?;
-            note_cut(&mut report, valid, cut);
-            data.truncate(valid);
-        }
+    let mut data = match plan.restore {
+        Restore::Rename => found.backup_data.take().unwrap_or_default(),
+        _ => found.main.take().unwrap_or_default(),
+    };
+    if plan.valid < data.len() {
+        // (V4) Cut what no count or batch checksum vouches for, into `P.error` first.
+        append_error(fs, paths, &data[plan.valid..])?;
+        io("truncate", &paths.main, file.set_len(plan.valid as u64))?;
+        io("fsync", &paths.main, file.sync_data())?;
+        data.truncate(plan.valid);
     }
     Ok(Recovered {
         file,
         data,
-        has_flag,
-        report,
+        has_flag: plan.count.is_some(),
+        report: plan.report,
     })
 }
 
-/// Refuses a main file with other hard links: a rebuild replaces `P` by a new file, and
-/// the other names would go on naming the old one, a second database from then on.
-fn check_links(file: &mut dyn FsFile, paths: &Paths) -> Result<()> {
-    let links = io("stat", &paths.main, file.meta())?.links;
-    if links > 1 {
-        return Err(Error::Unsupported {
-            path: paths.main.clone(),
-            reason: format!(
-                "the main file has {links} hard links; a rebuild would replace it under \
-                 this name only and split the database in two (use a symbolic link instead)"
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// A count written without a salt may come from the Python library, which counts
-/// characters, not bytes. Where the text before the count is ASCII the two agree; where
-/// it is not, the bytes after the count may be whole, synced records, and cutting them
-/// would lose them without a word. Refuse instead, as `docs/format.md` promises.
-fn refuse_character_count(paths: &Paths, data: &[u8], count: Count, valid: usize) -> Result<()> {
-    let at = usize::try_from(count.valid).unwrap_or(usize::MAX);
-    if count.salt != 0 || data[..at.min(data.len())].is_ascii() {
-        return Ok(());
-    }
-    Err(Error::BadSideFile {
-        path: paths.truncate.clone(),
-        reason: format!(
-            "counts {at} valid bytes with no salt, as the Python library writes it, and the \
-             text before that point is not ASCII: the count may be in characters, so the \
-             {} bytes after it may be whole records; nothing was cut (remove \
-             P.truncate_flag to keep them all, once you have checked the last line)",
-            data.len() - valid
-        ),
+/// Reads what recovery needs to know of the six files; `main` is the locked `P`.
+fn find(fs: &dyn Fs, paths: &Paths, main: &mut dyn FsFile) -> Result<Found> {
+    let exists = |p: &Path| io("stat", p, fs.exists(p));
+    let meta = io("stat", &paths.main, main.meta())?;
+    let recover = exists(&paths.recover)?;
+    let backup_meta = io("stat", &paths.backup, fs.meta(&paths.backup))?;
+    let backup_is_main = backup_meta.is_some_and(|b| b.id == meta.id);
+    let backup_data = if recover && backup_meta.is_some() && !backup_is_main {
+        io("read", &paths.backup, fs.read(&paths.backup))?
+    } else {
+        None
+    };
+    Ok(Found {
+        main: Some(read_all(main, paths)?),
+        main_links: meta.links,
+        backup: exists(&paths.backup)?,
+        backup_data,
+        backup_is_main,
+        recover,
+        truncate: io("read", &paths.truncate, fs.read(&paths.truncate))?,
+        flag: exists(&paths.truncate_flag)?,
     })
-}
-
-/// Records in `report` what cutting `cut` (the bytes of `P` from offset `valid` on) means:
-/// the data bytes in it, and the zero padding after them. Shared with `check`, which
-/// predicts the same report without cutting anything.
-pub(crate) fn note_cut(report: &mut RecoveryReport, valid: usize, cut: &[u8]) {
-    let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if data_len > 0 {
-        report.cut = Some((valid as u64, data_len as u64));
-    }
-    report.padding = (cut.len() - data_len) as u64;
 }
 
 fn read_all(file: &mut dyn FsFile, paths: &Paths) -> Result<Vec<u8>> {
@@ -232,48 +198,6 @@ fn read_all(file: &mut dyn FsFile, paths: &Paths) -> Result<Vec<u8>> {
         at += n;
     }
     Ok(data)
-}
-
-/// Reads `P.truncate` and checks it against `P`; a flag must vouch for a sane count.
-pub(crate) fn read_count(fs: &dyn Fs, paths: &Paths, data: &[u8]) -> Result<Count> {
-    let bytes = io("read", &paths.truncate, fs.read(&paths.truncate))?.ok_or_else(|| {
-        Error::BadSideFile {
-            path: paths.truncate.clone(),
-            reason: "missing, although P.truncate_flag says it is valid".into(),
-        }
-    })?;
-    let count = storage::parse_count(&paths.truncate, &bytes)?;
-    let bad = |reason: String| Error::BadSideFile {
-        path: paths.truncate.clone(),
-        reason,
-    };
-    let valid = usize::try_from(count.valid)
-        .ok()
-        .filter(|&c| c <= data.len())
-        .ok_or_else(|| {
-            bad(format!(
-                "records {} valid bytes but the main file holds only {}",
-                count.valid,
-                data.len()
-            ))
-        })?;
-    if valid > 0 && data[valid - 1] != b'\n' {
-        return Err(bad(format!(
-            "count {valid} does not end a line of the main file"
-        )));
-    }
-    Ok(count)
-}
-
-/// The end of the last whole batch after the count whose checksum holds (or the count).
-pub(crate) fn valid_end(data: &[u8], count: Count) -> usize {
-    // `read_count` checked that the count is within `data`.
-    let from = usize::try_from(count.valid)
-        .unwrap_or(data.len())
-        .min(data.len());
-    Chain::after_count(count.salt, data, from)
-        .valid_end(data, from)
-        .0
 }
 
 /// Appends what recovery cut to `P.error` and makes it durable before `P` is cut.

@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::chain::Chain;
+use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs, FsFile};
 
@@ -89,7 +89,7 @@ pub(crate) fn write_file(fs: &dyn Fs, path: &Path, data: &[u8]) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Count {
     pub(crate) valid: u64,
-    /// 0 in a count written before salts existed (see [`crate::chain`]).
+    /// 0 in a count written before salts existed (see [`crate::codec::chain`]).
     pub(crate) salt: u64,
 }
 

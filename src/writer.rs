@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::chain::Chain;
+use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs, FsFile};
 use crate::storage::{self, BackupWriter, Paths};

@@ -13,6 +13,7 @@ mod disk;
 mod explore;
 mod fuzz;
 mod model;
+mod repair;
 mod sim;
 
 pub use disk::{random_fate, role, Effect, Fate, Fault, OpKind, PendingOp, Rng, TraceOp};
@@ -24,4 +25,5 @@ pub use model::{
     db_path, key, open_on, quiet_intended_panics, run_steps, six_paths, state_of, strays, verify,
     Db, IntendedPanic, Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
 };
+pub use repair::{corrupt_database, explore_repair};
 pub use sim::{Owner, SimFs};

@@ -56,7 +56,8 @@ impl Chain {
     pub(crate) fn valid_end(mut self, data: &[u8], from: usize) -> (usize, Chain) {
         let mut accepted = (from, self.clone());
         let mut hashed_to = from;
-        for (pos, line) in codec::lines(data, from) {
+        for line in codec::lines(data, from).filter(|l| l.complete) {
+            let (pos, line) = (line.offset, line.bytes);
             if let Some((digits_at, ck)) = codec::batch_tail(line) {
                 self.0.update(&data[hashed_to..pos + digits_at]);
                 hashed_to = pos + digits_at;

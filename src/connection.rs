@@ -1016,11 +1016,10 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             Err(_) => Err(Error::Closed),
         };
         if handle.join().is_err() {
-            return Err(Error::io(
-                "join writer thread of",
-                &self.paths.main,
-                std::io::Error::other("the writer thread panicked"),
-            ));
+            return Err(Error::internal(format!(
+                "the writer thread of {} panicked",
+                self.paths.main.display()
+            )));
         }
         result
     }

@@ -75,12 +75,7 @@ pub(crate) fn load<K: Key, V: Value>(
 }
 
 fn panicked(path: &Path) -> Error {
-    Error::Corrupt {
-        path: path.to_path_buf(),
-        line: 0,
-        offset: 0,
-        reason: "the parser panicked".into(),
-    }
+    Error::internal(format!("a thread parsing {} panicked", path.display()))
 }
 
 /// One chunk's records, split by the half of the map their key belongs to, and how many

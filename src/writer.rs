@@ -87,7 +87,7 @@ impl Progress {
             if let Some((from, to, e)) = &st.failed {
                 if seq >= *from {
                     return Err(if seq <= *to {
-                        e.duplicate()
+                        Error::clone(e)
                     } else {
                         Error::Poisoned {
                             cause: Arc::clone(e),
@@ -269,7 +269,7 @@ fn reply_all(replies: &[Sender<Result<()>>], r: &Result<()>) {
     for reply in replies {
         let _ = reply.send(match r {
             Ok(()) => Ok(()),
-            Err(e) => Err(e.duplicate()),
+            Err(e) => Err(e.clone()),
         });
     }
 }
@@ -655,7 +655,7 @@ impl Writer {
             Ok(through) => self.progress.advance(*through),
             Err(e) => {
                 let last = replayed.last().map_or(0, |p| p.seq);
-                self.poison(replayed, last, e.duplicate());
+                self.poison(replayed, last, e.clone());
             }
         }
         self.budget.release(n, bytes);

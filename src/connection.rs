@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::codec;
@@ -16,9 +16,10 @@ use crate::delta::{Delta, Key, Value};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 use crate::map::{Map, ReadSet, Refusal, UndoList};
+use crate::progress::Tracking;
 use crate::recovery::{self, RecoveryReport};
-use crate::storage::{self, Hasher, Paths};
-use crate::writer::{Budget, Counters, Engine, Progress, Request, Undo, Writer, WriterConfig};
+use crate::storage::{self, Paths};
+use crate::writer::{Engine, MainFile, Request, Writer, WriterConfig};
 
 /// Tunables for opening a database. [`Options::new`] gives the defaults.
 ///
@@ -188,7 +189,7 @@ pub struct Stats {
 #[must_use = "a commit handle does nothing unless waited on"]
 pub struct CommitHandle {
     seq: u64,
-    progress: Arc<Progress>,
+    tracking: Arc<Tracking>,
 }
 
 impl CommitHandle {
@@ -216,19 +217,21 @@ impl CommitHandle {
     /// # }
     /// ```
     pub fn wait(self) -> Result<()> {
-        self.progress.wait(self.seq)
+        self.tracking.progress.wait(self.seq)
     }
 }
 
 pub(crate) struct Shared<K, V> {
     pub(crate) map: Map<K, V>,
-    tx: Sender<Request>,
-    budget: Arc<Budget>,
-    progress: Arc<Progress>,
-    counters: Arc<Counters>,
+    /// Unbounded: the budget in `tracking` bounds what is queued, so a send never blocks
+    /// (it happens under the map's locks).
+    tx: Sender<Request<UndoList<K, V>>>,
+    tracking: Arc<Tracking>,
 }
 
 impl<K: Key, V: Value> Engine for Shared<K, V> {
+    type Undo = UndoList<K, V>;
+
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         self.map.for_each_shard(
             |shard| {
@@ -249,12 +252,8 @@ impl<K: Key, V: Value> Engine for Shared<K, V> {
         self.map.refuse();
     }
 
-    fn undo(&self, undos: Vec<Undo>) {
-        let lists = undos
-            .into_iter()
-            .filter_map(|u| u.downcast::<UndoList<K, V>>().ok().map(|b| *b))
-            .collect();
-        self.map.undo(lists);
+    fn undo(&self, undos: Vec<UndoList<K, V>>) {
+        self.map.undo(undos);
     }
 
     fn live_keys(&self) -> u64 {
@@ -323,50 +322,34 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         let paths = Paths::new(path);
         let rec = recovery::open_and_recover(&*fs, &paths)?;
         let (map, records) = crate::load::load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
-        let mut hasher = Hasher::new();
-        hasher.0.update(&rec.data);
         let len = rec.data.len() as u64;
-        drop(rec.data);
         storage::start_session(&*fs, &paths, len, rec.has_flag)?;
 
-        let (tx, rx) = crossbeam_channel::bounded(opts.queue_requests);
-        let budget = Arc::new(Budget::new(opts.queue_requests, opts.queue_bytes));
-        let progress = Arc::new(Progress::default());
-        let counters = Arc::new(Counters::default());
-        counters.file_len.store(len, Ordering::Relaxed);
-        counters.records_in_file.store(records, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tracking = Arc::new(Tracking::new(
+            opts.queue_requests,
+            opts.queue_bytes,
+            len,
+            records,
+        ));
         let shared = Arc::new(Shared {
             map,
             tx,
-            budget: Arc::clone(&budget),
-            progress: Arc::clone(&progress),
-            counters: Arc::clone(&counters),
+            tracking: Arc::clone(&tracking),
         });
-        let writer = Writer {
+        let main = MainFile {
             fs,
             paths: paths.clone(),
             file: rec.file,
-            len,
-            allocated: len,
-            hasher,
-            rx,
-            engine: Arc::clone(&shared) as Arc<dyn Engine>,
-            progress,
-            budget,
-            counters,
-            config: WriterConfig {
-                batch_bytes: opts.batch_bytes,
-                compact_ratio: opts.compact_ratio,
-                compact_floor: opts.compact_floor,
-                preallocate: opts.preallocate,
-            },
-            deferred: std::collections::VecDeque::new(),
-            taken: 0,
-            job: None,
-            poisoned: false,
-            stop: false,
-        }
-        .spawn()?;
+            contents: rec.data,
+        };
+        let config = WriterConfig {
+            batch_bytes: opts.batch_bytes,
+            compact_ratio: opts.compact_ratio,
+            compact_floor: opts.compact_floor,
+            preallocate: opts.preallocate,
+        };
+        let writer = Writer::spawn(main, rx, Arc::clone(&shared), tracking, config)?;
         Ok(DbConnection {
             shared,
             writer: Mutex::new(Some(writer)),
@@ -607,7 +590,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn set(&self, key: K, value: V) -> Result<()> {
         let seq = self.set_nowait_seq(key, value)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Sets `key` to `value`: visible to every reader when this returns, durable later
@@ -667,7 +650,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn remove(&self, key: &K) -> Result<()> {
         let seq = self.remove_nowait_seq(key)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Removes `key`: gone for every reader when this returns, durably gone later.
@@ -724,7 +707,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn commit(&self) -> Result<()> {
         let seq = self.shared.map.seq();
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Applies every change of `delta` at once (no reader sees part of it) and queues it
@@ -810,13 +793,13 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         let seq = self.submit_delta(delta, None)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     pub(crate) fn handle(&self, seq: u64) -> CommitHandle {
         CommitHandle {
             seq,
-            progress: Arc::clone(&self.shared.progress),
+            tracking: Arc::clone(&self.shared.tracking),
         }
     }
 
@@ -840,7 +823,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// Queues a write: takes room in the queue (before any lock, so a full queue never
-    /// blocks readers), then lets the map check, number, apply and send it.
+    /// blocks readers, and nothing blocks under the map's locks), then lets the map
+    /// check, number, apply and send it.
     fn submit(
         &self,
         changes: Vec<(K, Option<V>)>,
@@ -850,41 +834,36 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ) -> Result<u64> {
         let sh = &*self.shared;
         let bytes = data.len();
-        sh.budget.acquire(bytes);
+        if !sh.tracking.budget.acquire(bytes) {
+            return Err(self.refused());
+        }
         let mut data = Some(data);
         let r = sh.map.submit(changes, reads, |seq, undo| {
             let req = Request::Write {
                 seq,
                 data: data.take().unwrap_or_default(),
                 records,
-                undo: Box::new(undo),
+                undo,
             };
-            // The budget keeps the channel from filling, so this does not block in practice.
-            let back = match sh.tx.try_send(req) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(req)) => match sh.tx.send(req) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e.into_inner(),
+            // The channel is unbounded: this never blocks. It fails only if the writer is
+            // gone, and then the map refuses writes already (see `writer.rs`).
+            match sh.tx.send(req) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.into_inner() {
+                    Request::Write { undo, .. } => Err(undo),
+                    _ => Err(UndoList::default()),
                 },
-                Err(TrySendError::Disconnected(req)) => req,
-            };
-            match back {
-                Request::Write { undo, .. } => Err(undo
-                    .downcast::<UndoList<K, V>>()
-                    .map(|b| *b)
-                    .unwrap_or_default()),
-                _ => Err(UndoList::default()),
             }
         });
         match r {
             Ok(seq) if data.is_none() => Ok(seq),
             Ok(seq) => {
                 // Nothing was queued (a read-only `transact`).
-                sh.budget.release(1, bytes);
+                sh.tracking.budget.release(1, bytes);
                 Ok(seq)
             }
             Err(refusal) => {
-                sh.budget.release(1, bytes);
+                sh.tracking.budget.release(1, bytes);
                 Err(match refusal {
                     Refusal::Conflict => Error::Conflict { attempts: 1 },
                     Refusal::Refused => self.refused(),
@@ -895,7 +874,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     fn refused(&self) -> Error {
-        match self.shared.progress.poisoned() {
+        match self.shared.tracking.progress.poisoned() {
             Some(cause) => Error::Poisoned { cause },
             None => Error::Closed,
         }
@@ -959,7 +938,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     #[must_use]
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
+        let c = &self.shared.tracking.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             live_keys: self.len() as u64,

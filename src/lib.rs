@@ -133,6 +133,7 @@ mod error;
 mod fs;
 mod load;
 mod map;
+mod progress;
 mod recovery;
 mod storage;
 mod transaction;

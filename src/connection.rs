@@ -96,7 +96,10 @@ impl Options {
     }
 
     /// Rebuild the file automatically once it holds more than `ratio` records per live
-    /// key. `f64::INFINITY` turns automatic rebuilds off.
+    /// key. `f64::INFINITY` turns automatic rebuilds off. An automatic rebuild that
+    /// fails (before anything vouches for its copy, so nothing is lost) is not retried
+    /// until the file has grown by its own length again (at least 64 KiB), doubling with
+    /// each failure in a row.
     #[must_use]
     pub fn compact_ratio(mut self, ratio: f64) -> Self {
         self.compact_ratio = if ratio.is_nan() { 2.0 } else { ratio.max(1.0) };

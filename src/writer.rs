@@ -85,6 +85,10 @@ pub(crate) struct Writer<E: Engine> {
     poisoned: bool,
     /// A shutdown was taken from the queue while failing it.
     stop: bool,
+    /// Automatic rebuilds that failed in a row.
+    auto_failures: u32,
+    /// No automatic rebuild starts before `P` is this long (backs off after failures).
+    auto_after_len: u64,
 }
 
 struct Pending<U> {
@@ -196,6 +200,8 @@ impl<E: Engine> Writer<E> {
             job: None,
             poisoned: false,
             stop: false,
+            auto_failures: 0,
+            auto_after_len: 0,
         };
         std::thread::Builder::new()
             .name("ptvp35-writer".into())
@@ -455,7 +461,11 @@ impl<E: Engine> Writer<E> {
     }
 
     fn maybe_compact(&mut self) {
-        if self.poisoned || self.job.is_some() || self.len < self.config.compact_floor {
+        if self.poisoned
+            || self.job.is_some()
+            || self.len < self.config.compact_floor
+            || self.len < self.auto_after_len
+        {
             return;
         }
         let live = self.engine.live_keys().max(1);
@@ -557,6 +567,7 @@ impl<E: Engine> Writer<E> {
             Err(e) => {
                 // Nothing vouches for the backup yet: `P` is intact, nothing is poisoned.
                 let _ = storage::remove_if_exists(&*self.fs, &self.paths.backup);
+                self.back_off();
                 reply_all(&replies, &Err(e));
                 return;
             }
@@ -566,6 +577,7 @@ impl<E: Engine> Writer<E> {
         let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
         match &r {
             Ok(through) => {
+                (self.auto_failures, self.auto_after_len) = (0, 0);
                 self.tracking.progress.advance(*through);
                 self.tracking.budget.release(n, bytes);
                 drop(replayed);
@@ -577,6 +589,17 @@ impl<E: Engine> Writer<E> {
             }
         }
         reply_all(&replies, &r.map(drop));
+    }
+
+    /// After a rebuild failed without harm to `P`: the next automatic one waits until `P`
+    /// has grown by its length (at least 64 KiB) again, doubling with each failure in a
+    /// row, so a rebuild that keeps failing is tried a few times, not after every batch.
+    /// An explicit [`compact`](crate::DbConnection::compact) is still tried at once.
+    fn back_off(&mut self) {
+        self.auto_failures = self.auto_failures.saturating_add(1);
+        let step = self.len.max(self.config.compact_floor).max(64 << 10);
+        let step = step.saturating_mul(1 << (self.auto_failures - 1).min(20));
+        self.auto_after_len = self.len.saturating_add(step);
     }
 
     fn install(

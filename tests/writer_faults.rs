@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use ptvp35::testing::{db_path, Db, Effect, Fault, OpKind, SimFs};
+use ptvp35::testing::{db_path, open_on, Db, Effect, Fault, OpKind, SimFs};
 use ptvp35::Options;
 
 fn opts() -> Options {
@@ -81,5 +81,36 @@ fn a_failed_sync_while_the_queue_is_full_does_not_hang() -> Result<()> {
         closed.as_ref().is_err_and(ptvp35::Error::is_poisoned),
         "{closed:?}"
     );
+    Ok(())
+}
+
+/// A rebuild that keeps failing was started again after every batch: 200 sets started
+/// dozens of failing rebuilds (issue 9, item 14).
+#[test]
+fn a_persistently_failing_rebuild_is_retried_a_few_times_only() -> Result<()> {
+    let fs = SimFs::new();
+    let db = open_on(&fs, &opts().compact_ratio(1.0).compact_floor(0))?;
+    fs.inject(Fault {
+        op: OpKind::Create,
+        role: Some("P.backup"),
+        nth: 1,
+        persistent: true,
+        effect: Effect::Fail(io::ErrorKind::Other),
+    });
+    for i in 0..200 {
+        db.set("a".into(), i)?;
+    }
+    let tries = fs
+        .trace()
+        .iter()
+        .filter(|t| t.kind == OpKind::Create && t.failed)
+        .count();
+    ensure!(tries >= 1, "no automatic rebuild was tried");
+    ensure!(tries <= 10, "{tries} failing rebuilds for 200 writes");
+    // An explicit rebuild is tried at once and reports the failure.
+    ensure!(db.compact().is_err());
+    fs.clear_faults();
+    db.compact()?;
+    db.close()?;
     Ok(())
 }

@@ -239,7 +239,7 @@ impl<K: Key, V: Value> Engine for Shared<K, V> {
         self.map.for_each_shard(
             |shard| {
                 let mut buf = Vec::with_capacity(shard.len() * 64);
-                for (k, e) in shard {
+                for (k, e) in shard.iter() {
                     codec::encode_set(k, &e.value, &mut buf)?;
                 }
                 Ok(buf)
@@ -560,11 +560,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     #[must_use]
     pub fn snapshot(&self) -> HashMap<K, V> {
-        let mut out = HashMap::with_capacity(self.len());
-        self.shared.map.for_each(|k, e| {
-            out.insert(k.clone(), e.value.clone());
-        });
-        out
+        self.shared.map.copy_all().into_iter().collect()
     }
 
     /// Sets `key` to `value` and returns once the change is durable.

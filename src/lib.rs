@@ -135,6 +135,7 @@ mod load;
 mod map;
 mod progress;
 mod recovery;
+mod shard;
 mod storage;
 mod transaction;
 mod writer;

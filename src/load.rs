@@ -70,7 +70,12 @@ pub(crate) fn load<K: Key, V: Value>(
             *n += c;
         }
     }
-    map.load(halves, &per_shard);
+    map.load(halves, &per_shard).map_err(|()| {
+        Error::internal(format!(
+            "a thread loading {} panicked (in a key's or value's Hash, Eq or Drop)",
+            path.display()
+        ))
+    })?;
     Ok((map, records))
 }
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::TempDir;
-use ptvp35::DbConnection;
-use serde::{Deserialize, Serialize};
+use ptvp35::{DbConnection, Delta};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Runs `f` on another thread and fails if it does not finish within ten seconds.
 fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -27,6 +29,32 @@ fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 /// The payload of the panics these tests raise on purpose.
 struct Intended;
 
+thread_local! {
+    /// Calls of user code on this thread left before one panics (0: none will).
+    static COUNTDOWN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Makes the `n`-th call of user code on this thread, from now on, panic.
+fn arm(n: u64) {
+    COUNTDOWN.with(|c| c.set(n));
+}
+
+/// Stops counting; returns whether the armed panic fired.
+fn disarm() -> bool {
+    COUNTDOWN.with(|c| c.replace(0)) == 0
+}
+
+fn tick() {
+    COUNTDOWN.with(|c| match c.get() {
+        0 => {}
+        1 => {
+            c.set(0);
+            std::panic::panic_any(Intended);
+        }
+        n => c.set(n - 1),
+    });
+}
+
 fn quiet() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -39,17 +67,170 @@ fn quiet() {
     });
 }
 
+/// A key whose `Clone`, `Hash` and `Eq` count down to a panic.
+#[derive(Debug, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(transparent)]
+struct PKey(u32);
+
+impl Clone for PKey {
+    fn clone(&self) -> Self {
+        tick();
+        PKey(self.0)
+    }
+}
+
+impl PartialEq for PKey {
+    fn eq(&self, other: &Self) -> bool {
+        tick();
+        self.0 == other.0
+    }
+}
+
+impl Eq for PKey {}
+
+impl Hash for PKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        tick();
+        self.0.hash(state);
+    }
+}
+
+/// A value whose `Clone`, `Serialize` and `Drop` count down to a panic.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(transparent)]
+struct PVal(u64);
+
+impl Clone for PVal {
+    fn clone(&self) -> Self {
+        tick();
+        PVal(self.0)
+    }
+}
+
+impl Serialize for PVal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        tick();
+        s.serialize_u64(self.0)
+    }
+}
+
+impl Drop for PVal {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            tick();
+        }
+    }
+}
+
+type PDb = DbConnection<PKey, PVal>;
+
+fn state(db: &PDb) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (k.0, v.0)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// A panic at any call of user code during a multi-key submit left part of the
+/// transaction applied and its number never sent to the writer, so `commit`, `compact`
+/// and `close` hung and a later rebuild wrote the torn transaction (issue 9, item 10).
+#[test]
+fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> Result<()> {
+    quiet();
+    let mut fired_somewhere = false;
+    for n in 1..=80 {
+        let dir = TempDir::new("panic-submit")?;
+        let path = dir.join("p.db");
+        let db = PDb::open(&path)?;
+        let mut base = Delta::new();
+        for k in 0..10 {
+            base.set(PKey(k), PVal(1))?;
+        }
+        db.commit_transaction(base)?;
+        let before = state(&db);
+        let mut d = Delta::new();
+        for k in 5..15 {
+            d.set(PKey(k), PVal(2))?;
+        }
+        d.remove(PKey(0))?;
+        d.remove(PKey(99))?;
+        let mut after = before.clone();
+        after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
+        after.extend((5..15).map(|k| (k, 2)));
+        after.sort_unstable();
+        arm(n);
+        let r = catch_unwind(AssertUnwindSafe(|| db.submit_transaction(d)));
+        let fired = disarm();
+        fired_somewhere |= fired;
+        let now = state(&db);
+        ensure!(
+            now == before || now == after,
+            "call {n}: a torn transaction is visible: {now:?}"
+        );
+        ensure!(fired || r.is_ok(), "call {n}: {r:?}");
+        let shown = now.clone();
+        within_ten_seconds(move || -> Result<()> {
+            db.commit()?;
+            db.compact()?;
+            ensure!(state(&db) == shown, "the rebuild changed the state");
+            db.close()?;
+            Ok(())
+        })
+        .with_context(|| format!("call {n}"))??;
+        let db = PDb::open(&path)?;
+        ensure!(state(&db) == now, "call {n}: the disk differs from memory");
+        db.close()?;
+        if !fired {
+            ensure!(n > 5, "the submit ran too little user code to test");
+            break;
+        }
+    }
+    ensure!(fired_somewhere);
+    Ok(())
+}
+
+/// A panic in `Serialize` (or in `Hash`/`Eq`) while a change was added to a delta left a
+/// partial line in the delta's buffer, written to disk with the next submit.
+#[test]
+fn a_panic_while_adding_to_a_delta_leaves_it_as_it_was() -> Result<()> {
+    quiet();
+    for n in 1..=6 {
+        let dir = TempDir::new("panic-delta")?;
+        let path = dir.join("d.db");
+        let db = PDb::open(&path)?;
+        let mut d = Delta::new();
+        d.set(PKey(1), PVal(1))?;
+        arm(n);
+        let r = catch_unwind(AssertUnwindSafe(|| d.set(PKey(2), PVal(2))));
+        let fired = disarm();
+        ensure!(fired || r.is_ok());
+        d.set(PKey(3), PVal(3))?;
+        db.commit_transaction(d)?;
+        let shown = state(&db);
+        db.close()?;
+        let db = PDb::open(&path).with_context(|| format!("call {n}"))?;
+        ensure!(
+            state(&db) == shown,
+            "call {n}: {:?} != {shown:?}",
+            state(&db)
+        );
+        db.close()?;
+    }
+    Ok(())
+}
+
 /// A value whose `Drop` panics once on the writer thread (armed by `DROP_ARMED`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(transparent)]
 struct WVal(u64);
 
 static WRITER_ARMED: AtomicBool = AtomicBool::new(false);
+static LOAD_ARMED: AtomicBool = AtomicBool::new(false);
 
 impl Drop for WVal {
     fn drop(&mut self) {
         let armed = match self.0 {
             4242 => &WRITER_ARMED,
+            7777 => &LOAD_ARMED,
             _ => return,
         };
         if !std::thread::panicking() && armed.swap(false, Ordering::SeqCst) {
@@ -92,6 +273,39 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     if first.is_ok() {
         ensure!(db.get(&1) == Some(WVal(1)));
     }
+    db.close()?;
+    Ok(())
+}
+
+/// A panic on a load thread at open was swallowed (`join().unwrap_or(0)`) and the open
+/// succeeded with part of the map missing (issue 9, item 11).
+#[test]
+fn a_panic_while_loading_fails_the_open() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-load")?;
+    let path = dir.join("l.db");
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    for k in 0..64 {
+        db.set_nowait(k, WVal(7777))?;
+    }
+    for k in 0..64 {
+        db.set_nowait(k, WVal(1))?;
+    }
+    db.close()?;
+    LOAD_ARMED.store(true, Ordering::SeqCst);
+    // Loading replaces each 7777 by 1 and drops it: the first such drop panics.
+    let r = catch_unwind(|| DbConnection::<u32, WVal>::open(&path).map(|db| db.len()));
+    LOAD_ARMED.store(false, Ordering::SeqCst);
+    match r {
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            ensure!(text.contains("panic"), "{text}");
+        }
+        Ok(Ok(len)) => anyhow::bail!("opened with {len} keys after a panic while loading"),
+        Err(_) => anyhow::bail!("the open panicked instead of failing"),
+    }
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    ensure!(db.len() == 64);
     db.close()?;
     Ok(())
 }

@@ -4,12 +4,13 @@
 #![cfg(feature = "testing")]
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ptvp35::testing::{db_path, open_on, Db, Effect, Fault, OpKind, SimFs};
-use ptvp35::Options;
+use ptvp35::{Delta, Options};
 
 fn opts() -> Options {
     Options::new()
@@ -112,5 +113,48 @@ fn a_persistently_failing_rebuild_is_retried_a_few_times_only() -> Result<()> {
     fs.clear_faults();
     db.compact()?;
     db.close()?;
+    Ok(())
+}
+
+/// The undo of a failed batch took each key's lock on its own, so a reader saw part of
+/// a transaction undone and part not (issue 9, item 13).
+#[test]
+fn readers_never_see_half_an_undone_transaction() -> Result<()> {
+    for round in 0..20u64 {
+        let fs = SimFs::new();
+        let db = Arc::new(open_on(&fs, &opts())?);
+        let mut d = Delta::new();
+        for k in 0..400 {
+            d.set(format!("k{k}"), 0)?;
+        }
+        db.commit_transaction(d)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (Arc::clone(&db), Arc::clone(&stop));
+        let reader = std::thread::spawn(move || -> Result<u64> {
+            let mut checks = 0;
+            while !s.load(Ordering::Relaxed) {
+                let snap = r.snapshot();
+                let first = snap.get("k0").copied();
+                ensure!(
+                    snap.values().all(|v| Some(*v) == first),
+                    "round {round}: torn state seen"
+                );
+                checks += 1;
+            }
+            Ok(checks)
+        });
+        fs.inject(Fault::eio(OpKind::SyncData, Some("P"), 1));
+        let mut d = Delta::new();
+        for k in 0..400 {
+            d.set(format!("k{k}"), round + 1)?;
+        }
+        ensure!(db.commit_transaction(d).is_err());
+        std::thread::sleep(Duration::from_millis(5));
+        stop.store(true, Ordering::Relaxed);
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        ensure!(db.get(&"k399".into()) == Some(0));
+    }
     Ok(())
 }

@@ -426,6 +426,10 @@ impl<K: Key, V: Value> DbConnection<K, V> {
 
     /// Calls `f` on the value of `key` under the read lock, without cloning it.
     ///
+    /// `f` runs while the key's shard is locked for reading: it must not write to this
+    /// database (that waits for the lock `f` holds), and a read from it may wait behind a
+    /// writer that waits for `f`. Use [`get`](Self::get) when `f` needs the database.
+    ///
     /// # Examples
     ///
     /// ```
@@ -514,9 +518,14 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         self.len() == 0
     }
 
-    /// Calls `f` on every pair, in no particular order, without cloning, under the read
-    /// locks of the whole map: `f` sees a consistent state (never part of a transaction).
-    /// Writers wait until it returns, so keep `f` short.
+    /// Calls `f` on every pair, in no particular order, of a consistent state (never part
+    /// of a transaction).
+    ///
+    /// The state is copied first, under the read locks of the whole map (writers wait
+    /// while every key and value is cloned), and `f` runs after they are released, so it
+    /// may read or write this database. The cost is a copy of the whole map: memory for
+    /// every pair and the time to clone them. Use [`get_with`](Self::get_with) to see one
+    /// value without a copy.
     ///
     /// # Examples
     ///
@@ -536,11 +545,13 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        self.shared.map.for_each(|k, e| f(k, &e.value));
+        for (k, v) in self.shared.map.copy_all() {
+            f(&k, &v);
+        }
     }
 
     /// A copy of every pair, taken under the read locks of the whole map: a consistent
-    /// snapshot.
+    /// snapshot. Writers wait while it is taken.
     ///
     /// # Examples
     ///

@@ -207,17 +207,6 @@ impl<K: Key, V: Value> Map<K, V> {
         out
     }
 
-    /// Calls `f` on every pair under every shard's read lock at once: a consistent view
-    /// (a write holds all its shards while it applies).
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &Entry<V>)) {
-        let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
-        for g in &guards {
-            for (k, e) in g.iter() {
-                f(k, e);
-            }
-        }
-    }
-
     /// For each shard, calls `under_lock` under its read lock only, then `after` on the
     /// result with the lock released. Not a consistent view across shards: a rebuild
     /// replays the writes made meanwhile (see `writer.rs`).

@@ -158,7 +158,9 @@ impl Options {
     /// [`Error::Locked`] if another owner has it open; [`Error::Corrupt`] if a line in the
     /// valid region does not decode (file, line and offset in the error);
     /// [`Error::BadSideFile`] if a side file is in a state no crash can explain;
-    /// [`Error::Io`] if a file operation fails.
+    /// [`Error::Io`] if a file operation fails; [`Error::Internal`] if a thread parsing or
+    /// loading the file panicked (in a key's or value's `Deserialize`, `Hash`, `Eq` or
+    /// `Drop`).
     pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
         DbConnection::open_with(self, path.as_ref())
     }
@@ -202,7 +204,7 @@ impl CommitHandle {
     ///
     /// The [`Error::Io`] of the failed write or sync, if the batch holding it failed;
     /// [`Error::Poisoned`] if an earlier failure stopped writes; [`Error::Closed`] if the
-    /// writer stopped first.
+    /// writer stopped first; [`Error::Internal`] if the writer thread panicked first.
     ///
     /// # Examples
     ///
@@ -921,8 +923,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         self.shared
             .tx
             .send(Request::Compact(reply))
-            .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+            .map_err(|_| self.refused())?;
+        rx.recv().map_err(|_| self.refused())?
     }
 
     /// Counters: live keys, file length, batches, syncs, rebuilds...

@@ -240,21 +240,7 @@ impl<K: Key, V: Value> Map<K, V> {
         send: impl FnOnce(u64, UndoList<K, V>) -> Result<(), UndoList<K, V>>,
     ) -> Result<u64, Refusal> {
         // 1. User `Hash` and `Clone`, before any lock.
-        let mut set = ShardSet::default();
-        let mut per_shard = [0usize; SHARDS];
-        let mut prepared = Vec::with_capacity(changes.len());
-        for (key, value) in changes {
-            let hash = self.hash_of(&key);
-            let copy = value.as_ref().map(|_| key.clone());
-            set.insert(shard_index(hash));
-            per_shard[shard_index(hash)] += 1;
-            prepared.push(Prepared {
-                hash,
-                key,
-                copy,
-                value,
-            });
-        }
+        let (mut prepared, mut set, per_shard) = self.prepare(changes);
         let reads: Vec<(u64, &K, Option<u64>)> = reads
             .into_iter()
             .flatten()
@@ -320,31 +306,48 @@ impl<K: Key, V: Value> Map<K, V> {
             drop(trash);
             resume_unwind(panic);
         }
-        let mut undo = UndoList::default();
-        let (mut added, mut removed) = (0, 0);
-        for (_, step) in steps {
-            match step {
-                Step::Added { hash, key, .. } => {
-                    added += 1;
-                    undo.added.push((hash, key));
-                }
-                Step::Replaced { hash, key, old, .. } => undo.replaced.push((hash, key, old)),
-                Step::Removed { hash, key, old, .. } => {
-                    removed += 1;
-                    undo.replaced.push((hash, key, old));
-                }
-            }
-        }
+        let (undo, added, removed) = undo_of(steps);
         self.live.fetch_add(added, Ordering::Relaxed);
         self.live.fetch_sub(removed, Ordering::Relaxed);
         if let Err(undo) = send(seq, undo) {
             // Unreachable in practice: the writer refuses writes (under `order`) before
             // it lets go of the queue.
             order.seq -= 1;
-            self.undo_locked(&mut guards, undo, &mut trash);
+            let undone = self.undo_locked(&mut guards, undo, &mut trash);
+            drop(order);
+            drop(guards);
+            drop(trash);
+            if let Err(p) = undone {
+                resume_unwind(p);
+            }
             return Err(Refusal::Closed);
         }
         Ok(seq)
+    }
+
+    /// Hashes every change's key and copies the key of every set (user code that may
+    /// panic, before any lock). Returns the changes, their shards and how many per shard.
+    #[allow(clippy::type_complexity)] // three plain parts, named at the one call
+    fn prepare(
+        &self,
+        changes: Vec<(K, Option<V>)>,
+    ) -> (Vec<Prepared<K, V>>, ShardSet, Box<[usize; SHARDS]>) {
+        let mut set = ShardSet::default();
+        let mut per_shard = Box::new([0usize; SHARDS]);
+        let mut prepared = Vec::with_capacity(changes.len());
+        for (key, value) in changes {
+            let hash = self.hash_of(&key);
+            let copy = value.as_ref().map(|_| key.clone());
+            set.insert(shard_index(hash));
+            per_shard[shard_index(hash)] += 1;
+            prepared.push(Prepared {
+                hash,
+                key,
+                copy,
+                value,
+            });
+        }
+        (prepared, set, per_shard)
     }
 
     /// Refuses every later submission.
@@ -355,6 +358,10 @@ impl<K: Key, V: Value> Map<K, V> {
     /// Undoes writes, newest first (`lists` holds them oldest first), under the write
     /// locks of every shard they touch, taken together: a reader sees all of them undone
     /// or none.
+    ///
+    /// A panic in the user's `Eq` leaves that one key as it is, the rest is undone, and
+    /// the panic goes on once the locks are released (on the writer thread, whose guard
+    /// then fails every waiter).
     pub(crate) fn undo(&self, lists: Vec<UndoList<K, V>>) {
         let mut set = ShardSet::default();
         for list in &lists {
@@ -368,33 +375,71 @@ impl<K: Key, V: Value> Map<K, V> {
         let mut trash = Trash::default();
         let mut guards: Vec<(usize, RwLockWriteGuard<'_, Shard<K, V>>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
+        let mut panicked = None;
         for list in lists.into_iter().rev() {
-            self.undo_locked(&mut guards, list, &mut trash);
+            if let Err(p) = self.undo_locked(&mut guards, list, &mut trash) {
+                panicked.get_or_insert(p);
+            }
         }
         drop(guards);
         drop(trash);
+        if let Some(p) = panicked {
+            resume_unwind(p);
+        }
     }
 
-    /// Undoes one write under locks already held (runs the user's `Eq`).
+    /// Undoes one write under locks already held (runs the user's `Eq`); returns the
+    /// first panic, having undone every other key.
     fn undo_locked(
         &self,
         guards: &mut [(usize, RwLockWriteGuard<'_, Shard<K, V>>)],
         list: UndoList<K, V>,
         trash: &mut Trash<K, V>,
-    ) {
+    ) -> Result<(), Box<dyn std::any::Any + Send>> {
+        let mut first = Ok(());
         for (hash, k) in list.added {
-            let at = slot(hash, guards);
-            if guards[at].1.take_out(hash, k, trash) {
-                self.live.fetch_sub(1, Ordering::Relaxed);
+            let g = &mut guards[slot(hash, guards)].1;
+            match catch_unwind(AssertUnwindSafe(|| g.take_out(hash, k, trash))) {
+                Ok(true) => {
+                    self.live.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(p) => first = first.and(Err(p)),
             }
         }
         for (hash, k, e) in list.replaced {
-            let at = slot(hash, guards);
-            if !guards[at].1.put_back(hash, k, e, trash) {
-                self.live.fetch_add(1, Ordering::Relaxed);
+            let g = &mut guards[slot(hash, guards)].1;
+            match catch_unwind(AssertUnwindSafe(|| g.put_back(hash, k, e, trash))) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.live.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(p) => first = first.and(Err(p)),
+            }
+        }
+        first
+    }
+}
+
+/// The undo list of an applied write (moves only), and how many keys it added and
+/// removed.
+fn undo_of<K, V>(steps: Vec<(usize, Step<K, V>)>) -> (UndoList<K, V>, usize, usize) {
+    let mut undo = UndoList::default();
+    let (mut added, mut removed) = (0, 0);
+    for (_, step) in steps {
+        match step {
+            Step::Added { hash, key, .. } => {
+                added += 1;
+                undo.added.push((hash, key));
+            }
+            Step::Replaced { hash, key, old, .. } => undo.replaced.push((hash, key, old)),
+            Step::Removed { hash, key, old, .. } => {
+                removed += 1;
+                undo.replaced.push((hash, key, old));
             }
         }
     }
+    (undo, added, removed)
 }
 
 /// Where the guard of the shard of `hash` is among `guards` (sorted by shard, and
@@ -408,4 +453,101 @@ fn slot<G>(hash: u64, guards: &[(usize, G)]) -> usize {
 /// the cast never truncates.
 fn shard_index(hash: u64) -> usize {
     usize::try_from(hash >> (64 - SHARDS.trailing_zeros())).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    thread_local! {
+        /// Calls of `Eq` on this thread left before one panics (0: none will).
+        static EQ_COUNTDOWN: Cell<u32> = const { Cell::new(0) };
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct PanickyKey(u32);
+
+    impl std::hash::Hash for PanickyKey {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl PartialEq for PanickyKey {
+        fn eq(&self, other: &Self) -> bool {
+            EQ_COUNTDOWN.with(|c| match c.get() {
+                0 => {}
+                1 => {
+                    c.set(0);
+                    panic!("intended");
+                }
+                n => c.set(n - 1),
+            });
+            self.0 == other.0
+        }
+    }
+
+    impl Eq for PanickyKey {}
+
+    fn value(map: &Map<PanickyKey, u32>, k: u32) -> Option<u32> {
+        map.read(&PanickyKey(k), |e| e.map(|e| e.value))
+    }
+
+    #[test]
+    fn an_undo_whose_eq_panics_undoes_every_other_key() {
+        let map: Map<PanickyKey, u32> = Map::new();
+        let base = vec![(PanickyKey(1), Some(1)), (PanickyKey(2), Some(2))];
+        assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
+        let mut undo = None;
+        let later = vec![
+            (PanickyKey(1), Some(10)),
+            (PanickyKey(2), Some(20)),
+            (PanickyKey(3), Some(30)),
+        ];
+        let r = map.submit(later, None, |_, u| {
+            undo = Some(u);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(map.len(), 3);
+        // The first `Eq` of the undo is the added key 3's.
+        EQ_COUNTDOWN.with(|c| c.set(1));
+        let lists: Vec<_> = undo.into_iter().collect();
+        assert!(catch_unwind(AssertUnwindSafe(|| map.undo(lists))).is_err());
+        assert_eq!(value(&map, 1), Some(1));
+        assert_eq!(value(&map, 2), Some(2));
+        assert_eq!(value(&map, 3), Some(30), "the key whose Eq panicked stays");
+        assert_eq!(map.len(), 3);
+    }
+
+    #[test]
+    fn a_submit_whose_eq_panics_changes_nothing_and_gives_its_number_back() {
+        let map: Map<PanickyKey, u32> = Map::new();
+        let base = vec![(PanickyKey(1), Some(1)), (PanickyKey(2), Some(2))];
+        assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
+        let seq = map.seq();
+        // Two `Eq` calls: keys 1 and 2 are there; key 4's hash has no bucket yet.
+        for n in 1..=2 {
+            let changes = vec![
+                (PanickyKey(1), None),
+                (PanickyKey(2), Some(20)),
+                (PanickyKey(4), Some(40)),
+            ];
+            EQ_COUNTDOWN.with(|c| c.set(n));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                map.submit(changes, None, |_, _| Ok(()))
+            }));
+            EQ_COUNTDOWN.with(|c| c.set(0));
+            assert!(r.is_err(), "Eq call {n} did not panic");
+            assert_eq!(map.seq(), seq);
+            assert_eq!((value(&map, 1), value(&map, 2)), (Some(1), Some(2)));
+            assert_eq!(value(&map, 4), None);
+            assert_eq!(map.len(), 2);
+        }
+    }
 }

@@ -82,6 +82,9 @@ pub(crate) struct Writer<E: Engine> {
     taken: u64,
     /// The rebuild in progress, if any.
     job: Option<RebuildJob>,
+    /// Writes of the batch being gathered or written: kept here, not on the stack, so
+    /// that after a panic they can still be undone.
+    pending: Vec<Pending<E::Undo>>,
     poisoned: bool,
     /// A shutdown was taken from the queue while failing it.
     stop: bool,
@@ -198,6 +201,7 @@ impl<E: Engine> Writer<E> {
             deferred: VecDeque::new(),
             taken: 0,
             job: None,
+            pending: Vec::new(),
             poisoned: false,
             stop: false,
             auto_failures: 0,
@@ -210,13 +214,28 @@ impl<E: Engine> Writer<E> {
     }
 
     fn run(mut self) {
+        let path = self.paths.main.display().to_string();
         let _on_exit = OnExit {
             engine: Arc::clone(&self.engine),
             tracking: Arc::clone(&self.tracking),
             path: self.paths.main.clone(),
         };
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        if let Err(panic) = served {
+            // User code run on this thread panicked (a replaced value's `Drop`, a key's
+            // `Eq` in an undo). Poison as a failed sync does, so that memory matches the
+            // disk and every waiter hears, then let the panic go on: `close` reports it.
+            let e = Error::internal(format!("the writer thread of {path} panicked"));
+            let pending = std::mem::take(&mut self.pending);
+            let last = pending.last().map_or(0, |p| p.seq);
+            self.poison(pending, last, e);
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// The batching loop, until a shutdown.
+    fn serve(&mut self) {
         let mut buf = Vec::new();
-        let mut pending: Vec<Pending<E::Undo>> = Vec::new();
         loop {
             let first = if self.deferred.is_empty() {
                 if let Some(job) = &self.job {
@@ -271,7 +290,7 @@ impl<E: Engine> Writer<E> {
                         }
                         records += n;
                         self.taken = seq;
-                        pending.push(Pending { seq, bytes, undo });
+                        self.pending.push(Pending { seq, bytes, undo });
                     }
                     other => {
                         control = Some(other);
@@ -282,17 +301,17 @@ impl<E: Engine> Writer<E> {
                     next = self.next(false);
                 }
             }
-            if !pending.is_empty() {
+            if !self.pending.is_empty() {
                 if self.poisoned {
                     // Only reachable for requests sent before the refusal took effect.
-                    let failed = std::mem::take(&mut pending);
+                    let failed = std::mem::take(&mut self.pending);
                     let (n, bytes) = (failed.len(), failed.iter().map(|p| p.bytes).sum());
                     self.engine
                         .undo(failed.into_iter().map(|p| p.undo).collect());
                     self.tracking.budget.release(n, bytes);
                     buf.clear();
                 } else {
-                    self.write_batch(&mut buf, &mut pending, records);
+                    self.write_batch(&mut buf, records);
                 }
             }
             match control {
@@ -318,15 +337,10 @@ impl<E: Engine> Writer<E> {
     }
 
     /// Writes and syncs one batch, then acknowledges (or fails) every request in it.
-    fn write_batch(
-        &mut self,
-        buf: &mut Vec<u8>,
-        pending: &mut Vec<Pending<E::Undo>>,
-        records: u64,
-    ) {
-        let last = pending.last().map_or(0, |p| p.seq);
-        let bytes: usize = pending.iter().map(|p| p.bytes).sum();
-        let n = pending.len();
+    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64) {
+        let last = self.pending.last().map_or(0, |p| p.seq);
+        let bytes: usize = self.pending.iter().map(|p| p.bytes).sum();
+        let n = self.pending.len();
         let result = if buf.is_empty() {
             Ok(())
         } else {
@@ -337,7 +351,7 @@ impl<E: Engine> Writer<E> {
             // Do not keep a huge transaction's buffer around.
             *buf = Vec::new();
         }
-        let done = std::mem::take(pending);
+        let done = std::mem::take(&mut self.pending);
         match result {
             Ok(()) => {
                 self.tracking.progress.advance(last);

@@ -224,12 +224,14 @@ fn a_panic_while_adding_to_a_delta_leaves_it_as_it_was() -> Result<()> {
 struct WVal(u64);
 
 static WRITER_ARMED: AtomicBool = AtomicBool::new(false);
+static WRITER_ARMED_AGAIN: AtomicBool = AtomicBool::new(false);
 static LOAD_ARMED: AtomicBool = AtomicBool::new(false);
 
 impl Drop for WVal {
     fn drop(&mut self) {
         let armed = match self.0 {
             4242 => &WRITER_ARMED,
+            4243 => &WRITER_ARMED_AGAIN,
             7777 => &LOAD_ARMED,
             _ => return,
         };
@@ -273,6 +275,47 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     if first.is_ok() {
         ensure!(db.get(&1) == Some(WVal(1)));
     }
+    db.close()?;
+    Ok(())
+}
+
+/// After the writer thread panicked, writes still queued behind the batch it was on
+/// stayed applied in memory though they never reached the disk: readers saw state that
+/// a reopen does not show.
+#[test]
+fn after_a_panic_on_the_writer_thread_memory_matches_the_disk() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-writer-undo")?;
+    let path = dir.join("w.db");
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    db.set(1, WVal(4243))?;
+    WRITER_ARMED_AGAIN.store(true, Ordering::SeqCst);
+    let mut sent = 0;
+    for k in 1..2000 {
+        if db.set_nowait(k, WVal(u64::from(k))).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let (shown, closed) = within_ten_seconds(move || {
+        let committed = db.commit();
+        let mut shown: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
+        shown.sort_unstable();
+        (shown, committed.and(db.close()))
+    })?;
+    ensure!(
+        closed.is_err(),
+        "the writer's panic went unnoticed ({sent} sent)"
+    );
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let mut durable: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
+    durable.sort_unstable();
+    ensure!(
+        durable == shown,
+        "memory showed {} keys, the disk holds {}",
+        shown.len(),
+        durable.len()
+    );
     db.close()?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Reading the main file into the map at open: split into chunks at line boundaries,
 //! parsed on several threads, applied in file order.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use crate::codec::{self, Record};
@@ -39,7 +40,10 @@ pub(crate) fn load<K: Key, V: Value>(
     let parsed: Vec<Result<Parsed<K, V>>> = {
         let map = &map;
         if chunks.len() == 1 {
-            vec![parse_chunk(data, 0, path, map)]
+            // On this thread, but a panic in user code (`Deserialize`, `Hash`) is an
+            // open error all the same.
+            let parsed = catch_unwind(AssertUnwindSafe(|| parse_chunk(data, 0, path, map)));
+            vec![parsed.unwrap_or_else(|_| Err(panicked(path)))]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = chunks

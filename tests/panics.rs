@@ -353,6 +353,67 @@ fn a_panic_while_loading_fails_the_open() -> Result<()> {
     Ok(())
 }
 
+/// A value whose `Serialize` or `Deserialize` panics once, when armed.
+#[derive(Debug, Clone, PartialEq)]
+struct SVal(u64);
+
+static SERIALIZE_ARMED: AtomicBool = AtomicBool::new(false);
+static DESERIALIZE_ARMED: AtomicBool = AtomicBool::new(false);
+
+impl Serialize for SVal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 9999 && SERIALIZE_ARMED.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SVal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == 9999 && DESERIALIZE_ARMED.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+        Ok(SVal(v))
+    }
+}
+
+/// A panic on the rebuild thread (a value's `Serialize`) was reported as
+/// [`ptvp35::Error::Closed`], and one while parsing the file at open (a value's
+/// `Deserialize`) unwound out of `open` when the file was small enough to be parsed on
+/// the caller's thread.
+#[test]
+fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-rebuild")?;
+    let path = dir.join("s.db");
+    let db = std::sync::Arc::new(DbConnection::<u32, SVal>::open(&path)?);
+    db.set(1, SVal(9999))?;
+    db.set(2, SVal(2))?;
+    SERIALIZE_ARMED.store(true, Ordering::SeqCst);
+    let d = std::sync::Arc::clone(&db);
+    let r = within_ten_seconds(move || d.compact())?;
+    ensure!(matches!(r, Err(ptvp35::Error::Internal { .. })), "{r:?}");
+    // Nothing vouched for the copy: the database goes on.
+    db.set(3, SVal(3))?;
+    db.compact()?;
+    let db = std::sync::Arc::into_inner(db).context("one owner")?;
+    db.close()?;
+    DESERIALIZE_ARMED.store(true, Ordering::SeqCst);
+    let r = catch_unwind(|| DbConnection::<u32, SVal>::open(&path).map(|db| db.len()));
+    DESERIALIZE_ARMED.store(false, Ordering::SeqCst);
+    ensure!(
+        matches!(r, Ok(Err(ptvp35::Error::Internal { .. }))),
+        "{:?}",
+        r.map_err(|_| "open panicked")
+    );
+    let db = DbConnection::<u32, SVal>::open(&path)?;
+    ensure!(db.len() == 3);
+    db.close()?;
+    Ok(())
+}
+
 /// A panic inside the `transact` closure submits nothing.
 #[test]
 fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {

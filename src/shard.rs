@@ -120,7 +120,10 @@ impl<K, V> Bucket<K, V> {
 impl<K: Eq, V> Bucket<K, V> {
     /// Where `k` is (runs the user's `Eq`; changes nothing).
     fn find(&self, k: &K) -> Option<usize> {
-        self.iter().position(|(x, _)| x == k)
+        match self {
+            Bucket::One(x, _) => (x == k).then_some(0),
+            Bucket::Many(v) => v.iter().position(|(x, _)| x == k),
+        }
     }
 }
 
@@ -190,9 +193,10 @@ impl<K: Eq, V> Shard<K, V> {
 
     /// The entry of `k`, whose hash is `hash` (runs the user's `Eq`).
     pub(crate) fn get(&self, hash: u64, k: &K) -> Option<&Entry<V>> {
-        let b = self.buckets.get(&hash)?;
-        let i = b.find(k)?;
-        b.iter().nth(i).map(|(_, e)| e)
+        match self.buckets.get(&hash)? {
+            Bucket::One(x, e) => (x == k).then_some(e),
+            Bucket::Many(v) => v.iter().find(|(x, _)| x == k).map(|(_, e)| e),
+        }
     }
 
     /// About the number of keys (exact unless 64-bit hashes collide).

@@ -479,7 +479,7 @@ where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    repair_on::<K, V>(Arc::new(RealFs), path.as_ref())
+    repair_on::<K, V>(&(Arc::new(RealFs) as Arc<dyn Fs>), path.as_ref())
 }
 
 /// [`repair`] on another filesystem (the test kit's simulated one). Hidden and outside
@@ -489,13 +489,13 @@ where
 ///
 /// As [`repair`].
 #[doc(hidden)]
-pub fn repair_on<K, V>(fs: Arc<dyn Fs>, path: &Path) -> Result<RepairReport>
+pub fn repair_on<K, V>(fs: &Arc<dyn Fs>, path: &Path) -> Result<RepairReport>
 where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    let paths = Paths::resolve(&*fs, path)?;
-    repair_with::<K, V>(&fs, &paths)
+    let paths = Paths::resolve(&**fs, path)?;
+    repair_with::<K, V>(fs, &paths)
 }
 
 pub(crate) fn repair_with<K, V>(fs: &Arc<dyn Fs>, paths: &Paths) -> Result<RepairReport>

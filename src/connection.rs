@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::codec;
@@ -16,9 +16,10 @@ use crate::delta::{Delta, Key, Value};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 use crate::map::{Map, ReadSet, Refusal, UndoList};
+use crate::progress::Tracking;
 use crate::recovery::{self, RecoveryReport};
 use crate::storage::{self, Paths};
-use crate::writer::{Budget, Counters, Engine, Progress, Request, Undo, Writer, WriterConfig};
+use crate::writer::{Engine, MainFile, Request, Writer, WriterConfig};
 
 /// Tunables for opening a database. [`Options::new`] gives the defaults.
 ///
@@ -95,7 +96,10 @@ impl Options {
     }
 
     /// Rebuild the file automatically once it holds more than `ratio` records per live
-    /// key. `f64::INFINITY` turns automatic rebuilds off.
+    /// key. `f64::INFINITY` turns automatic rebuilds off. An automatic rebuild that
+    /// fails (before anything vouches for its copy, so nothing is lost) is not retried
+    /// until the file has grown by its own length again (at least 64 KiB), doubling with
+    /// each failure in a row.
     #[must_use]
     pub fn compact_ratio(mut self, ratio: f64) -> Self {
         self.compact_ratio = if ratio.is_nan() { 2.0 } else { ratio.max(1.0) };
@@ -154,7 +158,9 @@ impl Options {
     /// [`Error::Locked`] if another owner has it open; [`Error::Corrupt`] if a line in the
     /// valid region does not decode (file, line and offset in the error);
     /// [`Error::BadSideFile`] if a side file is in a state no crash can explain;
-    /// [`Error::Io`] if a file operation fails.
+    /// [`Error::Io`] if a file operation fails; [`Error::Internal`] if a thread parsing or
+    /// loading the file panicked (in a key's or value's `Deserialize`, `Hash`, `Eq` or
+    /// `Drop`).
     pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
         DbConnection::open_with(self, path.as_ref())
     }
@@ -188,7 +194,7 @@ pub struct Stats {
 #[must_use = "a commit handle does nothing unless waited on"]
 pub struct CommitHandle {
     seq: u64,
-    progress: Arc<Progress>,
+    tracking: Arc<Tracking>,
 }
 
 impl CommitHandle {
@@ -198,7 +204,7 @@ impl CommitHandle {
     ///
     /// The [`Error::Io`] of the failed write or sync, if the batch holding it failed;
     /// [`Error::Poisoned`] if an earlier failure stopped writes; [`Error::Closed`] if the
-    /// writer stopped first.
+    /// writer stopped first; [`Error::Internal`] if the writer thread panicked first.
     ///
     /// # Examples
     ///
@@ -216,24 +222,26 @@ impl CommitHandle {
     /// # }
     /// ```
     pub fn wait(self) -> Result<()> {
-        self.progress.wait(self.seq)
+        self.tracking.progress.wait(self.seq)
     }
 }
 
 pub(crate) struct Shared<K, V> {
     pub(crate) map: Map<K, V>,
-    tx: Sender<Request>,
-    budget: Arc<Budget>,
-    progress: Arc<Progress>,
-    counters: Arc<Counters>,
+    /// Unbounded: the budget in `tracking` bounds what is queued, so a send never blocks
+    /// (it happens under the map's locks).
+    tx: Sender<Request<UndoList<K, V>>>,
+    tracking: Arc<Tracking>,
 }
 
 impl<K: Key, V: Value> Engine for Shared<K, V> {
+    type Undo = UndoList<K, V>;
+
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         self.map.for_each_shard(
             |shard| {
                 let mut buf = Vec::with_capacity(shard.len() * 64);
-                for (k, e) in shard {
+                for (k, e) in shard.iter() {
                     codec::encode_set(k, &e.value, &mut buf)?;
                 }
                 Ok(buf)
@@ -249,12 +257,8 @@ impl<K: Key, V: Value> Engine for Shared<K, V> {
         self.map.refuse();
     }
 
-    fn undo(&self, undos: Vec<Undo>) {
-        let lists = undos
-            .into_iter()
-            .filter_map(|u| u.downcast::<UndoList<K, V>>().ok().map(|b| *b))
-            .collect();
-        self.map.undo(lists);
+    fn undo(&self, undos: Vec<UndoList<K, V>>) {
+        self.map.undo(undos);
     }
 
     fn live_keys(&self) -> u64 {
@@ -327,44 +331,32 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         drop(rec.data);
         let chain = storage::start_session(&*fs, &paths, &mut *rec.file, len, rec.has_flag)?;
 
-        let (tx, rx) = crossbeam_channel::bounded(opts.queue_requests);
-        let budget = Arc::new(Budget::new(opts.queue_requests, opts.queue_bytes));
-        let progress = Arc::new(Progress::default());
-        let counters = Arc::new(Counters::default());
-        counters.file_len.store(len, Ordering::Relaxed);
-        counters.records_in_file.store(records, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tracking = Arc::new(Tracking::new(
+            opts.queue_requests,
+            opts.queue_bytes,
+            len,
+            records,
+        ));
         let shared = Arc::new(Shared {
             map,
             tx,
-            budget: Arc::clone(&budget),
-            progress: Arc::clone(&progress),
-            counters: Arc::clone(&counters),
+            tracking: Arc::clone(&tracking),
         });
-        let writer = Writer {
+        let main = MainFile {
             fs,
             paths: paths.clone(),
             file: rec.file,
             len,
-            allocated: len,
             chain,
-            rx,
-            engine: Arc::clone(&shared) as Arc<dyn Engine>,
-            progress,
-            budget,
-            counters,
-            config: WriterConfig {
-                batch_bytes: opts.batch_bytes,
-                compact_ratio: opts.compact_ratio,
-                compact_floor: opts.compact_floor,
-                preallocate: opts.preallocate,
-            },
-            deferred: std::collections::VecDeque::new(),
-            taken: 0,
-            job: None,
-            poisoned: false,
-            stop: false,
-        }
-        .spawn()?;
+        };
+        let config = WriterConfig {
+            batch_bytes: opts.batch_bytes,
+            compact_ratio: opts.compact_ratio,
+            compact_floor: opts.compact_floor,
+            preallocate: opts.preallocate,
+        };
+        let writer = Writer::spawn(main, rx, Arc::clone(&shared), tracking, config)?;
         Ok(DbConnection {
             shared,
             writer: Mutex::new(Some(writer)),
@@ -437,6 +429,10 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// Calls `f` on the value of `key` under the read lock, without cloning it.
+    ///
+    /// `f` runs while the key's shard is locked for reading: it must not write to this
+    /// database (that waits for the lock `f` holds), and a read from it may wait behind a
+    /// writer that waits for `f`. Use [`get`](Self::get) when `f` needs the database.
     ///
     /// # Examples
     ///
@@ -526,9 +522,14 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         self.len() == 0
     }
 
-    /// Calls `f` on every pair, in no particular order, without cloning, under the read
-    /// locks of the whole map: `f` sees a consistent state (never part of a transaction).
-    /// Writers wait until it returns, so keep `f` short.
+    /// Calls `f` on every pair, in no particular order, of a consistent state (never part
+    /// of a transaction).
+    ///
+    /// The state is copied first, under the read locks of the whole map (writers wait
+    /// while every key and value is cloned), and `f` runs after they are released, so it
+    /// may read or write this database. The cost is a copy of the whole map: memory for
+    /// every pair and the time to clone them. Use [`get_with`](Self::get_with) to see one
+    /// value without a copy.
     ///
     /// # Examples
     ///
@@ -548,11 +549,13 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        self.shared.map.for_each(|k, e| f(k, &e.value));
+        for (k, v) in self.shared.map.copy_all() {
+            f(&k, &v);
+        }
     }
 
     /// A copy of every pair, taken under the read locks of the whole map: a consistent
-    /// snapshot.
+    /// snapshot. Writers wait while it is taken.
     ///
     /// # Examples
     ///
@@ -572,11 +575,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     #[must_use]
     pub fn snapshot(&self) -> HashMap<K, V> {
-        let mut out = HashMap::with_capacity(self.len());
-        self.shared.map.for_each(|k, e| {
-            out.insert(k.clone(), e.value.clone());
-        });
-        out
+        self.shared.map.copy_all().into_iter().collect()
     }
 
     /// Sets `key` to `value` and returns once the change is durable.
@@ -605,7 +604,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn set(&self, key: K, value: V) -> Result<()> {
         let seq = self.set_nowait_seq(key, value)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Sets `key` to `value`: visible to every reader when this returns, durable later
@@ -665,7 +664,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn remove(&self, key: &K) -> Result<()> {
         let seq = self.remove_nowait_seq(key)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Removes `key`: gone for every reader when this returns, durably gone later.
@@ -722,7 +721,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn commit(&self) -> Result<()> {
         let seq = self.shared.map.seq();
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     /// Applies every change of `delta` at once (no reader sees part of it) and queues it
@@ -808,13 +807,13 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         let seq = self.submit_delta(delta, None)?;
-        self.shared.progress.wait(seq)
+        self.shared.tracking.progress.wait(seq)
     }
 
     pub(crate) fn handle(&self, seq: u64) -> CommitHandle {
         CommitHandle {
             seq,
-            progress: Arc::clone(&self.shared.progress),
+            tracking: Arc::clone(&self.shared.tracking),
         }
     }
 
@@ -838,7 +837,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// Queues a write: takes room in the queue (before any lock, so a full queue never
-    /// blocks readers), then lets the map check, number, apply and send it.
+    /// blocks readers, and nothing blocks under the map's locks), then lets the map
+    /// check, number, apply and send it.
     fn submit(
         &self,
         changes: Vec<(K, Option<V>)>,
@@ -848,41 +848,36 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ) -> Result<u64> {
         let sh = &*self.shared;
         let bytes = data.len();
-        sh.budget.acquire(bytes);
+        if !sh.tracking.budget.acquire(bytes) {
+            return Err(self.refused());
+        }
         let mut data = Some(data);
         let r = sh.map.submit(changes, reads, |seq, undo| {
             let req = Request::Write {
                 seq,
                 data: data.take().unwrap_or_default(),
                 records,
-                undo: Box::new(undo),
+                undo,
             };
-            // The budget keeps the channel from filling, so this does not block in practice.
-            let back = match sh.tx.try_send(req) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(req)) => match sh.tx.send(req) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e.into_inner(),
+            // The channel is unbounded: this never blocks. It fails only if the writer is
+            // gone, and then the map refuses writes already (see `writer.rs`).
+            match sh.tx.send(req) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.into_inner() {
+                    Request::Write { undo, .. } => Err(undo),
+                    _ => Err(UndoList::default()),
                 },
-                Err(TrySendError::Disconnected(req)) => req,
-            };
-            match back {
-                Request::Write { undo, .. } => Err(undo
-                    .downcast::<UndoList<K, V>>()
-                    .map(|b| *b)
-                    .unwrap_or_default()),
-                _ => Err(UndoList::default()),
             }
         });
         match r {
             Ok(seq) if data.is_none() => Ok(seq),
             Ok(seq) => {
                 // Nothing was queued (a read-only `transact`).
-                sh.budget.release(1, bytes);
+                sh.tracking.budget.release(1, bytes);
                 Ok(seq)
             }
             Err(refusal) => {
-                sh.budget.release(1, bytes);
+                sh.tracking.budget.release(1, bytes);
                 Err(match refusal {
                     Refusal::Conflict => Error::Conflict { attempts: 1 },
                     Refusal::Refused => self.refused(),
@@ -893,7 +888,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     fn refused(&self) -> Error {
-        match self.shared.progress.poisoned() {
+        match self.shared.tracking.progress.poisoned() {
             Some(cause) => Error::Poisoned { cause },
             None => Error::Closed,
         }
@@ -930,8 +925,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         self.shared
             .tx
             .send(Request::Compact(reply))
-            .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+            .map_err(|_| self.refused())?;
+        rx.recv().map_err(|_| self.refused())?
     }
 
     /// Counters: live keys, file length, batches, syncs, rebuilds...
@@ -957,7 +952,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     #[must_use]
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
+        let c = &self.shared.tracking.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             live_keys: self.len() as u64,
@@ -1014,11 +1009,10 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             Err(_) => Err(Error::Closed),
         };
         if handle.join().is_err() {
-            return Err(Error::io(
-                "join writer thread of",
-                &self.paths.main,
-                std::io::Error::other("the writer thread panicked"),
-            ));
+            return Err(Error::internal(format!(
+                "the writer thread of {} panicked",
+                self.paths.main.display()
+            )));
         }
         result
     }

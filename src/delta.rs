@@ -15,12 +15,20 @@ use crate::error::Result;
 /// Implemented for every type with these bounds: strings, integers, tuples (stored as JSON
 /// arrays), your own `#[derive(Serialize, Deserialize, PartialEq, Eq, Hash, Clone)]`
 /// structs.
+///
+/// The database runs these impls (and `Drop`) itself, some of them under its locks: they
+/// must not call back into the database. They may panic: the panic reaches the caller (or
+/// fails the open, or stops the writer thread) and no transaction is left half-applied.
 pub trait Key: Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + 'static> Key for T {}
 
 /// What a value must be: stored as JSON, cloned out to readers, shared by threads.
 ///
 /// Implemented for every type with these bounds, `serde_json::Value` among them.
+///
+/// As for [`Key`], the database runs these impls (and `Drop`) itself, `Clone` under its
+/// locks: they must not call back into the database, and a panic in them leaves no
+/// transaction half-applied.
 pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
 
@@ -66,9 +74,10 @@ type Hasher = foldhash::fast::RandomState;
 pub struct Delta<K, V> {
     changes: HashMap<K, Change<V>, Hasher>,
     /// Every record line added, in order; one buffer instead of one allocation per line.
+    /// Bytes that no change points to (replaced by a later change, or left by a panic in
+    /// the user's `Serialize`, `Hash` or `Eq` half-way through an addition) are never
+    /// written: see [`into_parts`](Delta::into_parts).
     lines: Vec<u8>,
-    /// Bytes of `lines` whose change a later one replaced.
-    dead: usize,
 }
 
 impl<K, V> Default for Delta<K, V> {
@@ -76,7 +85,6 @@ impl<K, V> Default for Delta<K, V> {
         Delta {
             changes: HashMap::with_hasher(Hasher::default()),
             lines: Vec::new(),
-            dead: 0,
         }
     }
 }
@@ -95,7 +103,6 @@ impl<K: Key, V: Value> Delta<K, V> {
         Delta {
             changes: HashMap::with_capacity_and_hasher(keys, Hasher::default()),
             lines: Vec::with_capacity(bytes),
-            dead: 0,
         }
     }
 
@@ -115,9 +122,7 @@ impl<K: Key, V: Value> Delta<K, V> {
 
     fn put(&mut self, key: K, value: Option<V>, start: usize) {
         let len = self.lines.len() - start;
-        if let Some(old) = self.changes.insert(key, Change { value, start, len }) {
-            self.dead += old.len;
-        }
+        self.changes.insert(key, Change { value, start, len });
     }
 
     /// Removes `key` in this delta.
@@ -148,22 +153,24 @@ impl<K: Key, V: Value> Delta<K, V> {
         }
         let base = self.lines.len();
         self.lines.extend_from_slice(&other.lines);
-        self.dead += other.dead;
         for (k, mut c) in other.changes {
             c.start += base;
-            if let Some(old) = self.changes.insert(k, c) {
-                self.dead += old.len;
-            }
+            self.changes.insert(k, c);
         }
     }
 
     /// Splits the delta into its changes and the record lines of exactly those changes
     /// (one line per key), ready to be applied and written as one unit.
+    ///
+    /// The buffer is used as it is only if the changes' lines fill it exactly; otherwise
+    /// (a replaced change, or a panic in user code that left bytes no change points to)
+    /// the lines are copied out change by change. Runs no user code.
     pub(crate) fn into_parts(self) -> (Vec<(K, Option<V>)>, Vec<u8>) {
-        let lines = if self.dead == 0 {
+        let live: usize = self.changes.values().map(|c| c.len).sum();
+        let lines = if live == self.lines.len() {
             self.lines
         } else {
-            let mut live = Vec::with_capacity(self.lines.len() - self.dead);
+            let mut live = Vec::with_capacity(live);
             for c in self.changes.values() {
                 live.extend_from_slice(&self.lines[c.start..c.start + c.len]);
             }
@@ -198,7 +205,6 @@ impl<K: Key, V: Value> Delta<K, V> {
     pub fn clear(&mut self) {
         self.changes.clear();
         self.lines.clear();
-        self.dead = 0;
     }
 }
 

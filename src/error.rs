@@ -35,7 +35,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// A filesystem operation failed.
@@ -44,8 +44,9 @@ pub enum Error {
         op: &'static str,
         /// The file or directory it was done to.
         path: PathBuf,
-        /// What the operating system said.
-        source: io::Error,
+        /// What the operating system said (shared, so that every waiter of a failed
+        /// batch gets the same error, OS error code included).
+        source: Arc<io::Error>,
     },
     /// A line inside the valid region of a database file could not be decoded.
     ///
@@ -108,6 +109,14 @@ pub enum Error {
         /// What is wrong, and what to do instead.
         reason: String,
     },
+    /// An internal failure: a thread of the engine panicked (the writer, a rebuild or a
+    /// load thread), usually in user code it ran (a `Drop`, `Hash`, `Eq` or `Serialize`
+    /// of a key or value). The operation did not happen; after the writer's failure,
+    /// writes are refused until the database is reopened.
+    Internal {
+        /// What failed.
+        what: String,
+    },
 }
 
 impl Error {
@@ -116,51 +125,13 @@ impl Error {
         Error::Io {
             op,
             path: path.to_path_buf(),
-            source,
+            source: Arc::new(source),
         }
     }
 
-    /// A copy for the second and later waiters of a failed batch (`io::Error` is not
-    /// `Clone`; the kind and the message are kept).
-    pub(crate) fn duplicate(&self) -> Self {
-        match self {
-            Error::Io { op, path, source } => Error::Io {
-                op,
-                path: path.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
-            },
-            Error::Corrupt {
-                path,
-                line,
-                offset,
-                reason,
-            } => Error::Corrupt {
-                path: path.clone(),
-                line: *line,
-                offset: *offset,
-                reason: reason.clone(),
-            },
-            Error::BadSideFile { path, reason } => Error::BadSideFile {
-                path: path.clone(),
-                reason: reason.clone(),
-            },
-            Error::Locked { path } => Error::Locked { path: path.clone() },
-            Error::Serialize { what, reason } => Error::Serialize {
-                what,
-                reason: reason.clone(),
-            },
-            Error::Poisoned { cause } => Error::Poisoned {
-                cause: Arc::clone(cause),
-            },
-            Error::Closed => Error::Closed,
-            Error::Conflict { attempts } => Error::Conflict {
-                attempts: *attempts,
-            },
-            Error::Unsupported { path, reason } => Error::Unsupported {
-                path: path.clone(),
-                reason: reason.clone(),
-            },
-        }
+    /// An [`Error::Internal`] saying what failed.
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
     }
 
     /// True if this error means the on-disk state is unknown and writes are refused.
@@ -205,6 +176,7 @@ impl fmt::Display for Error {
             Error::Unsupported { path, reason } => {
                 write!(f, "cannot use {} as a database: {reason}", path.display())
             }
+            Error::Internal { what } => write!(f, "internal failure: {what}"),
         }
     }
 }
@@ -212,7 +184,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(&**source),
             Error::Poisoned { cause } => Some(&**cause),
             _ => None,
         }
@@ -233,8 +205,17 @@ mod tests {
         assert_eq!(e.to_string(), "fsync failed on /tmp/x.db");
         let src = std::error::Error::source(&e).map(ToString::to_string);
         assert_eq!(src.as_deref(), Some("disk on fire"));
-        let d = e.duplicate();
+        let d = e.clone();
         assert_eq!(d.to_string(), e.to_string());
+    }
+
+    #[test]
+    fn a_clone_keeps_the_os_error_code() {
+        let e = Error::io("fsync", Path::new("x.db"), io::Error::from_raw_os_error(5));
+        let Error::Io { source, .. } = e.clone() else {
+            panic!("not io")
+        };
+        assert_eq!(source.raw_os_error(), Some(5));
     }
 
     #[test]

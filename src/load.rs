@@ -1,6 +1,7 @@
 //! Reading the main file into the map at open: split into chunks at line boundaries,
 //! parsed on several threads, applied in file order.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use crate::codec::{self, Record};
@@ -39,7 +40,10 @@ pub(crate) fn load<K: Key, V: Value>(
     let parsed: Vec<Result<Parsed<K, V>>> = {
         let map = &map;
         if chunks.len() == 1 {
-            vec![parse_chunk(data, 0, path, map)]
+            // On this thread, but a panic in user code (`Deserialize`, `Hash`) is an
+            // open error all the same.
+            let parsed = catch_unwind(AssertUnwindSafe(|| parse_chunk(data, 0, path, map)));
+            vec![parsed.unwrap_or_else(|_| Err(panicked(path)))]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = chunks
@@ -70,17 +74,17 @@ pub(crate) fn load<K: Key, V: Value>(
             *n += c;
         }
     }
-    map.load(halves, &per_shard);
+    map.load(halves, &per_shard).map_err(|()| {
+        Error::internal(format!(
+            "a thread loading {} panicked (in a key's or value's Hash, Eq or Drop)",
+            path.display()
+        ))
+    })?;
     Ok((map, records))
 }
 
 fn panicked(path: &Path) -> Error {
-    Error::Corrupt {
-        path: path.to_path_buf(),
-        line: 0,
-        offset: 0,
-        reason: "the parser panicked".into(),
-    }
+    Error::internal(format!("a thread parsing {} panicked", path.display()))
 }
 
 /// One chunk's records, split by the half of the map their key belongs to, and how many

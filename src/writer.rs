@@ -1,31 +1,27 @@
 //! The writer thread: requests, the batching loop (group commit), acknowledgements,
 //! automatic and explicit rebuilds, and shutdown.
 
-use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Condvar, Mutex};
 
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs, FsFile};
+use crate::progress::{bump, Tracking};
 use crate::storage::{self, BackupWriter, Paths};
 
-/// What undoes one request's changes to the map, kept until the request is durable.
-pub(crate) type Undo = Box<dyn Any + Send>;
-
-/// One message to the writer thread.
-pub(crate) enum Request {
+/// One message to the writer thread. `U` undoes a write's changes to the map.
+pub(crate) enum Request<U> {
     /// Append `data` (whole record lines of one transaction) as part of a batch.
     Write {
         seq: u64,
         data: Vec<u8>,
         records: u64,
-        undo: Undo,
+        undo: U,
     },
     /// Rebuild the file now and report how it went.
     Compact(Sender<Result<()>>),
@@ -34,184 +30,19 @@ pub(crate) enum Request {
 }
 
 /// The typed side of the database, as the writer sees it.
-pub(crate) trait Engine: Send + Sync {
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// What undoes one write's changes to the map, kept until the write is durable.
+    type Undo: Send + 'static;
     /// Serializes every live pair, in chunks of whole lines, one shard at a time under
     /// that shard's read lock. Returns the last sequence number the copy may include.
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
     /// Refuses every later submission.
     fn refuse_writes(&self);
     /// Undoes `undos` (oldest first in the vector), newest first, so that memory matches
-    /// the disk again.
-    fn undo(&self, undos: Vec<Undo>);
+    /// the disk again; readers see all of them undone or none.
+    fn undo(&self, undos: Vec<Self::Undo>);
     /// Live keys.
     fn live_keys(&self) -> u64;
-}
-
-/// Durability progress, shared by the writer and every waiter.
-///
-/// This uses the standard library's condition variable on purpose: its `notify_all` wakes
-/// every waiter at once, where `parking_lot`'s requeues them onto the mutex and wakes them
-/// one after another, a chain of context switches that caps group commit with many
-/// threads on few cores.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    state: std::sync::Mutex<ProgressState>,
-    cv: std::sync::Condvar,
-    /// Mirror of `state.durable`, so a waiter whose request is already durable returns
-    /// without the mutex.
-    durable: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct ProgressState {
-    /// Every request with a sequence number up to this one is durable.
-    durable: u64,
-    /// The first failure: requests from `.0` to `.1` were in the failed batch and get its
-    /// error; later ones get [`Error::Poisoned`].
-    failed: Option<(u64, u64, Arc<Error>)>,
-    /// The writer has stopped.
-    stopped: bool,
-}
-
-impl Progress {
-    /// Blocks until request `seq` is durable, or fails.
-    pub(crate) fn wait(&self, seq: u64) -> Result<()> {
-        if self.durable.load(Ordering::Acquire) >= seq {
-            return Ok(());
-        }
-        let mut st = self.lock();
-        loop {
-            if st.durable >= seq {
-                return Ok(());
-            }
-            if let Some((from, to, e)) = &st.failed {
-                if seq >= *from {
-                    return Err(if seq <= *to {
-                        e.duplicate()
-                    } else {
-                        Error::Poisoned {
-                            cause: Arc::clone(e),
-                        }
-                    });
-                }
-            }
-            if st.stopped {
-                return Err(Error::Closed);
-            }
-            st = self
-                .cv
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
-        // Nothing panics while holding it; a poisoned lock still holds consistent state.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The failure that poisoned the database, if any.
-    pub(crate) fn poisoned(&self) -> Option<Arc<Error>> {
-        self.lock().failed.as_ref().map(|f| Arc::clone(&f.2))
-    }
-
-    fn advance(&self, seq: u64) {
-        let mut st = self.lock();
-        st.durable = st.durable.max(seq);
-        self.durable.store(st.durable, Ordering::Release);
-        drop(st);
-        self.cv.notify_all();
-    }
-
-    /// Records the failure that poisons the store (the first one wins), so that refused
-    /// submissions name it, without failing any waiter yet: see [`Progress::fail`].
-    fn record(&self, e: Error) {
-        self.lock()
-            .failed
-            .get_or_insert((u64::MAX, u64::MAX, Arc::new(e)));
-    }
-
-    /// Fails every request that is not durable yet: those up to `to` (the failed batch)
-    /// with the recorded error itself, later ones with [`Error::Poisoned`]. Called once
-    /// memory is undone, so a caller that gets the error reads the durable state.
-    fn fail(&self, to: u64) {
-        let mut st = self.lock();
-        let from = st.durable + 1;
-        if let Some(f) = &mut st.failed {
-            if f.0 == u64::MAX {
-                (f.0, f.1) = (from, to);
-            }
-        }
-        drop(st);
-        self.cv.notify_all();
-    }
-
-    fn stop(&self) {
-        self.lock().stopped = true;
-        self.cv.notify_all();
-    }
-}
-
-/// Bounds the bytes and requests in flight, so a caller faster than the disk is slowed
-/// down instead of growing memory without limit. Taken before the map's write lock, so a
-/// full queue never blocks readers.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    used: Mutex<(usize, usize)>,
-    cv: Condvar,
-    max_requests: usize,
-    max_bytes: usize,
-}
-
-impl Budget {
-    pub(crate) fn new(max_requests: usize, max_bytes: usize) -> Self {
-        Budget {
-            used: Mutex::new((0, 0)),
-            cv: Condvar::new(),
-            max_requests: max_requests.max(1),
-            max_bytes: max_bytes.max(1),
-        }
-    }
-
-    /// Waits for room for one request of `bytes` (one larger than the cap waits until
-    /// nothing else is in flight).
-    pub(crate) fn acquire(&self, bytes: usize) {
-        let mut u = self.used.lock();
-        while u.0 > 0 && (u.0 + 1 > self.max_requests || u.1 + bytes > self.max_bytes) {
-            self.cv.wait(&mut u);
-        }
-        u.0 += 1;
-        u.1 += bytes;
-    }
-
-    pub(crate) fn release(&self, requests: usize, bytes: usize) {
-        let mut u = self.used.lock();
-        u.0 -= requests;
-        u.1 -= bytes;
-        drop(u);
-        self.cv.notify_all();
-    }
-}
-
-/// Counters behind [`crate::Stats`].
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) file_len: AtomicU64,
-    pub(crate) batches: AtomicU64,
-    pub(crate) records_written: AtomicU64,
-    pub(crate) bytes_written: AtomicU64,
-    pub(crate) syncs: AtomicU64,
-    pub(crate) rebuilds: AtomicU64,
-    /// Write requests (transactions) made durable by a batch.
-    pub(crate) requests: AtomicU64,
-    /// Records in the file now (live and dead), for the automatic rebuild.
-    pub(crate) records_in_file: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Tunables the writer needs.
@@ -223,41 +54,57 @@ pub(crate) struct WriterConfig {
     pub(crate) preallocate: bool,
 }
 
-/// The state owned by the writer thread.
-pub(crate) struct Writer {
+/// The main file as the open left it: what the writer appends to.
+pub(crate) struct MainFile {
     pub(crate) fs: Arc<dyn Fs>,
     pub(crate) paths: Paths,
     pub(crate) file: Box<dyn FsFile>,
+    /// Its length, every byte of it vouched for by recovery and durable.
     pub(crate) len: u64,
-    /// Length of `P` including preallocated zeros after `len`.
-    pub(crate) allocated: u64,
-    /// The checksum chain of this incarnation of `P`, over every byte after its count.
+    /// The checksum chain the session started at that length.
     pub(crate) chain: Chain,
-    pub(crate) rx: Receiver<Request>,
-    pub(crate) engine: Arc<dyn Engine>,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) budget: Arc<Budget>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) config: WriterConfig,
-    /// Control requests met while a rebuild gathered writes; handled before the queue.
-    pub(crate) deferred: VecDeque<Request>,
-    /// The number of the last write taken from the queue.
-    pub(crate) taken: u64,
-    /// The rebuild in progress, if any.
-    pub(crate) job: Option<RebuildJob>,
-    pub(crate) poisoned: bool,
-    /// A shutdown was taken from the queue while failing it.
-    pub(crate) stop: bool,
 }
 
-struct Pending {
+/// The state owned by the writer thread.
+pub(crate) struct Writer<E: Engine> {
+    fs: Arc<dyn Fs>,
+    paths: Paths,
+    file: Box<dyn FsFile>,
+    len: u64,
+    /// Length of `P` including preallocated zeros after `len`.
+    allocated: u64,
+    /// The checksum chain of this incarnation of `P`, over every byte after its count.
+    chain: Chain,
+    rx: Receiver<Request<E::Undo>>,
+    engine: Arc<E>,
+    tracking: Arc<Tracking>,
+    config: WriterConfig,
+    /// Control requests met while a rebuild gathered writes; handled before the queue.
+    deferred: VecDeque<Request<E::Undo>>,
+    /// The number of the last write taken from the queue.
+    taken: u64,
+    /// The rebuild in progress, if any.
+    job: Option<RebuildJob>,
+    /// Writes of the batch being gathered or written: kept here, not on the stack, so
+    /// that after a panic they can still be undone.
+    pending: Vec<Pending<E::Undo>>,
+    poisoned: bool,
+    /// A shutdown was taken from the queue while failing it.
+    stop: bool,
+    /// Automatic rebuilds that failed in a row.
+    auto_failures: u32,
+    /// No automatic rebuild starts before `P` is this long (backs off after failures).
+    auto_after_len: u64,
+}
+
+struct Pending<U> {
     seq: u64,
     bytes: usize,
-    undo: Undo,
+    undo: U,
 }
 
 /// A rebuild whose copy runs on its own thread.
-pub(crate) struct RebuildJob {
+struct RebuildJob {
     done: Receiver<Result<Copied>>,
     thread: JoinHandle<()>,
     replies: Vec<Sender<Result<()>>>,
@@ -265,19 +112,42 @@ pub(crate) struct RebuildJob {
     tail: Vec<(Vec<u8>, u64)>,
 }
 
+/// Runs when the writer thread ends, however it ends: refuses later writes and frees
+/// every caller waiting for room in the queue; if the thread unwinds from a panic, fails
+/// every request that is not durable, so that no waiter blocks forever.
+struct OnExit<E: Engine> {
+    engine: Arc<E>,
+    tracking: Arc<Tracking>,
+    path: std::path::PathBuf,
+}
+
+impl<E: Engine> Drop for OnExit<E> {
+    fn drop(&mut self) {
+        // Refuse first: a submission numbered before this is already queued, and the
+        // failure below covers it.
+        self.engine.refuse_writes();
+        self.tracking.budget.close();
+        if std::thread::panicking() {
+            self.tracking.progress.abort(Error::internal(format!(
+                "the writer thread of {} panicked",
+                self.path.display()
+            )));
+        } else {
+            self.tracking.progress.stop();
+        }
+    }
+}
+
 /// Tells every caller of `compact` waiting on a rebuild how it ended.
 fn reply_all(replies: &[Sender<Result<()>>], r: &Result<()>) {
     for reply in replies {
-        let _ = reply.send(match r {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.duplicate()),
-        });
+        let _ = reply.send(r.clone());
     }
 }
 
 /// What the rebuild thread hands back: the backup with the copy in it (synced), the last
 /// write number the copy may include, and its records.
-pub(crate) struct Copied {
+struct Copied {
     backup: BackupWriter,
     through: u64,
     records: u64,
@@ -285,7 +155,12 @@ pub(crate) struct Copied {
 
 /// The rebuild thread's work: steps R1–R3. `like` is the main file's identity, which the
 /// new file takes.
-fn copy_map(fs: Arc<dyn Fs>, paths: Paths, like: &FileMeta, engine: &dyn Engine) -> Result<Copied> {
+fn copy_map<E: Engine>(
+    fs: Arc<dyn Fs>,
+    paths: Paths,
+    like: &FileMeta,
+    engine: &E,
+) -> Result<Copied> {
     let mut backup = BackupWriter::create(fs, paths, like)?;
     let mut records = 0u64;
     let through = engine.snapshot(&mut |chunk| {
@@ -300,19 +175,73 @@ fn copy_map(fs: Arc<dyn Fs>, paths: Paths, like: &FileMeta, engine: &dyn Engine)
     })
 }
 
-impl Writer {
-    /// Starts the thread `ptvp35-writer`.
-    pub(crate) fn spawn(self) -> Result<JoinHandle<()>> {
-        let path = self.paths.main.clone();
+impl<E: Engine> Writer<E> {
+    /// Starts the thread `ptvp35-writer`, which appends to `main` what it takes from
+    /// `rx` and undoes it in `engine` if it fails.
+    pub(crate) fn spawn(
+        main: MainFile,
+        rx: Receiver<Request<E::Undo>>,
+        engine: Arc<E>,
+        tracking: Arc<Tracking>,
+        config: WriterConfig,
+    ) -> Result<JoinHandle<()>> {
+        let MainFile {
+            fs,
+            paths,
+            file,
+            len,
+            chain,
+        } = main;
+        let path = paths.main.clone();
+        let writer = Writer {
+            fs,
+            paths,
+            file,
+            len,
+            allocated: len,
+            chain,
+            rx,
+            engine,
+            tracking,
+            config,
+            deferred: VecDeque::new(),
+            taken: 0,
+            job: None,
+            pending: Vec::new(),
+            poisoned: false,
+            stop: false,
+            auto_failures: 0,
+            auto_after_len: 0,
+        };
         std::thread::Builder::new()
             .name("ptvp35-writer".into())
-            .spawn(move || self.run())
+            .spawn(move || writer.run())
             .map_err(|e| Error::io("spawn writer thread for", &path, e))
     }
 
     fn run(mut self) {
+        let path = self.paths.main.display().to_string();
+        let _on_exit = OnExit {
+            engine: Arc::clone(&self.engine),
+            tracking: Arc::clone(&self.tracking),
+            path: self.paths.main.clone(),
+        };
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        if let Err(panic) = served {
+            // User code run on this thread panicked (a replaced value's `Drop`, a key's
+            // `Eq` in an undo). Poison as a failed sync does, so that memory matches the
+            // disk and every waiter hears, then let the panic go on: `close` reports it.
+            let e = Error::internal(format!("the writer thread of {path} panicked"));
+            let pending = std::mem::take(&mut self.pending);
+            let last = pending.last().map_or(0, |p| p.seq);
+            self.poison(pending, last, e);
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// The batching loop, until a shutdown.
+    fn serve(&mut self) {
         let mut buf = Vec::new();
-        let mut pending: Vec<Pending> = Vec::new();
         loop {
             let first = if self.deferred.is_empty() {
                 if let Some(job) = &self.job {
@@ -322,7 +251,9 @@ impl Writer {
                             Err(_) => break,
                         },
                         recv(job.done) -> copied => {
-                            let copied = copied.unwrap_or(Err(Error::Closed));
+                            let copied = copied.unwrap_or_else(|_| Err(Error::internal(
+                                "the rebuild thread panicked",
+                            )));
                             self.finish_rebuild(copied);
                             // A failed install poisons, which may take a shutdown from
                             // the queue: stop then, or `close` waits forever.
@@ -365,7 +296,7 @@ impl Writer {
                         }
                         records += n;
                         self.taken = seq;
-                        pending.push(Pending { seq, bytes, undo });
+                        self.pending.push(Pending { seq, bytes, undo });
                     }
                     other => {
                         control = Some(other);
@@ -376,17 +307,17 @@ impl Writer {
                     next = self.next(false);
                 }
             }
-            if !pending.is_empty() {
+            if !self.pending.is_empty() {
                 if self.poisoned {
                     // Only reachable for requests sent before the refusal took effect.
-                    let failed: Vec<Pending> = std::mem::take(&mut pending);
+                    let failed = std::mem::take(&mut self.pending);
                     let (n, bytes) = (failed.len(), failed.iter().map(|p| p.bytes).sum());
                     self.engine
                         .undo(failed.into_iter().map(|p| p.undo).collect());
-                    self.budget.release(n, bytes);
+                    self.tracking.budget.release(n, bytes);
                     buf.clear();
                 } else {
-                    self.write_batch(&mut buf, &mut pending, records);
+                    self.write_batch(&mut buf, records);
                 }
             }
             match control {
@@ -409,14 +340,13 @@ impl Writer {
                 break;
             }
         }
-        self.progress.stop();
     }
 
     /// Writes and syncs one batch, then acknowledges (or fails) every request in it.
-    fn write_batch(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<Pending>, records: u64) {
-        let last = pending.last().map_or(0, |p| p.seq);
-        let bytes: usize = pending.iter().map(|p| p.bytes).sum();
-        let n = pending.len();
+    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64) {
+        let last = self.pending.last().map_or(0, |p| p.seq);
+        let bytes: usize = self.pending.iter().map(|p| p.bytes).sum();
+        let n = self.pending.len();
         let result = if buf.is_empty() {
             Ok(())
         } else {
@@ -427,29 +357,32 @@ impl Writer {
             // Do not keep a huge transaction's buffer around.
             *buf = Vec::new();
         }
+        let done = std::mem::take(&mut self.pending);
         match result {
             Ok(()) => {
-                pending.clear();
-                self.progress.advance(last);
+                self.tracking.progress.advance(last);
+                self.tracking.budget.release(n, bytes);
+                // Last: dropping the replaced values runs user code (`Drop`), which may
+                // panic; the batch is acknowledged by then.
+                drop(done);
             }
             Err(e) => {
                 self.cut_failed_tail();
-                let failed: Vec<Pending> = std::mem::take(pending);
-                self.poison(failed, last, e);
+                self.poison(done, last, e);
+                self.tracking.budget.release(n, bytes);
             }
         }
-        self.budget.release(n, bytes);
     }
 
     /// After a failed write or sync: the disk's state is unknown, so refuse further writes
     /// (no retry-and-trust), fail every waiter whose request is not durable (those up to
     /// `last` with `e`), and undo in memory what did not reach the disk, including
     /// everything still queued.
-    fn poison(&mut self, failed: Vec<Pending>, last: u64, e: Error) {
+    fn poison(&mut self, failed: Vec<Pending<E::Undo>>, last: u64, e: Error) {
         self.poisoned = true;
-        self.progress.record(e);
+        self.tracking.progress.record(e);
         self.engine.refuse_writes();
-        let mut undos: Vec<Undo> = failed.into_iter().map(|p| p.undo).collect();
+        let mut undos: Vec<E::Undo> = failed.into_iter().map(|p| p.undo).collect();
         let (mut drained, mut drained_bytes) = (0, 0);
         while let Ok(req) = self.rx.try_recv() {
             match req {
@@ -468,8 +401,8 @@ impl Writer {
             }
         }
         self.engine.undo(undos);
-        self.progress.fail(last);
-        self.budget.release(drained, drained_bytes);
+        self.tracking.progress.fail(last);
+        self.tracking.budget.release(drained, drained_bytes);
     }
 
     /// After a failed append: best effort, cut `P` back to its durable length and sync.
@@ -485,7 +418,7 @@ impl Writer {
     }
 
     fn poisoned_error(&self) -> Error {
-        match self.progress.poisoned() {
+        match self.tracking.progress.poisoned() {
             Some(cause) => Error::Poisoned { cause },
             None => Error::Closed,
         }
@@ -501,7 +434,7 @@ impl Writer {
         storage::io("write", path, self.file.write_at(self.len, buf))?;
         storage::io("fsync", path, self.file.sync_data())?;
         self.len += buf.len() as u64;
-        let c = &self.counters;
+        let c = &self.tracking.counters;
         c.file_len.store(self.len, Ordering::Relaxed);
         bump(&c.batches, 1);
         bump(&c.syncs, 1);
@@ -548,11 +481,19 @@ impl Writer {
     }
 
     fn maybe_compact(&mut self) {
-        if self.poisoned || self.job.is_some() || self.len < self.config.compact_floor {
+        if self.poisoned
+            || self.job.is_some()
+            || self.len < self.config.compact_floor
+            || self.len < self.auto_after_len
+        {
             return;
         }
         let live = self.engine.live_keys().max(1);
-        let in_file = self.counters.records_in_file.load(Ordering::Relaxed);
+        let in_file = self
+            .tracking
+            .counters
+            .records_in_file
+            .load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)] // a ratio of counts; precision is irrelevant
         let grown = in_file as f64 > self.config.compact_ratio * live as f64;
         if grown {
@@ -561,7 +502,7 @@ impl Writer {
     }
 
     /// The next request: a deferred one first, then the queue (waiting if `block`).
-    fn next(&mut self, block: bool) -> Option<Request> {
+    fn next(&mut self, block: bool) -> Option<Request<E::Undo>> {
         if let Some(r) = self.deferred.pop_front() {
             return Some(r);
         }
@@ -655,6 +596,7 @@ impl Writer {
             Err(e) => {
                 // Nothing vouches for the backup yet: `P` is intact, nothing is poisoned.
                 let _ = storage::remove_if_exists(&*self.fs, &self.paths.backup);
+                self.back_off();
                 reply_all(&replies, &Err(e));
                 return;
             }
@@ -663,21 +605,37 @@ impl Writer {
         let r = self.install(copied, tail, &mut replayed);
         let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
         match &r {
-            Ok(through) => self.progress.advance(*through),
+            Ok(through) => {
+                (self.auto_failures, self.auto_after_len) = (0, 0);
+                self.tracking.progress.advance(*through);
+                self.tracking.budget.release(n, bytes);
+                drop(replayed);
+            }
             Err(e) => {
                 let last = replayed.last().map_or(0, |p| p.seq);
-                self.poison(replayed, last, e.duplicate());
+                self.poison(replayed, last, e.clone());
+                self.tracking.budget.release(n, bytes);
             }
         }
-        self.budget.release(n, bytes);
         reply_all(&replies, &r.map(drop));
+    }
+
+    /// After a rebuild failed without harm to `P`: the next automatic one waits until `P`
+    /// has grown by its length (at least 64 KiB) again, doubling with each failure in a
+    /// row, so a rebuild that keeps failing is tried a few times, not after every batch.
+    /// An explicit [`compact`](crate::DbConnection::compact) is still tried at once.
+    fn back_off(&mut self) {
+        self.auto_failures = self.auto_failures.saturating_add(1);
+        let step = self.len.max(self.config.compact_floor).max(64 << 10);
+        let step = step.saturating_mul(1 << (self.auto_failures - 1).min(20));
+        self.auto_after_len = self.len.saturating_add(step);
     }
 
     fn install(
         &mut self,
         copied: Copied,
         tail: Vec<(Vec<u8>, u64)>,
-        replayed: &mut Vec<Pending>,
+        replayed: &mut Vec<Pending<E::Undo>>,
     ) -> Result<u64> {
         let Copied {
             mut backup,
@@ -718,7 +676,7 @@ impl Writer {
         self.len = len;
         self.allocated = len;
         self.chain = chain;
-        let c = &self.counters;
+        let c = &self.tracking.counters;
         c.file_len.store(len, Ordering::Relaxed);
         c.records_in_file.store(records, Ordering::Relaxed);
         bump(&c.rebuilds, 1);

@@ -248,7 +248,7 @@ fn stdout_error(e: io::Error) -> Exit {
         Error::Io {
             op: "write",
             path: PathBuf::from("<stdout>"),
-            source: e,
+            source: e.into(),
         },
         String::new(),
     )
@@ -383,7 +383,7 @@ fn exists(file: &Path) -> Result<bool, Exit> {
                 Error::Io {
                     op: "stat",
                     path: p.to_path_buf(),
-                    source: e,
+                    source: e.into(),
                 },
                 String::new(),
             )
@@ -396,7 +396,7 @@ fn no_database(file: &Path) -> Error {
     Error::Io {
         op: "open",
         path: file.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::NotFound, "no database there"),
+        source: io::Error::new(io::ErrorKind::NotFound, "no database there").into(),
     }
 }
 

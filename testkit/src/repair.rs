@@ -53,7 +53,8 @@ pub fn corrupt_database(crashed: bool) -> (SimFs, State, Vec<Vec<u8>>) {
 pub fn explore_repair(state: &SimFs, want: &State, bad: &[Vec<u8>]) -> Result<u64, String> {
     let perr = six_paths(&db_path())[5].clone();
     let repair = |fs: &SimFs| {
-        ptvp35::repair_on::<String, u64>(Arc::new(fs.clone()), &db_path()).map(drop)
+        ptvp35::repair_on::<String, u64>(&(Arc::new(fs.clone()) as Arc<dyn ptvp35::Fs>), &db_path())
+            .map(drop)
     };
     let probe = state.fork();
     let before = probe.ops();

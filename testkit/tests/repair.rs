@@ -8,7 +8,10 @@ fn a_crash_anywhere_in_repair_keeps_every_record_and_every_bad_line() -> Result<
     for crashed in [false, true] {
         let (fs, want, bad) = corrupt_database(crashed);
         let n = explore_repair(&fs, &want, &bad).map_err(anyhow::Error::msg)?;
-        println!("repair of a {} database: {n} crash states", if crashed { "crashed" } else { "closed" });
+        println!(
+            "repair of a {} database: {n} crash states",
+            if crashed { "crashed" } else { "closed" }
+        );
         ensure!(n > 10, "too few crash points: {n}");
     }
     Ok(())

@@ -1,0 +1,435 @@
+//! User code that panics (`Clone`, `Hash`, `Eq`, `Serialize`, `Drop`) inside the engine's
+//! calls: the database stays consistent (all of a transaction or none, in memory and on
+//! disk) and nothing hangs. Also a panic on the writer thread and on a load thread.
+
+mod common;
+
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::TempDir;
+use ptvp35::{DbConnection, Delta};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Runs `f` on another thread and fails if it does not finish within ten seconds.
+fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .context("hung for ten seconds")
+}
+
+/// The payload of the panics these tests raise on purpose.
+struct Intended;
+
+thread_local! {
+    /// Calls of user code on this thread left before one panics (0: none will).
+    static COUNTDOWN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Makes the `n`-th call of user code on this thread, from now on, panic.
+fn arm(n: u64) {
+    COUNTDOWN.with(|c| c.set(n));
+}
+
+/// Stops counting; returns whether the armed panic fired.
+fn disarm() -> bool {
+    COUNTDOWN.with(|c| c.replace(0)) == 0
+}
+
+fn tick() {
+    COUNTDOWN.with(|c| match c.get() {
+        0 => {}
+        1 => {
+            c.set(0);
+            std::panic::panic_any(Intended);
+        }
+        n => c.set(n - 1),
+    });
+}
+
+fn quiet() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Intended>() {
+                prev(info);
+            }
+        }));
+    });
+}
+
+/// A key whose `Clone`, `Hash` and `Eq` count down to a panic.
+#[derive(Debug, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(transparent)]
+struct PKey(u32);
+
+impl Clone for PKey {
+    fn clone(&self) -> Self {
+        tick();
+        PKey(self.0)
+    }
+}
+
+impl PartialEq for PKey {
+    fn eq(&self, other: &Self) -> bool {
+        tick();
+        self.0 == other.0
+    }
+}
+
+impl Eq for PKey {}
+
+impl Hash for PKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        tick();
+        self.0.hash(state);
+    }
+}
+
+/// A value whose `Clone`, `Serialize` and `Drop` count down to a panic.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(transparent)]
+struct PVal(u64);
+
+impl Clone for PVal {
+    fn clone(&self) -> Self {
+        tick();
+        PVal(self.0)
+    }
+}
+
+impl Serialize for PVal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        tick();
+        s.serialize_u64(self.0)
+    }
+}
+
+impl Drop for PVal {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            tick();
+        }
+    }
+}
+
+type PDb = DbConnection<PKey, PVal>;
+
+fn state(db: &PDb) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (k.0, v.0)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// A panic at any call of user code during a multi-key submit left part of the
+/// transaction applied and its number never sent to the writer, so `commit`, `compact`
+/// and `close` hung and a later rebuild wrote the torn transaction (issue 9, item 10).
+#[test]
+fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> Result<()> {
+    quiet();
+    let mut fired_somewhere = false;
+    for n in 1..=80 {
+        let dir = TempDir::new("panic-submit")?;
+        let path = dir.join("p.db");
+        let db = PDb::open(&path)?;
+        let mut base = Delta::new();
+        for k in 0..10 {
+            base.set(PKey(k), PVal(1))?;
+        }
+        db.commit_transaction(base)?;
+        let before = state(&db);
+        let mut d = Delta::new();
+        for k in 5..15 {
+            d.set(PKey(k), PVal(2))?;
+        }
+        d.remove(PKey(0))?;
+        d.remove(PKey(99))?;
+        let mut after = before.clone();
+        after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
+        after.extend((5..15).map(|k| (k, 2)));
+        after.sort_unstable();
+        arm(n);
+        let r = catch_unwind(AssertUnwindSafe(|| db.submit_transaction(d)));
+        let fired = disarm();
+        fired_somewhere |= fired;
+        let now = state(&db);
+        ensure!(
+            now == before || now == after,
+            "call {n}: a torn transaction is visible: {now:?}"
+        );
+        ensure!(fired || r.is_ok(), "call {n}: {r:?}");
+        let shown = now.clone();
+        within_ten_seconds(move || -> Result<()> {
+            db.commit()?;
+            db.compact()?;
+            ensure!(state(&db) == shown, "the rebuild changed the state");
+            db.close()?;
+            Ok(())
+        })
+        .with_context(|| format!("call {n}"))??;
+        let db = PDb::open(&path)?;
+        ensure!(state(&db) == now, "call {n}: the disk differs from memory");
+        db.close()?;
+        if !fired {
+            ensure!(n > 5, "the submit ran too little user code to test");
+            break;
+        }
+    }
+    ensure!(fired_somewhere);
+    Ok(())
+}
+
+/// A panic in `Serialize` (or in `Hash`/`Eq`) while a change was added to a delta left a
+/// partial line in the delta's buffer, written to disk with the next submit.
+#[test]
+fn a_panic_while_adding_to_a_delta_leaves_it_as_it_was() -> Result<()> {
+    quiet();
+    for n in 1..=6 {
+        let dir = TempDir::new("panic-delta")?;
+        let path = dir.join("d.db");
+        let db = PDb::open(&path)?;
+        let mut d = Delta::new();
+        d.set(PKey(1), PVal(1))?;
+        arm(n);
+        let r = catch_unwind(AssertUnwindSafe(|| d.set(PKey(2), PVal(2))));
+        let fired = disarm();
+        ensure!(fired || r.is_ok());
+        d.set(PKey(3), PVal(3))?;
+        db.commit_transaction(d)?;
+        let shown = state(&db);
+        db.close()?;
+        let db = PDb::open(&path).with_context(|| format!("call {n}"))?;
+        ensure!(
+            state(&db) == shown,
+            "call {n}: {:?} != {shown:?}",
+            state(&db)
+        );
+        db.close()?;
+    }
+    Ok(())
+}
+
+/// A value whose `Drop` panics once on the writer thread (armed by `DROP_ARMED`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+struct WVal(u64);
+
+static WRITER_ARMED: AtomicBool = AtomicBool::new(false);
+static WRITER_ARMED_AGAIN: AtomicBool = AtomicBool::new(false);
+static LOAD_ARMED: AtomicBool = AtomicBool::new(false);
+
+impl Drop for WVal {
+    fn drop(&mut self) {
+        let armed = match self.0 {
+            4242 => &WRITER_ARMED,
+            4243 => &WRITER_ARMED_AGAIN,
+            7777 => &LOAD_ARMED,
+            _ => return,
+        };
+        if !std::thread::panicking() && armed.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+    }
+}
+
+/// A panic on the writer thread (here: dropping a replaced value once its write is
+/// durable) left every waiter blocked forever (issue 9, item 11).
+#[test]
+fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-writer")?;
+    let path = dir.join("w.db");
+    let db = std::sync::Arc::new(DbConnection::<u32, WVal>::open(&path)?);
+    db.set(1, WVal(4242))?;
+    WRITER_ARMED.store(true, Ordering::SeqCst);
+    let d = std::sync::Arc::clone(&db);
+    // The replaced value is dropped by the writer once this is durable.
+    let first = within_ten_seconds(move || d.set(1, WVal(1)))?;
+    let d = std::sync::Arc::clone(&db);
+    let second = within_ten_seconds(move || d.set(2, WVal(2)))?;
+    ensure!(
+        first.is_err() || second.is_err(),
+        "the writer's panic went unnoticed"
+    );
+    let d = std::sync::Arc::clone(&db);
+    let third = within_ten_seconds(move || d.set(3, WVal(3)))?;
+    ensure!(
+        third.is_err(),
+        "writes go on after the writer died: {third:?}"
+    );
+    ensure!(db.get(&3).is_none(), "a refused write is visible");
+    let db = std::sync::Arc::into_inner(db).context("one owner")?;
+    let closed = within_ten_seconds(move || db.close())?;
+    ensure!(closed.is_err(), "close hides the writer's panic");
+    // Reopening recovers what was acknowledged.
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    if first.is_ok() {
+        ensure!(db.get(&1) == Some(WVal(1)));
+    }
+    db.close()?;
+    Ok(())
+}
+
+/// After the writer thread panicked, writes still queued behind the batch it was on
+/// stayed applied in memory though they never reached the disk: readers saw state that
+/// a reopen does not show.
+#[test]
+fn after_a_panic_on_the_writer_thread_memory_matches_the_disk() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-writer-undo")?;
+    let path = dir.join("w.db");
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    db.set(1, WVal(4243))?;
+    WRITER_ARMED_AGAIN.store(true, Ordering::SeqCst);
+    let mut sent = 0;
+    for k in 1..2000 {
+        if db.set_nowait(k, WVal(u64::from(k))).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let (shown, closed) = within_ten_seconds(move || {
+        let committed = db.commit();
+        let mut shown: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
+        shown.sort_unstable();
+        (shown, committed.and(db.close()))
+    })?;
+    ensure!(
+        closed.is_err(),
+        "the writer's panic went unnoticed ({sent} sent)"
+    );
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let mut durable: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
+    durable.sort_unstable();
+    ensure!(
+        durable == shown,
+        "memory showed {} keys, the disk holds {}",
+        shown.len(),
+        durable.len()
+    );
+    db.close()?;
+    Ok(())
+}
+
+/// A panic on a load thread at open was swallowed (`join().unwrap_or(0)`) and the open
+/// succeeded with part of the map missing (issue 9, item 11).
+#[test]
+fn a_panic_while_loading_fails_the_open() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-load")?;
+    let path = dir.join("l.db");
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    for k in 0..64 {
+        db.set_nowait(k, WVal(7777))?;
+    }
+    for k in 0..64 {
+        db.set_nowait(k, WVal(1))?;
+    }
+    db.close()?;
+    LOAD_ARMED.store(true, Ordering::SeqCst);
+    // Loading replaces each 7777 by 1 and drops it: the first such drop panics.
+    let r = catch_unwind(|| DbConnection::<u32, WVal>::open(&path).map(|db| db.len()));
+    LOAD_ARMED.store(false, Ordering::SeqCst);
+    match r {
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            ensure!(text.contains("panic"), "{text}");
+        }
+        Ok(Ok(len)) => anyhow::bail!("opened with {len} keys after a panic while loading"),
+        Err(_) => anyhow::bail!("the open panicked instead of failing"),
+    }
+    let db = DbConnection::<u32, WVal>::open(&path)?;
+    ensure!(db.len() == 64);
+    db.close()?;
+    Ok(())
+}
+
+/// A value whose `Serialize` or `Deserialize` panics once, when armed.
+#[derive(Debug, Clone, PartialEq)]
+struct SVal(u64);
+
+static SERIALIZE_ARMED: AtomicBool = AtomicBool::new(false);
+static DESERIALIZE_ARMED: AtomicBool = AtomicBool::new(false);
+
+impl Serialize for SVal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 9999 && SERIALIZE_ARMED.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SVal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == 9999 && DESERIALIZE_ARMED.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+        Ok(SVal(v))
+    }
+}
+
+/// A panic on the rebuild thread (a value's `Serialize`) was reported as
+/// [`ptvp35::Error::Closed`], and one while parsing the file at open (a value's
+/// `Deserialize`) unwound out of `open` when the file was small enough to be parsed on
+/// the caller's thread.
+#[test]
+fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-rebuild")?;
+    let path = dir.join("s.db");
+    let db = std::sync::Arc::new(DbConnection::<u32, SVal>::open(&path)?);
+    db.set(1, SVal(9999))?;
+    db.set(2, SVal(2))?;
+    SERIALIZE_ARMED.store(true, Ordering::SeqCst);
+    let d = std::sync::Arc::clone(&db);
+    let r = within_ten_seconds(move || d.compact())?;
+    ensure!(matches!(r, Err(ptvp35::Error::Internal { .. })), "{r:?}");
+    // Nothing vouched for the copy: the database goes on.
+    db.set(3, SVal(3))?;
+    db.compact()?;
+    let db = std::sync::Arc::into_inner(db).context("one owner")?;
+    db.close()?;
+    DESERIALIZE_ARMED.store(true, Ordering::SeqCst);
+    let r = catch_unwind(|| DbConnection::<u32, SVal>::open(&path).map(|db| db.len()));
+    DESERIALIZE_ARMED.store(false, Ordering::SeqCst);
+    ensure!(
+        matches!(r, Ok(Err(ptvp35::Error::Internal { .. }))),
+        "{:?}",
+        r.map_err(|_| "open panicked")
+    );
+    let db = DbConnection::<u32, SVal>::open(&path)?;
+    ensure!(db.len() == 3);
+    db.close()?;
+    Ok(())
+}
+
+/// A panic inside the `transact` closure submits nothing.
+#[test]
+fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-transact")?;
+    let db = DbConnection::<String, i64>::open(dir.join("t.db"))?;
+    db.set("a".into(), 1)?;
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        db.transact(|tx| -> Result<()> {
+            tx.set_nowait("a".into(), 2)?;
+            tx.set_nowait("b".into(), 2)?;
+            std::panic::panic_any(Intended)
+        })
+    }));
+    ensure!(r.is_err());
+    ensure!(db.get(&"a".into()) == Some(1) && db.get(&"b".into()).is_none());
+    within_ten_seconds(move || db.close())??;
+    Ok(())
+}

@@ -296,6 +296,11 @@ pub(crate) fn lines(data: &[u8], from: usize) -> impl Iterator<Item = Line<'_>> 
     })
 }
 
+/// How many lines of `data` end in `\n`.
+pub(crate) fn count_lines(data: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', data).count() as u64
+}
+
 /// If `line` (without its `\n`) ends like a batch's last line, returns how many bytes of
 /// it precede the checksum digits and the checksum those digits spell.
 pub(crate) fn batch_tail(line: &[u8]) -> Option<(usize, u64)> {

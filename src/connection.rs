@@ -11,15 +11,16 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
+use crate::bounds::{Key, Value};
 use crate::codec;
-use crate::delta::{Delta, Key, Value};
+use crate::delta::Delta;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 use crate::map::{Map, ReadSet, Refusal, UndoList};
 use crate::progress::Tracking;
 use crate::recovery::{self, RecoveryReport};
 use crate::storage::{self, Paths};
-use crate::writer::{Engine, MainFile, Request, Writer, WriterConfig};
+use crate::writer::{MainFile, Request, TypedSide, Writer, WriterConfig};
 
 /// Tunables for opening a database. [`Options::new`] gives the defaults.
 ///
@@ -226,7 +227,9 @@ impl CommitHandle {
     }
 }
 
-pub(crate) struct Shared<K, V> {
+/// What a connection shares with its writer thread: the map, the queue, and the
+/// durability progress, budget and counters.
+pub(crate) struct Core<K, V> {
     pub(crate) map: Map<K, V>,
     /// Unbounded: the budget in `tracking` bounds what is queued, so a send never blocks
     /// (it happens under the map's locks).
@@ -234,7 +237,7 @@ pub(crate) struct Shared<K, V> {
     tracking: Arc<Tracking>,
 }
 
-impl<K: Key, V: Value> Engine for Shared<K, V> {
+impl<K: Key, V: Value> TypedSide for Core<K, V> {
     type Undo = UndoList<K, V>;
 
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
@@ -295,7 +298,7 @@ impl<K: Key, V: Value> Engine for Shared<K, V> {
 /// # }
 /// ```
 pub struct DbConnection<K: Key, V: Value> {
-    shared: Arc<Shared<K, V>>,
+    shared: Arc<Core<K, V>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     paths: Paths,
     report: RecoveryReport,
@@ -338,7 +341,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             len,
             records,
         ));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Core {
             map,
             tx,
             tracking: Arc::clone(&tracking),

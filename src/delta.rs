@@ -1,36 +1,11 @@
 //! `Delta`: a set of changes to many keys, serialized as they are added, written as one
-//! unit. The bounds on keys and values.
+//! unit.
 
 use std::collections::hash_map::{self, HashMap};
-use std::hash::Hash;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
+use crate::bounds::{Key, Value};
 use crate::codec;
 use crate::error::Result;
-
-/// What a key must be: stored as JSON, compared and hashed in memory, shared by threads.
-///
-/// Implemented for every type with these bounds: strings, integers, tuples (stored as JSON
-/// arrays), your own `#[derive(Serialize, Deserialize, PartialEq, Eq, Hash, Clone)]`
-/// structs.
-///
-/// The database runs these impls (and `Drop`) itself, some of them under its locks: they
-/// must not call back into the database. They may panic: the panic reaches the caller (or
-/// fails the open, or stops the writer thread) and no transaction is left half-applied.
-pub trait Key: Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + 'static {}
-impl<T: Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + 'static> Key for T {}
-
-/// What a value must be: stored as JSON, cloned out to readers, shared by threads.
-///
-/// Implemented for every type with these bounds, `serde_json::Value` among them.
-///
-/// As for [`Key`], the database runs these impls (and `Drop`) itself, `Clone` under its
-/// locks: they must not call back into the database, and a panic in them leaves no
-/// transaction half-applied.
-pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
 
 /// One pending change: the new value (`None` removes the key) and where its record line
 /// is in the delta's buffer.
@@ -41,7 +16,8 @@ pub(crate) struct Change<V> {
     len: usize,
 }
 
-type Hasher = foldhash::fast::RandomState;
+/// Seeded fast hashing of keys (foldhash, a random seed per map).
+type KeyHashing = foldhash::fast::RandomState;
 
 /// Changes to many keys that are applied together and written as one unit: after any
 /// crash, all of them are in the database or none.
@@ -72,7 +48,7 @@ type Hasher = foldhash::fast::RandomState;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Delta<K, V> {
-    changes: HashMap<K, Change<V>, Hasher>,
+    changes: HashMap<K, Change<V>, KeyHashing>,
     /// Every record line added, in order; one buffer instead of one allocation per line.
     /// Bytes that no change points to (replaced by a later change, or left by a panic in
     /// the user's `Serialize`, `Hash` or `Eq` half-way through an addition) are never
@@ -83,7 +59,7 @@ pub struct Delta<K, V> {
 impl<K, V> Default for Delta<K, V> {
     fn default() -> Self {
         Delta {
-            changes: HashMap::with_hasher(Hasher::default()),
+            changes: HashMap::with_hasher(KeyHashing::default()),
             lines: Vec::new(),
         }
     }
@@ -101,7 +77,7 @@ impl<K: Key, V: Value> Delta<K, V> {
     #[must_use]
     pub fn with_capacity(keys: usize, bytes: usize) -> Self {
         Delta {
-            changes: HashMap::with_capacity_and_hasher(keys, Hasher::default()),
+            changes: HashMap::with_capacity_and_hasher(keys, KeyHashing::default()),
             lines: Vec::with_capacity(bytes),
         }
     }

@@ -109,6 +109,12 @@ pub enum Error {
         /// What is wrong, and what to do instead.
         reason: String,
     },
+    /// There is no database at the path: neither its main file nor a rebuilt copy
+    /// (`inspect` and `repair` do not create one; an open does).
+    NotFound {
+        /// The main file's path.
+        path: PathBuf,
+    },
     /// An internal failure: a thread of the engine panicked (the writer, a rebuild or a
     /// load thread), usually in user code it ran (a `Drop`, `Hash`, `Eq` or `Serialize`
     /// of a key or value). The operation did not happen; after the writer's failure,
@@ -177,6 +183,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot use {} as a database: {reason}", path.display())
             }
             Error::Internal { what } => write!(f, "internal failure: {what}"),
+            Error::NotFound { path } => write!(f, "no database at {}", path.display()),
         }
     }
 }

@@ -125,12 +125,13 @@
 
 #![deny(missing_docs)]
 
-mod check;
+mod bounds;
 mod codec;
 mod connection;
 mod delta;
 mod error;
 mod fs;
+mod inspect;
 mod load;
 mod map;
 mod plan;
@@ -155,11 +156,14 @@ pub use fs::{FileMeta, Fs, FsFile, RealFs};
 #[doc(hidden)]
 pub use codec::bench_encode_set;
 
-#[doc(hidden)]
-pub use check::repair_on;
-pub use check::{inspect, repair, BadLine, FileState, Health, Inspection, RepairReport};
+pub use bounds::{Key, Value};
 pub use connection::{CommitHandle, DbConnection, Options, Stats};
-pub use delta::{Delta, IntoIter, Key, Value};
+pub use delta::{Delta, IntoIter};
 pub use error::{Error, Result};
-pub use recovery::RecoveryReport;
+#[doc(hidden)]
+pub use inspect::repair_on;
+pub use inspect::{
+    inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
+};
+pub use recovery::{Cut, RecoveryReport};
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

@@ -4,18 +4,17 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use crate::codec::{self, Record};
-use crate::delta::{Key, Value};
+use crate::bounds::{Key, Value};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::map::{Map, SHARDS};
+use crate::map::{Map, Sorted};
 
 /// Parses all of `data` (every byte of it vouched for by recovery) into a map. Returns the
 /// map and the number of records.
 ///
 /// The file is split at line boundaries into one chunk per thread, and each thread parses
-/// its chunk and sorts the records by the half of the map their key belongs to; then one
-/// thread per half applies the records of every chunk, in file order. A key always lives
-/// in the same half, so the last record of each key wins, as in a sequential read.
+/// its chunk and sorts its records for the map ([`Sorted`]); the map then fills itself
+/// from the chunks in file order ([`Map::fill`]).
 pub(crate) fn load<K: Key, V: Value>(
     data: &[u8],
     path: &Path,
@@ -23,8 +22,8 @@ pub(crate) fn load<K: Key, V: Value>(
 ) -> Result<(Map<K, V>, u64)> {
     if let Some(last) = data.last() {
         if *last != b'\n' {
-            let start = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let line = count_lines(data) + 1;
+            let start = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+            let line = codec::count_lines(data) + 1;
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 line,
@@ -37,7 +36,7 @@ pub(crate) fn load<K: Key, V: Value>(
     }
     let mut map = Map::new();
     let chunks = split_lines(data, threads);
-    let parsed: Vec<Result<Parsed<K, V>>> = {
+    let parsed: Vec<Result<Sorted<K, V>>> = {
         let map = &map;
         if chunks.len() == 1 {
             // On this thread, but a panic in user code (`Deserialize`, `Hash`) is an
@@ -61,20 +60,14 @@ pub(crate) fn load<K: Key, V: Value>(
     };
     let mut records = 0u64;
     let mut lines_before = 0u64;
-    let mut halves: [Vec<Vec<Record<K, V>>>; 2] = [Vec::new(), Vec::new()];
-    let mut per_shard = vec![0usize; SHARDS];
+    let mut sorted = Vec::with_capacity(chunks.len());
     for (chunk, &(start, end)) in parsed.into_iter().zip(&chunks) {
-        let p = chunk.map_err(|e| renumber(e, lines_before))?;
-        lines_before += count_lines(&data[start..end]);
-        let [lo, hi] = p.halves;
-        records += (lo.len() + hi.len()) as u64;
-        halves[0].push(lo);
-        halves[1].push(hi);
-        for (n, c) in per_shard.iter_mut().zip(&p.per_shard) {
-            *n += c;
-        }
+        let chunk = chunk.map_err(|e| renumber(e, lines_before))?;
+        lines_before += codec::count_lines(&data[start..end]);
+        records += chunk.len();
+        sorted.push(chunk);
     }
-    map.load(halves, &per_shard).map_err(|()| {
+    map.fill(sorted).map_err(|()| {
         Error::internal(format!(
             "a thread loading {} panicked (in a key's or value's Hash, Eq or Drop)",
             path.display()
@@ -85,18 +78,6 @@ pub(crate) fn load<K: Key, V: Value>(
 
 fn panicked(path: &Path) -> Error {
     Error::internal(format!("a thread parsing {} panicked", path.display()))
-}
-
-/// One chunk's records, split by the half of the map their key belongs to, and how many
-/// fall in each shard.
-struct Parsed<K, V> {
-    halves: [Vec<Record<K, V>>; 2],
-    per_shard: Vec<usize>,
-}
-
-/// Number of `\n` in `data`.
-pub(crate) fn count_lines(data: &[u8]) -> u64 {
-    data.iter().fold(0, |n, &b| n + u64::from(b == b'\n'))
 }
 
 /// A chunk's line numbers count from its own start; make them count from the file's.
@@ -124,10 +105,7 @@ fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
     let mut start = 0;
     for i in 1..n {
         let target = (data.len() * i / n).max(start);
-        let end = data[target..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(data.len(), |p| target + p + 1);
+        let end = memchr::memchr(b'\n', &data[target..]).map_or(data.len(), |p| target + p + 1);
         if end > start {
             out.push((start, end));
         }
@@ -144,39 +122,25 @@ fn parse_chunk<K: Key, V: Value>(
     base: usize,
     path: &Path,
     map: &Map<K, V>,
-) -> Result<Parsed<K, V>> {
-    let mut out = Parsed {
-        halves: [Vec::new(), Vec::new()],
-        per_shard: vec![0; SHARDS],
-    };
-    let mut pos = 0;
-    let mut line_no = 0u64;
-    while pos < chunk.len() {
-        let end = chunk[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(chunk.len(), |p| pos + p);
-        line_no += 1;
-        match codec::decode(&chunk[pos..end]) {
-            Ok(Some(r)) => {
-                let i = map.shard_of(r.key());
-                out.per_shard[i] += 1;
-                out.halves[i * 2 / SHARDS].push(r);
-            }
+) -> Result<Sorted<K, V>> {
+    let mut out = Sorted::new();
+    for (line_no, line) in (1u64..).zip(codec::lines(chunk, 0)) {
+        match codec::decode(line.bytes) {
+            Ok(Some(r)) => out.push(map, r),
             Ok(None) => {}
             Err(reason) => {
                 return Err(Error::Corrupt {
                     path: PathBuf::from(path),
                     line: line_no,
-                    offset: (base + pos) as u64,
+                    offset: (base + line.offset) as u64,
                     reason,
                 })
             }
         }
-        pos = end + 1;
     }
     Ok(out)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use crate::bounds::{Key, Value};
 use crate::codec::Record;
-use crate::delta::{Key, Value};
 pub(crate) use crate::shard::Entry;
 use crate::shard::{Shard, Step, Trash};
 
@@ -44,7 +44,7 @@ impl<K, V> Default for UndoList<K, V> {
 
 /// foldhash with a random seed per map: several times faster than the standard `SipHash`
 /// on short keys, and seeded so that chosen keys cannot be made to collide without it.
-type Hasher = foldhash::fast::RandomState;
+type KeyHashing = foldhash::fast::RandomState;
 
 /// A shard's lock on a cache line of its own, so that readers of different shards do not
 /// slow each other down.
@@ -71,7 +71,7 @@ struct Order {
 
 pub(crate) struct Map<K, V> {
     shards: Box<[Padded<K, V>]>,
-    hasher: Hasher,
+    hasher: KeyHashing,
     order: Mutex<Order>,
     live: AtomicUsize,
 }
@@ -99,13 +99,44 @@ struct Prepared<K, V> {
     value: Option<V>,
 }
 
+/// The map is filled at open in this many parts, each on its own thread.
+const LOAD_PARTS: usize = 2;
+
+/// Records parsed from one chunk of the file, sorted by the part of the map their keys
+/// belong to, with how many fall in each shard (to size the shards before filling them).
+pub(crate) struct Sorted<K, V> {
+    parts: [Vec<Record<K, V>>; LOAD_PARTS],
+    per_shard: Vec<usize>,
+}
+
+impl<K: Key, V: Value> Sorted<K, V> {
+    pub(crate) fn new() -> Self {
+        Sorted {
+            parts: [Vec::new(), Vec::new()],
+            per_shard: vec![0; SHARDS],
+        }
+    }
+
+    /// Adds the next record of the chunk (runs the user's `Hash`).
+    pub(crate) fn push(&mut self, map: &Map<K, V>, r: Record<K, V>) {
+        let i = map.shard_of(r.key());
+        self.per_shard[i] += 1;
+        self.parts[i * LOAD_PARTS / SHARDS].push(r);
+    }
+
+    /// Records sorted so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+}
+
 impl<K: Key, V: Value> Map<K, V> {
     pub(crate) fn new() -> Self {
         Map {
             shards: (0..SHARDS)
                 .map(|_| Padded(RwLock::new(Shard::default())))
                 .collect(),
-            hasher: Hasher::default(),
+            hasher: KeyHashing::default(),
             order: Mutex::new(Order {
                 seq: 0,
                 refuse: false,
@@ -114,17 +145,32 @@ impl<K: Key, V: Value> Map<K, V> {
         }
     }
 
-    /// Fills the map at open (it is not shared yet: no locks are taken). `halves[h]` holds,
-    /// chunk by chunk in file order, the records whose keys belong to half `h` of the
-    /// shards; each half is applied on its own thread. `per_shard` sizes the shards first.
+    /// Fills the map at open (it is not shared yet: no locks are taken) from the file's
+    /// chunks, in file order, each sorted by [`Sorted::push`]. Each part of the shards is
+    /// filled on its own thread; a key always lives in the same part, so the last record
+    /// of each key wins, as in a sequential read.
     ///
     /// # Errors
     ///
-    /// `Err(())` if applying a half panicked (in the user's `Hash`, `Eq` or `Drop`): the
+    /// `Err(())` if filling a part panicked (in the user's `Hash`, `Eq` or `Drop`): the
     /// map is then incomplete and must not be used.
-    pub(crate) fn load(
+    pub(crate) fn fill(&mut self, chunks: Vec<Sorted<K, V>>) -> Result<(), ()> {
+        let mut per_shard = vec![0usize; SHARDS];
+        let mut halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS] = [Vec::new(), Vec::new()];
+        for chunk in chunks {
+            for (n, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
+                *n += c;
+            }
+            let [lo, hi] = chunk.parts;
+            halves[0].push(lo);
+            halves[1].push(hi);
+        }
+        self.load(halves, &per_shard)
+    }
+
+    fn load(
         &mut self,
-        halves: [Vec<Vec<Record<K, V>>>; 2],
+        halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS],
         per_shard: &[usize],
     ) -> Result<(), ()> {
         let hasher = &self.hasher;

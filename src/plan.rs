@@ -6,7 +6,7 @@
 
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
-use crate::recovery::RecoveryReport;
+use crate::recovery::{Cut, RecoveryReport};
 use crate::storage::{self, Count, Paths};
 
 /// The six files as found, read without changing anything.
@@ -201,7 +201,7 @@ fn refuse_character_count(paths: &Paths, data: &[u8], count: Count) -> Result<()
 fn note_cut(report: &mut RecoveryReport, valid: usize, cut: &[u8]) {
     let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     if data_len > 0 {
-        report.cut = Some((valid as u64, data_len as u64));
+        report.cut = Some(Cut::new(valid as u64, data_len as u64));
     }
     report.padding = (cut.len() - data_len) as u64;
 }
@@ -260,7 +260,7 @@ mod tests {
         f.truncate = Some(Count { valid: 20, salt: 5 }.to_bytes().to_vec());
         let p = plan(&paths(), &f)?;
         assert_eq!(p.valid, 20);
-        assert_eq!((p.report.cut, p.report.padding), (Some((20, 9)), 3));
+        assert_eq!((p.report.cut, p.report.padding), (Some(Cut::new(20, 9)), 3));
         f.truncate = Some(Count { valid: 21, salt: 5 }.to_bytes().to_vec());
         assert!(plan(&paths(), &f).is_err(), "a count inside a line");
         Ok(())

@@ -8,11 +8,11 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 
-/// Progress, budget and counters of one open database, shared by the writer thread and
+/// Durability progress, budget and counters of one open database, shared by the writer thread and
 /// every caller.
 #[derive(Debug)]
 pub(crate) struct Tracking {
-    pub(crate) progress: Progress,
+    pub(crate) progress: Durability,
     pub(crate) budget: Budget,
     pub(crate) counters: Counters,
 }
@@ -25,7 +25,7 @@ impl Tracking {
         counters.file_len.store(len, Ordering::Relaxed);
         counters.records_in_file.store(records, Ordering::Relaxed);
         Tracking {
-            progress: Progress::default(),
+            progress: Durability::default(),
             budget: Budget::new(max_requests, max_bytes),
             counters,
         }
@@ -39,7 +39,7 @@ impl Tracking {
 /// one after another, a chain of context switches that caps group commit with many
 /// threads on few cores.
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
+pub(crate) struct Durability {
     state: std::sync::Mutex<ProgressState>,
     cv: std::sync::Condvar,
     /// Mirror of `state.durable`, so a waiter whose request is already durable returns
@@ -58,7 +58,7 @@ struct ProgressState {
     stopped: bool,
 }
 
-impl Progress {
+impl Durability {
     /// Blocks until request `seq` is durable, or fails.
     pub(crate) fn wait(&self, seq: u64) -> Result<()> {
         if self.durable.load(Ordering::Acquire) >= seq {
@@ -112,7 +112,7 @@ impl Progress {
     }
 
     /// Records the failure that poisons the store (the first one wins), so that refused
-    /// submissions name it, without failing any waiter yet: see [`Progress::fail`].
+    /// submissions name it, without failing any waiter yet: see [`Durability::fail`].
     pub(crate) fn record(&self, e: Error) {
         self.lock()
             .failed
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn abort_fails_every_waiter_that_is_not_durable() {
-        let p = Progress::default();
+        let p = Durability::default();
         p.advance(3);
         p.abort(Error::internal("the writer thread panicked"));
         assert!(p.wait(3).is_ok());
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn abort_after_a_recorded_failure_fails_with_it() {
-        let p = Progress::default();
+        let p = Durability::default();
         p.record(Error::Closed);
         p.abort(Error::internal("x"));
         assert!(matches!(p.wait(1), Err(Error::Closed)));

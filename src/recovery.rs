@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsFile};
 use crate::plan::{self, Found, Restore};
-use crate::storage::{self, io, Paths};
+use crate::storage::{self, wrap, Paths};
 
 /// What recovery found at open and what it did about it.
 ///
@@ -37,12 +37,46 @@ pub struct RecoveryReport {
     /// A `P.backup` without `P.recover` (a rebuild cut short) was deleted; `P` was intact.
     pub discarded_stale_backup: bool,
     /// Bytes cut from the end of `P` (after the recorded count, not vouched for by a batch
-    /// checksum) and appended to `P.error`: `(offset, length)`. Unacknowledged writes
-    /// torn by the crash, or garbage; zero padding after them is not counted here.
-    pub cut: Option<(u64, u64)>,
+    /// checksum) and appended to `P.error`. Unacknowledged writes torn by the crash, or
+    /// garbage; zero padding after them is not counted here.
+    pub cut: Option<Cut>,
     /// Zero bytes dropped from the end of `P`: space the writer had preallocated, or a size
     /// update that outran its data. They held nothing.
     pub padding: u64,
+}
+
+/// Bytes that recovery cut from the end of `P` and appended to `P.error`.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-cut-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
+/// if let Some(cut) = db.recovery_report().cut {
+///     eprintln!("{} bytes from offset {} went to P.error", cut.len, cut.offset);
+/// }
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cut {
+    /// Where the cut bytes started in `P` (the new length of `P`).
+    pub offset: u64,
+    /// How many bytes were cut (zero padding after them not counted).
+    pub len: u64,
+}
+
+impl Cut {
+    /// A cut of `len` bytes from `offset`.
+    #[must_use]
+    pub fn new(offset: u64, len: u64) -> Self {
+        Cut { offset, len }
+    }
 }
 
 impl RecoveryReport {
@@ -72,7 +106,7 @@ pub(crate) struct Recovered {
 /// Every step is idempotent: a crash during recovery leaves a state that the next
 /// recovery handles the same way (`docs/recovery.md`, "Recovery").
 pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> {
-    let exists = |p: &Path| io("stat", p, fs.exists(p));
+    let exists = |p: &Path| wrap("stat", p, fs.exists(p));
     let existed = exists(&paths.main)?;
     if !existed {
         // V0 before anything is created.
@@ -105,7 +139,7 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
                     path: paths.backup.clone(),
                 });
             };
-            io(
+            wrap(
                 "rename",
                 &paths.backup,
                 fs.rename(&paths.backup, &paths.main),
@@ -141,8 +175,8 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
     if plan.valid < data.len() {
         // (V4) Cut what no count or batch checksum vouches for, into `P.error` first.
         append_error(fs, paths, &data[plan.valid..])?;
-        io("truncate", &paths.main, file.set_len(plan.valid as u64))?;
-        io("fsync", &paths.main, file.sync_data())?;
+        wrap("truncate", &paths.main, file.set_len(plan.valid as u64))?;
+        wrap("fsync", &paths.main, file.sync_data())?;
         data.truncate(plan.valid);
     }
     Ok(Recovered {
@@ -155,13 +189,13 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
 
 /// Reads what recovery needs to know of the six files; `main` is the locked `P`.
 fn find(fs: &dyn Fs, paths: &Paths, main: &mut dyn FsFile) -> Result<Found> {
-    let exists = |p: &Path| io("stat", p, fs.exists(p));
-    let meta = io("stat", &paths.main, main.meta())?;
+    let exists = |p: &Path| wrap("stat", p, fs.exists(p));
+    let meta = wrap("stat", &paths.main, main.meta())?;
     let recover = exists(&paths.recover)?;
-    let backup_meta = io("stat", &paths.backup, fs.meta(&paths.backup))?;
+    let backup_meta = wrap("stat", &paths.backup, fs.meta(&paths.backup))?;
     let backup_is_main = backup_meta.is_some_and(|b| b.id == meta.id);
     let backup_data = if recover && backup_meta.is_some() && !backup_is_main {
-        io("read", &paths.backup, fs.read(&paths.backup))?
+        wrap("read", &paths.backup, fs.read(&paths.backup))?
     } else {
         None
     };
@@ -172,21 +206,21 @@ fn find(fs: &dyn Fs, paths: &Paths, main: &mut dyn FsFile) -> Result<Found> {
         backup_data,
         backup_is_main,
         recover,
-        truncate: io("read", &paths.truncate, fs.read(&paths.truncate))?,
+        truncate: wrap("read", &paths.truncate, fs.read(&paths.truncate))?,
         flag: exists(&paths.truncate_flag)?,
     })
 }
 
 fn read_all(file: &mut dyn FsFile, paths: &Paths) -> Result<Vec<u8>> {
-    let len = io("stat", &paths.main, file.len())?;
-    let len = usize::try_from(len).map_err(|_| Error::BadSideFile {
+    let len = wrap("stat", &paths.main, file.len())?;
+    let len = usize::try_from(len).map_err(|_| Error::Unsupported {
         path: paths.main.clone(),
-        reason: "file is larger than this machine's address space".into(),
+        reason: "the file is larger than this machine's address space".into(),
     })?;
     let mut data = vec![0u8; len];
     let mut at = 0;
     while at < len {
-        let n = io(
+        let n = wrap(
             "read",
             &paths.main,
             file.read_at(at as u64, &mut data[at..]),
@@ -209,15 +243,15 @@ pub(crate) fn append_error(fs: &dyn Fs, paths: &Paths, cut: &[u8]) -> Result<()>
         return Ok(());
     };
     let keep = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let existed = io("stat", &paths.error, fs.exists(&paths.error))?;
-    let mut f = io("open", &paths.error, fs.open(&paths.error, true))?;
-    let at = io("stat", &paths.error, f.len())?;
+    let existed = wrap("stat", &paths.error, fs.exists(&paths.error))?;
+    let mut f = wrap("open", &paths.error, fs.open(&paths.error, true))?;
+    let at = wrap("stat", &paths.error, f.len())?;
     let mut bytes = cut[first..keep].to_vec();
     if bytes.last() != Some(&b'\n') {
         bytes.push(b'\n');
     }
-    io("write", &paths.error, f.write_at(at, &bytes))?;
-    io("fsync", &paths.error, f.sync_data())?;
+    wrap("write", &paths.error, f.write_at(at, &bytes))?;
+    wrap("fsync", &paths.error, f.sync_data())?;
     if !existed {
         storage::sync_dir(fs, paths)?;
     }

@@ -13,7 +13,8 @@ use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs, FsFile};
 
-/// The six paths of a database whose main file is `P`.
+/// The six paths of a database whose main file is `P`, and the directory that holds them
+/// (whose syncs make their names durable).
 #[derive(Debug, Clone)]
 pub(crate) struct Paths {
     pub(crate) main: PathBuf,
@@ -53,17 +54,17 @@ impl Paths {
     /// (a later change of the working directory does not move it) and with symbolic
     /// links followed (a rebuild replaces the file a link leads to, not the link).
     pub(crate) fn resolve(fs: &dyn Fs, path: &Path) -> Result<Self> {
-        Ok(Paths::new(&io("resolve", path, fs.resolve(path))?))
+        Ok(Paths::new(&wrap("resolve", path, fs.resolve(path))?))
     }
 }
 
 /// Wraps an I/O error with `op` and `path`.
-pub(crate) fn io<T>(op: &'static str, path: &Path, r: io::Result<T>) -> Result<T> {
+pub(crate) fn wrap<T>(op: &'static str, path: &Path, r: io::Result<T>) -> Result<T> {
     r.map_err(|e| Error::io(op, path, e))
 }
 
 pub(crate) fn sync_dir(fs: &dyn Fs, paths: &Paths) -> Result<()> {
-    io("fsync directory", &paths.dir, fs.sync_dir(&paths.dir))
+    wrap("fsync directory", &paths.dir, fs.sync_dir(&paths.dir))
 }
 
 /// Removes `path` if it exists; returns whether it did.
@@ -78,10 +79,10 @@ pub(crate) fn remove_if_exists(fs: &dyn Fs, path: &Path) -> Result<bool> {
 /// Creates (or empties) `path` and makes `data` its durable content. The directory entry
 /// is not synced here.
 pub(crate) fn write_file(fs: &dyn Fs, path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = io("create", path, fs.open(path, true))?;
-    io("truncate", path, f.set_len(0))?;
-    io("write", path, f.write_at(0, data))?;
-    io("fsync", path, f.sync_data())
+    let mut f = wrap("create", path, fs.open(path, true))?;
+    wrap("truncate", path, f.set_len(0))?;
+    wrap("write", path, f.write_at(0, data))?;
+    wrap("fsync", path, f.sync_data())
 }
 
 /// What `P.truncate` holds: how many bytes of `P` are valid, and the salt of the checksum
@@ -126,12 +127,12 @@ pub(crate) fn open_locked(
     create: bool,
 ) -> Result<Option<Box<dyn FsFile>>> {
     for _ in 0..8 {
-        let mut file = io("open", path, fs.open(path, create))?;
-        if !io("lock", path, file.try_lock())? {
+        let mut file = wrap("open", path, fs.open(path, create))?;
+        if !wrap("lock", path, file.try_lock())? {
             return Ok(None);
         }
-        let locked = io("stat", path, file.meta())?.id;
-        if io("stat", path, fs.meta(path))?.map(|m| m.id) == Some(locked) {
+        let locked = wrap("stat", path, file.meta())?.id;
+        if wrap("stat", path, fs.meta(path))?.map(|m| m.id) == Some(locked) {
             return Ok(Some(file));
         }
         // Renamed over (or removed) between the open and the lock: try the file the
@@ -158,7 +159,7 @@ pub(crate) fn start_session(
     len: u64,
     has_flag: bool,
 ) -> Result<Chain> {
-    io("fsync", &paths.main, main.sync_data())?;
+    wrap("fsync", &paths.main, main.sync_data())?;
     if has_flag {
         remove_if_exists(fs, &paths.truncate_flag)?;
     }
@@ -211,8 +212,8 @@ impl BackupWriter {
                 path: paths.backup.clone(),
             });
         };
-        io("truncate", &paths.backup, file.set_len(0))?;
-        io(
+        wrap("truncate", &paths.backup, file.set_len(0))?;
+        wrap(
             "set owner and mode of",
             &paths.backup,
             file.set_owner_and_mode(like),
@@ -228,7 +229,7 @@ impl BackupWriter {
     /// Syncs what was written so far (the rebuild thread does this, so that the
     /// writer's own sync in [`install`](Self::install) has little left to flush).
     pub(crate) fn sync(&mut self) -> Result<()> {
-        io("fsync", &self.paths.backup, self.file.sync_data())
+        wrap("fsync", &self.paths.backup, self.file.sync_data())
     }
 
     /// Removes the unfinished backup (nothing vouches for it yet, so `P` stays as is).
@@ -240,7 +241,7 @@ impl BackupWriter {
 
     /// (R2) Appends whole record lines.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
-        io(
+        wrap(
             "write",
             &self.paths.backup,
             self.file.write_at(self.len, data),
@@ -268,7 +269,7 @@ impl BackupWriter {
     pub(crate) fn install(mut self) -> Result<Installed> {
         self.flag()?;
         let (fs, paths) = (&*self.fs, &self.paths);
-        io(
+        wrap(
             "rename",
             &paths.backup,
             fs.rename(&paths.backup, &paths.main),
@@ -281,7 +282,7 @@ impl BackupWriter {
                 salt,
             };
             write_file(fs, &paths.truncate, &count.to_bytes())?;
-            io("remove", &paths.recover, fs.remove(&paths.recover))?;
+            wrap("remove", &paths.recover, fs.remove(&paths.recover))?;
             sync_dir(fs, paths)?;
             Ok((self.len, Chain::new(salt)))
         })();
@@ -294,7 +295,7 @@ impl BackupWriter {
     /// Steps R3–R6.
     fn flag(&mut self) -> Result<()> {
         let (fs, paths) = (&*self.fs, &self.paths);
-        io("fsync", &paths.backup, self.file.sync_data())?;
+        wrap("fsync", &paths.backup, self.file.sync_data())?;
         sync_dir(fs, paths)?;
         write_file(fs, &paths.recover, b"")?;
         sync_dir(fs, paths)

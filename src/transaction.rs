@@ -6,8 +6,9 @@ use std::ops::Deref;
 
 use parking_lot::Mutex;
 
+use crate::bounds::{Key, Value};
 use crate::connection::{CommitHandle, DbConnection};
-use crate::delta::{Delta, Key, Value};
+use crate::delta::Delta;
 use crate::error::{Error, Result};
 use crate::map::ReadSet;
 

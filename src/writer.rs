@@ -30,7 +30,7 @@ pub(crate) enum Request<U> {
 }
 
 /// The typed side of the database, as the writer sees it.
-pub(crate) trait Engine: Send + Sync + 'static {
+pub(crate) trait TypedSide: Send + Sync + 'static {
     /// What undoes one write's changes to the map, kept until the write is durable.
     type Undo: Send + 'static;
     /// Serializes every live pair, in chunks of whole lines, one shard at a time under
@@ -66,7 +66,7 @@ pub(crate) struct MainFile {
 }
 
 /// The state owned by the writer thread.
-pub(crate) struct Writer<E: Engine> {
+pub(crate) struct Writer<E: TypedSide> {
     fs: Arc<dyn Fs>,
     paths: Paths,
     file: Box<dyn FsFile>,
@@ -115,13 +115,13 @@ struct RebuildJob {
 /// Runs when the writer thread ends, however it ends: refuses later writes and frees
 /// every caller waiting for room in the queue; if the thread unwinds from a panic, fails
 /// every request that is not durable, so that no waiter blocks forever.
-struct OnExit<E: Engine> {
+struct OnExit<E: TypedSide> {
     engine: Arc<E>,
     tracking: Arc<Tracking>,
     path: std::path::PathBuf,
 }
 
-impl<E: Engine> Drop for OnExit<E> {
+impl<E: TypedSide> Drop for OnExit<E> {
     fn drop(&mut self) {
         // Refuse first: a submission numbered before this is already queued, and the
         // failure below covers it.
@@ -155,7 +155,7 @@ struct Copied {
 
 /// The rebuild thread's work: steps R1–R3. `like` is the main file's identity, which the
 /// new file takes.
-fn copy_map<E: Engine>(
+fn copy_map<E: TypedSide>(
     fs: Arc<dyn Fs>,
     paths: Paths,
     like: &FileMeta,
@@ -164,7 +164,7 @@ fn copy_map<E: Engine>(
     let mut backup = BackupWriter::create(fs, paths, like)?;
     let mut records = 0u64;
     let through = engine.snapshot(&mut |chunk| {
-        records += crate::load::count_lines(chunk);
+        records += crate::codec::count_lines(chunk);
         backup.write(chunk)
     })?;
     backup.sync()?;
@@ -175,7 +175,7 @@ fn copy_map<E: Engine>(
     })
 }
 
-impl<E: Engine> Writer<E> {
+impl<E: TypedSide> Writer<E> {
     /// Starts the thread `ptvp35-writer`, which appends to `main` what it takes from
     /// `rx` and undoes it in `engine` if it fails.
     pub(crate) fn spawn(
@@ -431,8 +431,8 @@ impl<E: Engine> Writer<E> {
             self.preallocate(end)?;
         }
         let path = &self.paths.main;
-        storage::io("write", path, self.file.write_at(self.len, buf))?;
-        storage::io("fsync", path, self.file.sync_data())?;
+        storage::wrap("write", path, self.file.write_at(self.len, buf))?;
+        storage::wrap("fsync", path, self.file.sync_data())?;
         self.len += buf.len() as u64;
         let c = &self.tracking.counters;
         c.file_len.store(self.len, Ordering::Relaxed);
@@ -457,7 +457,7 @@ impl<E: Engine> Writer<E> {
         let mut at = self.allocated.max(end);
         while at < target {
             let n = usize::try_from(target - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
-            storage::io(
+            storage::wrap(
                 "preallocate",
                 &self.paths.main,
                 self.file.write_at(at, &ZEROS[..n]),
@@ -473,8 +473,8 @@ impl<E: Engine> Writer<E> {
     fn trim_preallocation(&mut self) -> Result<()> {
         if self.allocated > self.len {
             let path = &self.paths.main;
-            storage::io("truncate", path, self.file.set_len(self.len))?;
-            storage::io("fsync", path, self.file.sync_data())?;
+            storage::wrap("truncate", path, self.file.set_len(self.len))?;
+            storage::wrap("fsync", path, self.file.sync_data())?;
             self.allocated = self.len;
         }
         Ok(())

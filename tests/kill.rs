@@ -351,9 +351,9 @@ impl Tally {
     fn add_report(&mut self, r: &RecoveryReport) {
         self.restored_from_backup += u64::from(r.restored_from_backup);
         self.discarded_stale_backup += u64::from(r.discarded_stale_backup);
-        if let Some((_, len)) = r.cut {
+        if let Some(cut) = r.cut {
             self.cuts += 1;
-            self.cut_bytes += len;
+            self.cut_bytes += cut.len;
         }
     }
 }

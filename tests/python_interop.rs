@@ -81,7 +81,10 @@ fn a_file_written_by_python_opens_with_every_value() -> Result<()> {
 
     let db = DbConnection::<(String, u32), Value>::open(&path)?;
     let report = db.recovery_report().clone();
-    ensure!(report.cut == Some((count, 25)), "{report:?}");
+    ensure!(
+        report.cut == Some(ptvp35::Cut::new(count, 25)),
+        "{report:?}"
+    );
     let get = |k: &str, n: u32| db.get(&(k.to_owned(), n));
     ensure!(get("tuple", 0) == Some(json!({"dict": "replaced"})));
     ensure!(

@@ -375,8 +375,7 @@ fn open(file: &Path, create: bool) -> Result<Db, Exit> {
 }
 
 fn exists(file: &Path) -> Result<bool, Exit> {
-    let mut backup = file.as_os_str().to_os_string();
-    backup.push(".backup");
+    let backup = ptvp35::SixFiles::of(file).backup;
     let stat = |p: &Path| {
         p.try_exists().map_err(|e| {
             Exit::Failed(
@@ -389,14 +388,12 @@ fn exists(file: &Path) -> Result<bool, Exit> {
             )
         })
     };
-    Ok(stat(file)? || stat(Path::new(&backup))?)
+    Ok(stat(file)? || stat(&backup)?)
 }
 
 fn no_database(file: &Path) -> Error {
-    Error::Io {
-        op: "open",
+    Error::NotFound {
         path: file.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::NotFound, "no database there").into(),
     }
 }
 
@@ -424,7 +421,7 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     };
     writeln!(out, "{}: {state}", file.display())?;
     writeln!(out, "files:")?;
-    for f in &r.files {
+    for f in r.files.iter() {
         match f.len {
             Some(n) => writeln!(out, "  {:<40} {n} bytes", f.path.display())?,
             None => writeln!(out, "  {:<40} absent", f.path.display())?,
@@ -438,7 +435,7 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     } else {
         writeln!(out, "recovery would:")?;
         print_recovery(out, file, &r.recovery, "  ")?;
-        if r.recovery.was_clean() && r.files[4].len.is_some() {
+        if r.recovery.was_clean() && r.files.truncate_flag.len.is_some() {
             writeln!(
                 out,
                 "  keep every byte (the session ended without a clean close; all of it is \
@@ -500,7 +497,10 @@ fn print_recovery(
             "{indent}delete {f}.backup (a rebuild stopped before it was complete; {f} is intact)"
         )?;
     }
-    if let Some((at, n)) = r.cut {
+    if let Some(ptvp35::Cut {
+        offset: at, len: n, ..
+    }) = r.cut
+    {
         writeln!(
             out,
             "{indent}cut {n} bytes from offset {at} (not vouched for) and append them to {f}.error"
@@ -593,9 +593,7 @@ fn compact(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
     let mut total = 0u64;
     db.for_each(|k, v| total += 18 + k.text().len() as u64 + v.get().len() as u64);
     let bar = show.then(|| {
-        let mut backup = file.as_os_str().to_os_string();
-        backup.push(".backup");
-        let backup = PathBuf::from(backup);
+        let backup = ptvp35::SixFiles::of(file).backup;
         progress::Bar::start(format!("compact {}", file.display()), total, move || {
             std::fs::metadata(&backup).ok().map(|m| m.len())
         })
@@ -727,7 +725,7 @@ fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     w((|| {
         writeln!(out, "{}", file.display())?;
-        for f in &r.files {
+        for f in r.files.iter() {
             if let Some(n) = f.len {
                 writeln!(out, "  {:<40} {n} bytes", f.path.display())?;
             }

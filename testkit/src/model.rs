@@ -556,7 +556,9 @@ pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified
     }
     let appended = &new_err[old_err.len()..];
     match db.recovery_report().cut {
-        Some((off, len)) => {
+        Some(ptvp35::Cut {
+            offset: off, len, ..
+        }) => {
             let main = crashed.file(&p).unwrap_or_default();
             let start = usize::try_from(off).unwrap_or(usize::MAX);
             let end = start.saturating_add(usize::try_from(len).unwrap_or(0));

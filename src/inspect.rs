@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::fs::{Fs, FsFile, RealFs};
 use crate::plan::{self, Found};
 use crate::recovery::{self, RecoveryReport};
-use crate::storage::{self, io, BackupWriter, Paths};
+use crate::storage::{self, wrap, BackupWriter, Paths};
 
 /// How a database's files look: what `ptvp35 check` exits with (0, 1 or 2).
 ///
@@ -72,7 +72,7 @@ pub enum Health {
 /// # let path = dir.join("f.db");
 /// # ptvp35::DbConnection::<String, i64>::open(&path)?.close()?;
 /// let report = ptvp35::inspect::<String, i64>(&path)?;
-/// for f in &report.files {
+/// for f in report.files.iter() {
 ///     if let Some(len) = f.len {
 ///         println!("{} ({len} bytes)", f.path.display());
 ///     }
@@ -88,6 +88,65 @@ pub struct FileState {
     pub path: PathBuf,
     /// Its length in bytes, or `None` if it does not exist.
     pub len: Option<u64>,
+}
+
+/// Something for each of the six files of a database, by name: their paths
+/// ([`SixFiles::of`]), or what [`inspect`] found of each ([`Inspection::files`]).
+///
+/// # Examples
+///
+/// ```
+/// let files = ptvp35::SixFiles::of("data/app.db");
+/// assert_eq!(files.backup, std::path::Path::new("data/app.db.backup"));
+/// assert_eq!(files.iter().count(), 6);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SixFiles<T> {
+    /// `P`, the record stream.
+    pub main: T,
+    /// `P.backup`, the copy a rebuild writes.
+    pub backup: T,
+    /// `P.recover`, the flag that vouches for the backup.
+    pub recover: T,
+    /// `P.truncate`, the count of valid bytes.
+    pub truncate: T,
+    /// `P.truncate_flag`, the flag that vouches for the count.
+    pub truncate_flag: T,
+    /// `P.error`, what recovery cut.
+    pub error: T,
+}
+
+impl SixFiles<PathBuf> {
+    /// The six paths of the database whose main file is `main` (as given: not resolved).
+    #[must_use]
+    pub fn of(main: impl AsRef<Path>) -> Self {
+        let p = Paths::new(main.as_ref());
+        SixFiles {
+            main: p.main,
+            backup: p.backup,
+            recover: p.recover,
+            truncate: p.truncate,
+            truncate_flag: p.truncate_flag,
+            error: p.error,
+        }
+    }
+}
+
+impl<T> SixFiles<T> {
+    /// The six, in the order `P`, `P.backup`, `P.recover`, `P.truncate`,
+    /// `P.truncate_flag`, `P.error`.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        [
+            &self.main,
+            &self.backup,
+            &self.recover,
+            &self.truncate,
+            &self.truncate_flag,
+            &self.error,
+        ]
+        .into_iter()
+    }
 }
 
 /// A line of the valid region that does not decode as a record of the database's types.
@@ -144,9 +203,8 @@ pub struct BadLine {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Inspection {
-    /// The six files, in the order `P`, `P.backup`, `P.recover`, `P.truncate`,
-    /// `P.truncate_flag`, `P.error`.
-    pub files: Vec<FileState>,
+    /// The six files.
+    pub files: SixFiles<FileState>,
     /// The count of valid bytes recorded in `P.truncate`, if that file holds one.
     pub truncate_count: Option<u64>,
     /// What opening would do to the files: the report that
@@ -192,7 +250,10 @@ impl Inspection {
         if self.refused.is_some() || !self.bad_lines.is_empty() {
             return Health::Corrupt;
         }
-        let leftovers = self.files[1..5].iter().any(|f| f.len.is_some());
+        let f = &self.files;
+        let leftovers = [&f.backup, &f.recover, &f.truncate, &f.truncate_flag]
+            .iter()
+            .any(|f| f.len.is_some());
         if leftovers || !self.recovery.was_clean() {
             Health::NeedsRecovery
         } else {
@@ -242,8 +303,8 @@ pub struct RepairReport {
 /// # Errors
 ///
 /// [`Error::Locked`] if the database is open (here or in another process);
-/// [`Error::Io`] if neither `P` nor `P.backup` exists (kind
-/// [`io::ErrorKind::NotFound`]) or a file cannot be read.
+/// [`Error::NotFound`] if neither `P` nor `P.backup` exists; [`Error::Io`] if a file
+/// cannot be read.
 ///
 /// # Examples
 ///
@@ -278,44 +339,44 @@ where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    let exists = |p: &Path| io("stat", p, fs.exists(p));
+    let exists = |p: &Path| wrap("stat", p, fs.exists(p));
     let (has_main, has_backup) = (exists(&paths.main)?, exists(&paths.backup)?);
     if !has_main && !has_backup {
-        return Err(Error::io(
-            "open",
-            &paths.main,
-            io::Error::new(io::ErrorKind::NotFound, "no database file"),
-        ));
+        return Err(Error::NotFound {
+            path: paths.main.clone(),
+        });
     }
     // Held until the end, so that nobody opens the database while it is read.
     let _lock = if has_main { lock(fs, paths)? } else { None };
-    let mut files = Vec::with_capacity(6);
-    let mut contents = Vec::with_capacity(6);
-    for p in [
-        &paths.main,
-        &paths.backup,
-        &paths.recover,
-        &paths.truncate,
-        &paths.truncate_flag,
-        &paths.error,
-    ] {
-        let bytes = io("read", p, fs.read(p))?;
-        files.push(FileState {
-            path: p.clone(),
-            len: bytes.as_ref().map(|b| b.len() as u64),
-        });
-        contents.push(bytes);
-    }
-    let [main, backup, recover, truncate, flag, _error]: [Option<Vec<u8>>; 6] = contents
-        .try_into()
-        .map_err(|_| Error::io("read", &paths.main, io::Error::other("six files expected")))?;
+    let names = SixFiles::of(&paths.main);
+    let read = |p: &PathBuf| wrap("read", p, fs.read(p));
+    let (main, backup, recover, truncate, flag, error) = (
+        read(&names.main)?,
+        read(&names.backup)?,
+        read(&names.recover)?,
+        read(&names.truncate)?,
+        read(&names.truncate_flag)?,
+        read(&names.error)?,
+    );
+    let state = |path: &PathBuf, bytes: &Option<Vec<u8>>| FileState {
+        path: path.clone(),
+        len: bytes.as_ref().map(|b| b.len() as u64),
+    };
+    let files = SixFiles {
+        main: state(&names.main, &main),
+        backup: state(&names.backup, &backup),
+        recover: state(&names.recover, &recover),
+        truncate: state(&names.truncate, &truncate),
+        truncate_flag: state(&names.truncate_flag, &flag),
+        error: state(&names.error, &error),
+    };
     let truncate_count = truncate
         .as_deref()
         .and_then(|b| storage::parse_count(&paths.truncate, b).ok())
         .map(|c| c.valid);
 
     // The decisions of `recovery::open_and_recover`, taken without acting on them.
-    let meta = |p: &Path| io("stat", p, fs.meta(p));
+    let meta = |p: &Path| wrap("stat", p, fs.meta(p));
     let (main_meta, backup_meta) = (meta(&paths.main)?, meta(&paths.backup)?);
     let backup_is_main =
         main_meta.is_some() && main_meta.map(|m| m.id) == backup_meta.map(|m| m.id);
@@ -450,7 +511,8 @@ where
 /// the side files (repair does not guess either); [`Error::Corrupt`], naming the file and
 /// its first line, if no line of it is a record of `K` and `V` (a file that is not a
 /// database, or a database of other types): repair would empty it, so it refuses and
-/// changes nothing, not even the recovery; [`Error::Io`] if a file operation fails (the
+/// changes nothing, not even the recovery; [`Error::NotFound`] if there is no database;
+/// [`Error::Io`] if a file operation fails (the
 /// files are then in a state the next open or repair recovers from).
 ///
 /// # Examples
@@ -503,14 +565,12 @@ where
     K: DeserializeOwned + Eq + Hash,
     V: DeserializeOwned,
 {
-    if !io("stat", &paths.main, fs.exists(&paths.main))?
-        && !io("stat", &paths.backup, fs.exists(&paths.backup))?
+    if !wrap("stat", &paths.main, fs.exists(&paths.main))?
+        && !wrap("stat", &paths.backup, fs.exists(&paths.backup))?
     {
-        return Err(Error::io(
-            "open",
-            &paths.main,
-            io::Error::new(io::ErrorKind::NotFound, "no database file"),
-        ));
+        return Err(Error::NotFound {
+            path: paths.main.clone(),
+        });
     }
     // A file in which nothing is a record is not a database (a copy of `/etc/passwd`, or
     // a database of other types): moving every line to `P.error` would empty it. Decided
@@ -571,7 +631,7 @@ where
     recovery::append_error(&**fs, paths, &error_bytes)?;
     // (2) The kept lines go to `P.backup`, which is flagged and renamed over `P` as in a
     // rebuild (`docs/recovery.md`, R1–R9).
-    let like = io("stat", &paths.main, rec.file.meta())?;
+    let like = wrap("stat", &paths.main, rec.file.meta())?;
     let mut backup = BackupWriter::create(Arc::clone(fs), paths.clone(), &like)?;
     let mut chunk = Vec::with_capacity(1 << 20);
     let mut kept = 0u64;
@@ -699,7 +759,7 @@ mod tests {
         std::fs::write(&p, &data)?;
         let r = predicted_matches_open(&p)?;
         assert_eq!(r.health(), Health::NeedsRecovery);
-        assert_eq!(r.recovery.cut, Some((len, 13)));
+        assert_eq!(r.recovery.cut, Some(crate::Cut::new(len, 13)));
         assert_eq!(r.recovery.padding, 10);
         assert_eq!(r.truncate_count, Some(len));
 
@@ -766,7 +826,7 @@ mod tests {
         db.close()?;
         assert!(matches!(
             inspect::<u32, String>(d.0.join("missing.db")),
-            Err(Error::Io { .. })
+            Err(Error::NotFound { .. })
         ));
         assert!(!d.0.join("missing.db").exists());
         Ok(())

@@ -27,10 +27,7 @@ fn side(p: &Path, suffix: &str) -> PathBuf {
 fn no_second_owner_while_the_file_is_rebuilt() -> Result<()> {
     // A second owner can wedge the first (its close removes the first's markers): bound
     // the whole run, so that a regression fails instead of hanging.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(owners_race()));
-    rx.recv_timeout(Duration::from_mins(1))
-        .map_err(|_| anyhow::anyhow!("the race did not end within 60 s"))?
+    common::within(60, owners_race)?
 }
 
 fn owners_race() -> Result<()> {

@@ -8,23 +8,11 @@ use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::TempDir;
+use common::{within, TempDir};
 use ptvp35::{DbConnection, Delta};
 use serde::{Deserialize, Serialize, Serializer};
-
-/// Runs `f` on another thread and fails if it does not finish within ten seconds.
-fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .context("hung for ten seconds")
-}
 
 /// The payload of the panics these tests raise on purpose.
 struct Intended;
@@ -168,7 +156,7 @@ fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> 
         );
         ensure!(fired || r.is_ok(), "call {n}: {r:?}");
         let shown = now.clone();
-        within_ten_seconds(move || -> Result<()> {
+        within(10, move || -> Result<()> {
             db.commit()?;
             db.compact()?;
             ensure!(state(&db) == shown, "the rebuild changed the state");
@@ -253,22 +241,22 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     WRITER_ARMED.store(true, Ordering::SeqCst);
     let d = std::sync::Arc::clone(&db);
     // The replaced value is dropped by the writer once this is durable.
-    let first = within_ten_seconds(move || d.set(1, WVal(1)))?;
+    let first = within(10, move || d.set(1, WVal(1)))?;
     let d = std::sync::Arc::clone(&db);
-    let second = within_ten_seconds(move || d.set(2, WVal(2)))?;
+    let second = within(10, move || d.set(2, WVal(2)))?;
     ensure!(
         first.is_err() || second.is_err(),
         "the writer's panic went unnoticed"
     );
     let d = std::sync::Arc::clone(&db);
-    let third = within_ten_seconds(move || d.set(3, WVal(3)))?;
+    let third = within(10, move || d.set(3, WVal(3)))?;
     ensure!(
         third.is_err(),
         "writes go on after the writer died: {third:?}"
     );
     ensure!(db.get(&3).is_none(), "a refused write is visible");
     let db = std::sync::Arc::into_inner(db).context("one owner")?;
-    let closed = within_ten_seconds(move || db.close())?;
+    let closed = within(10, move || db.close())?;
     ensure!(closed.is_err(), "close hides the writer's panic");
     // Reopening recovers what was acknowledged.
     let db = DbConnection::<u32, WVal>::open(&path)?;
@@ -297,7 +285,7 @@ fn after_a_panic_on_the_writer_thread_memory_matches_the_disk() -> Result<()> {
         }
         sent += 1;
     }
-    let (shown, closed) = within_ten_seconds(move || {
+    let (shown, closed) = within(10, move || {
         let committed = db.commit();
         let mut shown: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
         shown.sort_unstable();
@@ -393,7 +381,7 @@ fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
     db.set(2, SVal(2))?;
     SERIALIZE_ARMED.store(true, Ordering::SeqCst);
     let d = std::sync::Arc::clone(&db);
-    let r = within_ten_seconds(move || d.compact())?;
+    let r = within(10, move || d.compact())?;
     ensure!(matches!(r, Err(ptvp35::Error::Internal { .. })), "{r:?}");
     // Nothing vouched for the copy: the database goes on.
     db.set(3, SVal(3))?;
@@ -430,6 +418,6 @@ fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {
     }));
     ensure!(r.is_err());
     ensure!(db.get(&"a".into()) == Some(1) && db.get(&"b".into()).is_none());
-    within_ten_seconds(move || db.close())??;
+    within(10, move || db.close())??;
     Ok(())
 }

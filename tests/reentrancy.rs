@@ -4,21 +4,12 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use common::TempDir;
+use anyhow::{ensure, Result};
+use common::{within, TempDir};
 use ptvp35::DbConnection;
-
-fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .context("hung for ten seconds")
-}
 
 /// `for_each` held every shard's read lock across the callback, so a write from inside
 /// it waited for itself (issue 9, item 12).
@@ -30,7 +21,7 @@ fn a_write_inside_for_each_does_not_deadlock() -> Result<()> {
         db.set_nowait(format!("k{i}"), i)?;
     }
     let d = Arc::clone(&db);
-    let seen = within_ten_seconds(move || -> Result<usize> {
+    let seen = within(10, move || -> Result<usize> {
         let mut seen = 0;
         let mut err = None;
         d.for_each(|k, v| {
@@ -66,7 +57,7 @@ fn a_read_inside_for_each_does_not_deadlock_against_a_writer() -> Result<()> {
         Ok(())
     });
     let d = Arc::clone(&db);
-    let r = within_ten_seconds(move || {
+    let r = within(10, move || {
         for _ in 0..20 {
             d.for_each(|k, _| {
                 std::thread::sleep(Duration::from_micros(50));

@@ -76,3 +76,17 @@ pub fn crash_image(from: &Path, to: &Path) -> std::io::Result<()> {
 pub fn count_bytes(n: u64) -> [u8; 16] {
     u128::from(n).to_le_bytes()
 }
+
+/// Runs `f` on another thread and fails if it does not finish within `secs` seconds, so
+/// that a test of a hang fails instead of hanging.
+pub fn within<T: Send + 'static>(
+    secs: u64,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .map_err(|_| anyhow::anyhow!("hung for {secs} seconds"))
+}

@@ -384,7 +384,7 @@ impl Writer {
                     self.budget.release(n, bytes);
                     buf.clear();
                 } else {
-                    self.write_batch(&mut buf, &mut pending, records);
+                    self.write_batch(&mut buf, &mut pending, records, control.is_none());
                 }
             }
             match control {
@@ -401,7 +401,8 @@ impl Writer {
                     let _ = reply.send(r);
                     break;
                 }
-                _ => self.maybe_compact(),
+                // An automatic rebuild was considered in `write_batch`.
+                _ => {}
             }
             if self.stop {
                 break;
@@ -410,8 +411,15 @@ impl Writer {
         self.progress.stop();
     }
 
-    /// Writes and syncs one batch, then acknowledges (or fails) every request in it.
-    fn write_batch(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<Pending>, records: u64) {
+    /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
+    /// `may_compact`, it first considers an automatic rebuild.
+    fn write_batch(
+        &mut self,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<Pending>,
+        records: u64,
+        may_compact: bool,
+    ) {
         let last = pending.last().map_or(0, |p| p.seq);
         let bytes: usize = pending.iter().map(|p| p.bytes).sum();
         let n = pending.len();
@@ -428,6 +436,11 @@ impl Writer {
         match result {
             Ok(()) => {
                 pending.clear();
+                // Decide before waking the waiters: what they submit next must not change
+                // the decision (the crash exploration relies on a reproducible schedule).
+                if may_compact {
+                    self.maybe_compact();
+                }
                 self.progress.advance(last);
             }
             Err(e) => {

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::sim::SimFs;
 use ptvp35::{DbConnection, Delta, Error, Options};
@@ -57,11 +59,24 @@ pub(super) fn open_typed<V: ptvp35::Value>(
     fs: &SimFs,
     opts: &Options,
 ) -> Result<DbConnection<String, V>, Error> {
-    opts.clone()
-        .filesystem(Arc::new(fs.clone()))
+    open_with_handle(fs, opts).map(|(db, _)| db)
+}
+
+/// [`open_typed`], and the handle the database holds on `fs`: every thread of the engine
+/// that may still touch the disk (the writer, a rebuild's copy) holds a clone of it, so
+/// its count tells when a rebuild is over.
+fn open_with_handle<V: ptvp35::Value>(
+    fs: &SimFs,
+    opts: &Options,
+) -> Result<(DbConnection<String, V>, Arc<SimFs>), Error> {
+    let handle = Arc::new(fs.clone());
+    let db = opts
+        .clone()
+        .filesystem(Arc::clone(&handle) as Arc<dyn ptvp35::Fs>)
         .parse_threads(1)
         .queue_limits(256, 1 << 20)
-        .open(db_path())
+        .open(db_path())?;
+    Ok((db, handle))
 }
 
 /// One submitted transaction.
@@ -287,7 +302,7 @@ pub struct Outcome {
 }
 
 /// Opens the database and checks what recovery found against `model`, then rebases the
-/// model on it.
+/// model on it. Returns the database and its handle on `fs` (see [`open_with_handle`]).
 ///
 /// # Errors
 ///
@@ -296,14 +311,40 @@ pub struct Outcome {
 /// # Panics
 ///
 /// If the recovered state is not one the model allows.
-fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<Db, Error> {
-    let db = open_on(fs, opts)?;
+fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<(Db, Arc<SimFs>), Error> {
+    let (db, handle) = open_with_handle(fs, opts)?;
     let got = state_of(&db);
     if let Err(e) = model.check(&got) {
         panic!("the state recovered at a reopen is not allowed: {e}");
     }
     model.rebase(got);
-    Ok(db)
+    Ok((db, handle))
+}
+
+/// How long [`settle`] waits for a rebuild before it calls the run stuck.
+const SETTLE_LIMIT: Duration = Duration::from_mins(2);
+
+/// Waits until the engine is quiet: every write submitted so far is durable (the model
+/// marks them acknowledged) and no rebuild runs. The writer decides on an automatic
+/// rebuild before it acknowledges the batch that triggers it, and a running rebuild holds
+/// a clone of `handle`, so once `commit` returns, a count above `idle` (the count with
+/// the writer alone) means a rebuild is still running.
+///
+/// # Panics
+///
+/// If a rebuild is still running [`SETTLE_LIMIT`] later.
+fn settle(db: &Db, handle: &Arc<SimFs>, idle: usize, model: &mut Model) -> Result<(), Error> {
+    db.commit()?;
+    model.ack_all();
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Arc::strong_count(handle) > idle {
+        assert!(
+            Instant::now() < deadline,
+            "a rebuild still runs {SETTLE_LIMIT:?} after the batch that started it"
+        );
+        thread::sleep(Duration::from_micros(100));
+    }
+    Ok(())
 }
 
 /// Runs `steps` against the database at [`db_path`] on `fs` (opening it first, and the
@@ -312,13 +353,34 @@ fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<Db, Err
 /// acknowledged (it may or may not have reached the disk), so the model stays a sound
 /// judge of any later recovery.
 ///
+/// Steps follow each other as fast as the caller goes: how the writer groups
+/// not-waited-for writes into batches, and when an automatic rebuild's copy runs, depend
+/// on thread scheduling. [`run_steps_settled`] gives a reproducible schedule.
+///
 /// # Panics
 ///
 /// If an open recovers a state the model does not allow.
 pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    drive(fs, opts, steps, model, false)
+}
+
+/// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
+/// durable and no rebuild runs (see [`settle`]). Every batch then holds the writes of one
+/// step, and a rebuild runs between two steps, so the operations the run makes on `fs`,
+/// in order, are the same on every run, whatever the machine's load: the crash
+/// exploration depends on that.
+///
+/// # Panics
+///
+/// As [`run_steps`]; also if a rebuild does not end within two minutes.
+pub fn run_steps_settled(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    drive(fs, opts, steps, model, true)
+}
+
+fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled: bool) -> Outcome {
     quiet_intended_panics();
-    let mut db = match open_checked(fs, opts, model) {
-        Ok(db) => db,
+    let (mut db, mut handle) = match open_checked(fs, opts, model) {
+        Ok(opened) => opened,
         Err(e) => {
             return Outcome {
                 db: None,
@@ -326,6 +388,7 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
             }
         }
     };
+    let mut idle = Arc::strong_count(&handle);
     for (i, step) in steps.iter().enumerate() {
         if *step == Step::Reopen {
             let reopened = db.close().and_then(|()| {
@@ -333,7 +396,10 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
                 open_checked(fs, opts, model)
             });
             match reopened {
-                Ok(new) => db = new,
+                Ok(new) => {
+                    (db, handle) = new;
+                    idle = Arc::strong_count(&handle);
+                }
                 Err(e) => {
                     return Outcome {
                         db: None,
@@ -343,7 +409,14 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
             }
             continue;
         }
-        if let Err(e) = run_step(&db, step, model) {
+        let r = run_step(&db, step, model).and_then(|()| {
+            if settled {
+                settle(&db, &handle, idle, model)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
             return Outcome {
                 db: Some(db),
                 error: Some((i, e)),

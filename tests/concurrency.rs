@@ -43,8 +43,12 @@ fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
     Ok(())
 }
 
+/// Sixteen threads of durable writes all land, counted once each, one sync per batch.
+/// How many batches they share depends on how the threads overlap, so it is printed, not
+/// checked: `writes_queued_during_a_sync_share_the_next_batch` (test kit, `faults.rs`)
+/// holds the writer in a sync to check group commit exactly.
 #[test]
-fn concurrent_durable_writes_share_syncs() -> Result<()> {
+fn concurrent_durable_writes_are_counted_one_sync_per_batch() -> Result<()> {
     let dir = TempDir::new("group")?;
     let db = DbConnection::<u32, u32>::open(dir.join("g.db"))?;
     let threads = 16;
@@ -68,8 +72,8 @@ fn concurrent_durable_writes_share_syncs() -> Result<()> {
     })?;
     let s = db.stats();
     ensure!(s.requests == u64::from(threads * per), "{s:?}");
-    ensure!(s.syncs < s.requests, "no group commit happened: {s:?}");
     ensure!(s.batches == s.syncs, "one sync per batch: {s:?}");
+    ensure!(s.batches <= s.requests, "{s:?}");
     println!(
         "{} durable sets from {threads} threads in {} batches",
         s.requests, s.batches

@@ -10,6 +10,7 @@ use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::disk::{Effect, Fault, OpKind};
 use super::sim::SimFs;
 use ptvp35::{DbConnection, Delta, Error, Options};
 
@@ -366,8 +367,10 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
 
 /// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
 /// durable and no rebuild runs (see [`settle`]). Every batch then holds the writes of one
-/// step, and a rebuild runs between two steps, so the operations the run makes on `fs`,
-/// in order, are the same on every run, whatever the machine's load: the crash
+/// step, and a rebuild runs between two steps, except that the step after a `Compact`
+/// (unless it is a `Compact` or a `Reopen`) runs during the rebuild's copy, at a point
+/// set by the filesystem (see [`compact_with`]). So the operations the run makes on
+/// `fs`, in order, are the same on every run, whatever the machine's load: the crash
 /// exploration depends on that.
 ///
 /// # Panics
@@ -389,7 +392,13 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
         }
     };
     let mut idle = Arc::strong_count(&handle);
+    let mut during_copy = false;
     for (i, step) in steps.iter().enumerate() {
+        if during_copy {
+            // Ran with the `Compact` before it.
+            during_copy = false;
+            continue;
+        }
         if *step == Step::Reopen {
             let reopened = db.close().and_then(|()| {
                 model.ack_all();
@@ -409,9 +418,16 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
             }
             continue;
         }
-        let r = run_step(&db, step, model).and_then(|()| {
+        let r = match steps.get(i + 1) {
+            Some(next) if settled && *step == Step::Compact && !next.rebuilds() => {
+                during_copy = true;
+                compact_with(&db, fs, next, model).map_err(|(second, e)| (i + second, e))
+            }
+            _ => run_step(&db, step, model).map_err(|e| (i, e)),
+        };
+        let r = r.and_then(|()| {
             if settled {
-                settle(&db, &handle, idle, model)
+                settle(&db, &handle, idle, model).map_err(|e| (i, e))
             } else {
                 Ok(())
             }
@@ -419,7 +435,7 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
         if let Err(e) = r {
             return Outcome {
                 db: Some(db),
-                error: Some((i, e)),
+                error: Some(e),
             };
         }
     }
@@ -427,6 +443,63 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
         db: Some(db),
         error: None,
     }
+}
+
+impl Step {
+    /// Starts or waits for a rebuild, or closes (which waits for one).
+    fn rebuilds(&self) -> bool {
+        matches!(self, Step::Compact | Step::Reopen)
+    }
+}
+
+/// Runs a `Compact` with `next` during its copy, the same way on every run: the copy
+/// thread is held at its sync of `P.backup` (R3, after the whole copy is written) while
+/// `next` runs on this thread and its writes become durable in `P`; then the rebuild goes
+/// on, and its writer-side steps append those writes to the backup (R3'). Returns which
+/// of the two failed first (0: the compact, 1: `next`) and its error.
+///
+/// # Panics
+///
+/// If the compact neither reaches that sync nor ends within [`SETTLE_LIMIT`].
+fn compact_with(db: &Db, fs: &SimFs, next: &Step, model: &mut Model) -> Result<(), (usize, Error)> {
+    fs.inject(Fault {
+        op: OpKind::SyncData,
+        role: Some("P.backup"),
+        nth: 1,
+        persistent: false,
+        effect: Effect::Hold { fail: None },
+    });
+    let (compacted, held, during) = thread::scope(|s| {
+        let compact = s.spawn(|| db.compact());
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        // A machine that died before the sync ends the compact instead.
+        let mut held = false;
+        while !held && !compact.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "a compact neither synced its copy nor ended"
+            );
+            held = fs.wait_held(Duration::from_millis(1));
+        }
+        let during = if held {
+            run_step(db, next, model).and_then(|()| db.commit())
+        } else {
+            Ok(())
+        };
+        fs.release();
+        let compacted = compact.join().unwrap_or_else(|p| panic::resume_unwind(p));
+        (compacted, held, during)
+    });
+    fs.clear_holds();
+    compacted.map_err(|e| (0, e))?;
+    model.ack_all();
+    if held {
+        during.map_err(|e| (1, e))?;
+        model.ack_all();
+    } else {
+        run_step(db, next, model).map_err(|e| (1, e))?;
+    }
+    Ok(())
 }
 
 fn one(model: &mut Model, k: u8, set: bool) -> (String, Option<u64>, Option<usize>) {

@@ -328,7 +328,9 @@ pub fn crash_recovery(
 /// The workload of the systematic exploration: three sessions (a clean close and reopen
 /// between them, a clean close at the end) of single-key writes and removals, waited and
 /// not, multi-key transactions (deltas, a large one among them, nested guards dropped,
-/// rolled back and panicking, `transact`), and a rebuild in the middle of each session.
+/// rolled back and panicking, `transact`), and a rebuild in the middle of each session,
+/// followed by a step that [`run_steps_settled`] runs during its copy and two that do not
+/// wait, which it queues during the rebuild's last steps (one batch of two transactions).
 #[must_use]
 pub fn standard_workload() -> Vec<Step> {
     let mut steps = Vec::new();
@@ -372,9 +374,12 @@ fn session(o: u8) -> Vec<Step> {
         },
         Transact(o + 3, o + 11),
         Compact,
+        // Settled, this runs during the rebuild's copy...
         Set(o + 12),
-        Delta(vec![(o, true), (o + 12, false)]),
+        // ...and these two are queued during its last steps: one batch after it.
         SubmitDelta(vec![(o + 13, true), (o + 2, false)]),
+        SetNowait(o + 16),
+        Delta(vec![(o, true), (o + 12, false)]),
         Remove(o + 4),
         Delta((0..12).map(|k| (o + k, k % 3 != 0)).collect()),
         Set(o + 14),

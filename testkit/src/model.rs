@@ -126,6 +126,13 @@ impl Model {
         }
     }
 
+    /// Marks the first `n` transactions acknowledged.
+    pub fn ack_upto(&mut self, n: usize) {
+        for t in self.txns.iter_mut().take(n) {
+            t.acked = true;
+        }
+    }
+
     /// Marks every transaction submitted so far acknowledged.
     pub fn ack_all(&mut self) {
         for t in &mut self.txns {
@@ -325,8 +332,11 @@ fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<(Db, Ar
 /// How long [`settle`] waits for a rebuild before it calls the run stuck.
 const SETTLE_LIMIT: Duration = Duration::from_mins(2);
 
-/// Waits until the engine is quiet: every write submitted so far is durable (the model
-/// marks them acknowledged) and no rebuild runs. The writer decides on an automatic
+/// Waits until the engine is quiet: every write submitted so far is durable and no
+/// rebuild runs. The model is left as it is: `commit` also returns `Ok` when a guard
+/// dropped on a poisoned database had its submission refused (a drop cannot report it),
+/// so it does not prove that the model's not-waited-for writes reached the disk; only
+/// the steps' own acknowledgements count. The writer decides on an automatic
 /// rebuild before it acknowledges the batch that triggers it, and a running rebuild holds
 /// a clone of `handle`, so once `commit` returns, a count above `idle` (the count with
 /// the writer alone) means a rebuild is still running.
@@ -334,9 +344,8 @@ const SETTLE_LIMIT: Duration = Duration::from_mins(2);
 /// # Panics
 ///
 /// If a rebuild is still running [`SETTLE_LIMIT`] later.
-fn settle(db: &Db, handle: &Arc<SimFs>, idle: usize, model: &mut Model) -> Result<(), Error> {
+fn settle(db: &Db, handle: &Arc<SimFs>, idle: usize) -> Result<(), Error> {
     db.commit()?;
-    model.ack_all();
     let deadline = Instant::now() + SETTLE_LIMIT;
     while Arc::strong_count(handle) > idle {
         assert!(
@@ -367,9 +376,10 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
 
 /// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
 /// durable and no rebuild runs (see [`settle`]). Every batch then holds the writes of one
-/// step, and a rebuild runs between two steps, except that the step after a `Compact`
-/// (unless it is a `Compact` or a `Reopen`) runs during the rebuild's copy, at a point
-/// set by the filesystem (see [`compact_with`]). So the operations the run makes on
+/// step, and a rebuild runs between two steps, except around a `Compact`: the step after
+/// it (unless it is a `Compact` or a `Reopen`) runs during the rebuild's copy, and the
+/// steps after that which do not wait are queued during the rebuild's last steps and go
+/// to `P` in one batch, each at a point set by the filesystem (see [`compact_with`]). So the operations the run makes on
 /// `fs`, in order, are the same on every run, whatever the machine's load: the crash
 /// exploration depends on that.
 ///
@@ -392,11 +402,11 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
         }
     };
     let mut idle = Arc::strong_count(&handle);
-    let mut during_copy = false;
+    // Steps already run with a `Compact` before them.
+    let mut skip = 0;
     for (i, step) in steps.iter().enumerate() {
-        if during_copy {
-            // Ran with the `Compact` before it.
-            during_copy = false;
+        if skip > 0 {
+            skip -= 1;
             continue;
         }
         if *step == Step::Reopen {
@@ -420,14 +430,19 @@ fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled:
         }
         let r = match steps.get(i + 1) {
             Some(next) if settled && *step == Step::Compact && !next.rebuilds() => {
-                during_copy = true;
-                compact_with(&db, fs, next, model).map_err(|(second, e)| (i + second, e))
+                let queued = steps[i + 2..]
+                    .iter()
+                    .take_while(|s| s.does_not_wait())
+                    .count();
+                skip = 1 + queued;
+                compact_with(&db, fs, next, &steps[i + 2..i + 2 + queued], model)
+                    .map_err(|(j, e)| (i + j, e))
             }
             _ => run_step(&db, step, model).map_err(|e| (i, e)),
         };
         let r = r.and_then(|()| {
             if settled {
-                settle(&db, &handle, idle, model).map_err(|e| (i, e))
+                settle(&db, &handle, idle).map_err(|e| (i, e))
             } else {
                 Ok(())
             }
@@ -450,54 +465,100 @@ impl Step {
     fn rebuilds(&self) -> bool {
         matches!(self, Step::Compact | Step::Reopen)
     }
+
+    /// Submits without waiting for the disk.
+    fn does_not_wait(&self) -> bool {
+        matches!(
+            self,
+            Step::SetNowait(_)
+                | Step::RemoveNowait(_)
+                | Step::SubmitDelta(_)
+                | Step::Nested { commit: false, .. }
+        )
+    }
 }
 
-/// Runs a `Compact` with `next` during its copy, the same way on every run: the copy
+/// Runs a `Compact` with other steps during it, the same way on every run. The copy
 /// thread is held at its sync of `P.backup` (R3, after the whole copy is written) while
-/// `next` runs on this thread and its writes become durable in `P`; then the rebuild goes
-/// on, and its writer-side steps append those writes to the backup (R3'). Returns which
-/// of the two failed first (0: the compact, 1: `next`) and its error.
+/// `next` runs on this thread and its writes become durable in `P`; the rebuild then goes
+/// on, and its writer-side steps append those writes to the backup (R3'). If `queued`
+/// is not empty (steps that do not wait), the writer is held in turn at the backup's
+/// sync there while they are submitted, so that after the rebuild they go to `P` in one
+/// batch: a batch of several transactions. Returns the index of the step that failed
+/// first (0: the compact, 1: `next`, 2...: `queued`) and its error.
 ///
 /// # Panics
 ///
-/// If the compact neither reaches that sync nor ends within [`SETTLE_LIMIT`].
-fn compact_with(db: &Db, fs: &SimFs, next: &Step, model: &mut Model) -> Result<(), (usize, Error)> {
-    fs.inject(Fault {
+/// If the compact neither reaches a hold nor ends within [`SETTLE_LIMIT`].
+fn compact_with(
+    db: &Db,
+    fs: &SimFs,
+    next: &Step,
+    queued: &[Step],
+    model: &mut Model,
+) -> Result<(), (usize, Error)> {
+    let hold_sync = |nth| Fault {
         op: OpKind::SyncData,
         role: Some("P.backup"),
-        nth: 1,
+        nth,
         persistent: false,
         effect: Effect::Hold { fail: None },
-    });
+    };
+    fs.inject(hold_sync(1));
+    if !queued.is_empty() {
+        fs.inject(hold_sync(2));
+    }
+    let base = fs.holds_entered();
+    let before = model.txns.len();
     let (compacted, held, during) = thread::scope(|s| {
         let compact = s.spawn(|| db.compact());
         let deadline = Instant::now() + SETTLE_LIMIT;
-        // A machine that died before the sync ends the compact instead.
-        let mut held = false;
-        while !held && !compact.is_finished() {
+        // Waits for the `n`-th hold; a machine that died first ends the compact instead.
+        let reach = |n: u64| loop {
+            if fs.wait_holds(base + n, Duration::from_millis(1)) {
+                return true;
+            }
+            if compact.is_finished() {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
-                "a compact neither synced its copy nor ended"
+                "a compact neither reached hold {n} nor ended"
             );
-            held = fs.wait_held(Duration::from_millis(1));
-        }
-        let during = if held {
-            run_step(db, next, model).and_then(|()| db.commit())
-        } else {
-            Ok(())
         };
+        let held = reach(1);
+        let mut during = Vec::new();
+        if held {
+            during.push(run_step(db, next, model).and_then(|()| db.commit()));
+        }
+        fs.release();
+        if held && !queued.is_empty() && during[0].is_ok() && reach(2) {
+            for step in queued {
+                let r = run_step(db, step, model);
+                let failed = r.is_err();
+                during.push(r);
+                if failed {
+                    break;
+                }
+            }
+        }
         fs.release();
         let compacted = compact.join().unwrap_or_else(|p| panic::resume_unwind(p));
         (compacted, held, during)
     });
     fs.clear_holds();
+    // The compact's own acknowledgement: everything submitted before it.
     compacted.map_err(|e| (0, e))?;
-    model.ack_all();
-    if held {
-        during.map_err(|e| (1, e))?;
-        model.ack_all();
-    } else {
+    model.ack_upto(before);
+    if !held {
         run_step(db, next, model).map_err(|e| (1, e))?;
+    }
+    for (j, r) in during.into_iter().enumerate() {
+        r.map_err(|e| (1 + j, e))?;
+    }
+    let ran = if held { 1 + queued.len() } else { 1 };
+    for (j, step) in queued.iter().enumerate().skip(ran - 1) {
+        run_step(db, step, model).map_err(|e| (2 + j, e))?;
     }
     Ok(())
 }

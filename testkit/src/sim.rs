@@ -96,6 +96,8 @@ struct State {
     rng: Rng,
     /// Operations blocked by an [`Effect::Hold`] now.
     held: u32,
+    /// Operations an [`Effect::Hold`] has blocked so far, released or not.
+    entered: u64,
     /// Calls of [`SimFs::release`] so far.
     releases: u64,
 }
@@ -272,11 +274,29 @@ impl SimFs {
     /// returns whether one is.
     #[must_use]
     pub fn wait_held(&self, limit: Duration) -> bool {
+        self.wait_for_hold(limit, |st| st.held > 0)
+    }
+
+    /// Waits until [`Effect::Hold`] has blocked `n` operations in all (released or not),
+    /// at most `limit`; returns whether it has. Unlike [`wait_held`](Self::wait_held),
+    /// it cannot mistake a released operation that has not woken yet for the next one.
+    #[must_use]
+    pub fn wait_holds(&self, n: u64, limit: Duration) -> bool {
+        self.wait_for_hold(limit, |st| st.entered >= n)
+    }
+
+    /// Operations an [`Effect::Hold`] has blocked so far, released or not.
+    #[must_use]
+    pub fn holds_entered(&self) -> u64 {
+        self.state.lock().entered
+    }
+
+    fn wait_for_hold(&self, limit: Duration, done: impl Fn(&State) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         let mut st = self.state.lock();
-        while st.held == 0 {
+        while !done(&st) {
             if self.holds.wait_until(&mut st, deadline).timed_out() {
-                return st.held > 0;
+                return done(&st);
             }
         }
         true
@@ -300,6 +320,7 @@ impl SimFs {
     /// [`HOLD_LIMIT`]), the state unlocked meanwhile.
     fn hold(&self, st: &mut MutexGuard<'_, State>) {
         st.held += 1;
+        st.entered += 1;
         self.holds.notify_all();
         let ticket = st.releases;
         let deadline = Instant::now() + HOLD_LIMIT;

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context};
 use ptvp35::Options;
 use ptvp35_testkit::{
-    explore, first_difference, standard_workload, workload_trace, Exploration, Explored,
+    explore, first_difference, run_steps_settled, standard_workload, workload_trace, Exploration,
+    Explored, Model, SimFs,
 };
 
 /// The configuration of [`every_crash_point_recovers`].
@@ -180,5 +181,27 @@ fn the_workload_makes_the_same_operations_under_load() -> anyhow::Result<()> {
             bail!("{name}: the traces of two runs differ at {d}");
         }
     }
+    Ok(())
+}
+
+/// The settled workload still writes a batch of several transactions, at a point that
+/// does not depend on scheduling: the two steps queued during each rebuild's last steps.
+#[test]
+fn the_settled_workload_writes_a_batch_of_two_transactions() -> anyhow::Result<()> {
+    let fs = SimFs::new();
+    let out = run_steps_settled(
+        &fs,
+        &without_preallocation(),
+        &standard_workload(),
+        &mut Model::default(),
+    );
+    if let Some((i, e)) = out.error {
+        bail!("step {i}: {e}");
+    }
+    let db = out.db.context("the workload ends open")?;
+    // Counted since the last session's open: one batch per request but one.
+    let s = db.stats();
+    ensure!(s.requests == s.batches + 1, "{s:?}");
+    db.close()?;
     Ok(())
 }

@@ -93,15 +93,19 @@ fn readers_never_see_half_a_transaction() -> Result<()> {
     db.commit_transaction(d)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
+        // The reader checks at least once, however late it starts: `checks > 0` below
+        // must not depend on scheduling.
         let reader = s.spawn(|| -> Result<u64> {
             let mut checks = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 let snap = db.snapshot();
                 let first = snap.get(&0).copied();
                 ensure!(snap.values().all(|v| Some(*v) == first), "torn: {snap:?}");
                 checks += 1;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(checks);
+                }
             }
-            Ok(checks)
         });
         for round in 1..=200u64 {
             let mut d = ptvp35::Delta::new();
@@ -138,13 +142,16 @@ fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
     db.commit_transaction(d)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
+        // At least one rebuild, however late the compactor starts.
         let compactor = s.spawn(|| -> Result<u64> {
             let mut n = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 db.compact()?;
                 n += 1;
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(n);
+                }
             }
-            Ok(n)
         });
         let workers: Vec<_> = (0..4u64)
             .map(|t| {

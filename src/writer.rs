@@ -317,7 +317,7 @@ impl<E: TypedSide> Writer<E> {
                     self.tracking.budget.release(n, bytes);
                     buf.clear();
                 } else {
-                    self.write_batch(&mut buf, records);
+                    self.write_batch(&mut buf, records, control.is_none());
                 }
             }
             match control {
@@ -334,7 +334,8 @@ impl<E: TypedSide> Writer<E> {
                     let _ = reply.send(r);
                     break;
                 }
-                _ => self.maybe_compact(),
+                // An automatic rebuild was considered in `write_batch`.
+                _ => {}
             }
             if self.stop {
                 break;
@@ -342,8 +343,9 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// Writes and syncs one batch, then acknowledges (or fails) every request in it.
-    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64) {
+    /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
+    /// `may_compact`, it first considers an automatic rebuild.
+    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64, may_compact: bool) {
         let last = self.pending.last().map_or(0, |p| p.seq);
         let bytes: usize = self.pending.iter().map(|p| p.bytes).sum();
         let n = self.pending.len();
@@ -360,6 +362,11 @@ impl<E: TypedSide> Writer<E> {
         let done = std::mem::take(&mut self.pending);
         match result {
             Ok(()) => {
+                // Decide before waking the waiters: what they submit next must not change
+                // the decision (the crash exploration relies on a reproducible schedule).
+                if may_compact {
+                    self.maybe_compact();
+                }
                 self.tracking.progress.advance(last);
                 self.tracking.budget.release(n, bytes);
                 // Last: dropping the replaced values runs user code (`Drop`), which may

@@ -43,8 +43,12 @@ fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
     Ok(())
 }
 
+/// Sixteen threads of durable writes all land, counted once each, one sync per batch.
+/// How many batches they share depends on how the threads overlap, so it is printed, not
+/// checked: `writes_queued_during_a_sync_share_the_next_batch` (test kit, `faults.rs`)
+/// holds the writer in a sync to check group commit exactly.
 #[test]
-fn concurrent_durable_writes_share_syncs() -> Result<()> {
+fn concurrent_durable_writes_are_counted_one_sync_per_batch() -> Result<()> {
     let dir = TempDir::new("group")?;
     let db = DbConnection::<u32, u32>::open(dir.join("g.db"))?;
     let threads = 16;
@@ -68,8 +72,8 @@ fn concurrent_durable_writes_share_syncs() -> Result<()> {
     })?;
     let s = db.stats();
     ensure!(s.requests == u64::from(threads * per), "{s:?}");
-    ensure!(s.syncs < s.requests, "no group commit happened: {s:?}");
     ensure!(s.batches == s.syncs, "one sync per batch: {s:?}");
+    ensure!(s.batches <= s.requests, "{s:?}");
     println!(
         "{} durable sets from {threads} threads in {} batches",
         s.requests, s.batches
@@ -89,15 +93,19 @@ fn readers_never_see_half_a_transaction() -> Result<()> {
     db.commit_transaction(d)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
+        // The reader checks at least once, however late it starts: `checks > 0` below
+        // must not depend on scheduling.
         let reader = s.spawn(|| -> Result<u64> {
             let mut checks = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 let snap = db.snapshot();
                 let first = snap.get(&0).copied();
                 ensure!(snap.values().all(|v| Some(*v) == first), "torn: {snap:?}");
                 checks += 1;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(checks);
+                }
             }
-            Ok(checks)
         });
         for round in 1..=200u64 {
             let mut d = ptvp35::Delta::new();
@@ -134,13 +142,16 @@ fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
     db.commit_transaction(d)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
+        // At least one rebuild, however late the compactor starts.
         let compactor = s.spawn(|| -> Result<u64> {
             let mut n = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 db.compact()?;
                 n += 1;
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(n);
+                }
             }
-            Ok(n)
         });
         let workers: Vec<_> = (0..4u64)
             .map(|t| {

@@ -148,12 +148,22 @@ pub enum Effect {
         /// The error it then returns.
         kind: io::ErrorKind,
     },
+    /// A `sync_data` blocks until [`SimFs::release`](super::SimFs::release), then fails
+    /// with `fail` (as [`Effect::Fail`] would) or, with `None`, syncs: lets a test act
+    /// while the engine waits on the disk, once [`SimFs::wait_held`](super::SimFs::wait_held)
+    /// says it is there, whatever the machine's load. Any other operation fails at once
+    /// with `fail` (or [`io::ErrorKind::Other`]).
+    Hold {
+        /// The error the sync returns once released, if any.
+        fail: Option<io::ErrorKind>,
+    },
 }
 
 impl Effect {
     pub(super) fn kind(self) -> io::ErrorKind {
         match self {
             Effect::Fail(kind) | Effect::Stall { kind, .. } => kind,
+            Effect::Hold { fail } => fail.unwrap_or(io::ErrorKind::Other),
             Effect::ShortWrite { .. } => io::ErrorKind::Other,
         }
     }

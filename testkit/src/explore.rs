@@ -8,7 +8,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::disk::{Fate, OpKind, PendingOp, Rng};
-use super::model::{db_path, open_on, run_steps, six_paths, verify, Model, Step, WORKLOAD_OWNER};
+use super::model::{
+    db_path, open_on, run_steps_settled, six_paths, verify, Model, Step, WORKLOAD_OWNER,
+};
 use super::sim::SimFs;
 use ptvp35::Options;
 
@@ -147,30 +149,68 @@ fn variants(fs: &SimFs, cfg: &Exploration, rng: &mut Rng) -> Vec<(String, SimFs)
     out
 }
 
-/// Crashes every run of `steps` at each operation boundary in turn and checks every
-/// resulting disk state (see [`Exploration`]).
+/// The trace labels of a run of `steps` that nothing interrupts, each step run to
+/// quiescence ([`run_steps_settled`]): the same on every run, whatever the load.
 ///
 /// # Errors
 ///
-/// The first violation, with the crash point and the disk state that shows it.
-pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Explored, String> {
-    let mut stats = Explored::default();
-    let mut rng = Rng::new(cfg.seed);
-    let full = SimFs::new();
-    let out = run_steps(&full, opts, steps, &mut Model::default());
+/// The step that failed, if one did.
+pub fn workload_trace(steps: &[Step], opts: &Options) -> Result<Vec<String>, String> {
+    let fs = SimFs::new();
+    let out = run_steps_settled(&fs, opts, steps, &mut Model::default());
     if let Some((i, e)) = out.error {
         return Err(format!(
             "the workload fails without a crash at step {i}: {e}"
         ));
     }
     drop(out.db);
-    if full.owner(&db_path()) != Some(WORKLOAD_OWNER) {
+    if fs.owner(&db_path()) != Some(WORKLOAD_OWNER) {
         return Err(format!(
             "the workload's rebuilds changed the main file's owner or mode: {:?}",
-            full.owner(&db_path())
+            fs.owner(&db_path())
         ));
     }
-    stats.full_trace = full.trace().iter().map(super::TraceOp::label).collect();
+    Ok(fs.trace().iter().map(super::TraceOp::label).collect())
+}
+
+/// Where two traces part: `None` if `a` and `b` are equal, else the first index at which
+/// they differ (or one ends), with a few labels of each from there.
+#[must_use]
+pub fn first_difference(a: &[String], b: &[String]) -> Option<String> {
+    let i = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    if i == a.len() && i == b.len() {
+        return None;
+    }
+    let from = |t: &[String]| {
+        let end = t.len().min(i + 4);
+        if i >= t.len() {
+            "(ended)".to_string()
+        } else {
+            format!("{:?}", &t[i..end])
+        }
+    };
+    Some(format!(
+        "op {i} (after {:?}): {} vs {}",
+        i.checked_sub(1).and_then(|j| a.get(j)),
+        from(a),
+        from(b)
+    ))
+}
+
+/// Crashes every run of `steps` at each operation boundary in turn and checks every
+/// resulting disk state (see [`Exploration`]). Each run takes its steps to quiescence
+/// ([`run_steps_settled`]), so that run `n` makes the first `n` operations of the full
+/// run, the same ones, whatever the machine's load.
+///
+/// # Errors
+///
+/// The first violation, with the crash point and the disk state that shows it; or a
+/// crashed run whose operations up to its crash differ from the full run's (the
+/// exploration would not reach the crash points it claims).
+pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Explored, String> {
+    let mut stats = Explored::default();
+    let mut rng = Rng::new(cfg.seed);
+    stats.full_trace = workload_trace(steps, opts)?;
     let mut gap_counts: HashMap<(String, String), u32> = HashMap::new();
     let mut n = 0;
     loop {
@@ -178,10 +218,24 @@ pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Expl
         fs.set_seed(rng.next_u64());
         fs.crash_after(n);
         let mut model = Model::default();
-        let out = run_steps(&fs, opts, steps, &mut model);
+        let out = run_steps_settled(&fs, opts, steps, &mut model);
         drop(out.db);
         let done = !fs.is_down();
         let trace = fs.trace();
+        // Up to its crash (the first failed operation included), the run must have done
+        // what the full run did, or the crash points are not the ones claimed.
+        let upto = trace
+            .iter()
+            .position(|t| t.failed)
+            .map_or(trace.len(), |i| i + 1);
+        let prefix: Vec<String> = trace[..upto].iter().map(super::TraceOp::label).collect();
+        let full_prefix = &stats.full_trace[..upto.min(stats.full_trace.len())];
+        if let Some(d) = first_difference(&prefix, full_prefix) {
+            return Err(format!(
+                "the run crashed after op {n} diverged from the full run before its crash, \
+                 at {d}: the workload's schedule is not reproducible"
+            ));
+        }
         let last = trace.iter().rev().find(|t| !t.failed);
         let next = trace.iter().find(|t| t.failed);
         let gap = (
@@ -293,7 +347,9 @@ pub fn crash_recovery(
 /// The workload of the systematic exploration: three sessions (a clean close and reopen
 /// between them, a clean close at the end) of single-key writes and removals, waited and
 /// not, multi-key transactions (deltas, a large one among them, nested guards dropped,
-/// rolled back and panicking, `transact`), and a rebuild in the middle of each session.
+/// rolled back and panicking, `transact`), and a rebuild in the middle of each session,
+/// followed by a step that [`run_steps_settled`] runs during its copy and two that do not
+/// wait, which it queues during the rebuild's last steps (one batch of two transactions).
 #[must_use]
 pub fn standard_workload() -> Vec<Step> {
     let mut steps = Vec::new();
@@ -337,9 +393,12 @@ fn session(o: u8) -> Vec<Step> {
         },
         Transact(o + 3, o + 11),
         Compact,
+        // Settled, this runs during the rebuild's copy...
         Set(o + 12),
-        Delta(vec![(o, true), (o + 12, false)]),
+        // ...and these two are queued during its last steps: one batch after it.
         SubmitDelta(vec![(o + 13, true), (o + 2, false)]),
+        SetNowait(o + 16),
+        Delta(vec![(o, true), (o + 12, false)]),
         Remove(o + 4),
         Delta((0..12).map(|k| (o + k, k % 3 != 0)).collect()),
         Set(o + 14),

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
 
+use super::disk::{Effect, Fault, OpKind};
 use super::sim::{Owner, SimFs};
 use ptvp35::{DbConnection, Delta, Error, Options};
 
@@ -57,11 +60,24 @@ pub(super) fn open_typed<V: ptvp35::Value>(
     fs: &SimFs,
     opts: &Options,
 ) -> Result<DbConnection<String, V>, Error> {
-    opts.clone()
-        .filesystem(Arc::new(fs.clone()))
+    open_with_handle(fs, opts).map(|(db, _)| db)
+}
+
+/// [`open_typed`], and the handle the database holds on `fs`: every thread of the engine
+/// that may still touch the disk (the writer, a rebuild's copy) holds a clone of it, so
+/// its count tells when a rebuild is over.
+fn open_with_handle<V: ptvp35::Value>(
+    fs: &SimFs,
+    opts: &Options,
+) -> Result<(DbConnection<String, V>, Arc<SimFs>), Error> {
+    let handle = Arc::new(fs.clone());
+    let db = opts
+        .clone()
+        .filesystem(Arc::clone(&handle) as Arc<dyn ptvp35::Fs>)
         .parse_threads(1)
         .queue_limits(256, 1 << 20)
-        .open(db_path())
+        .open(db_path())?;
+    Ok((db, handle))
 }
 
 /// One submitted transaction.
@@ -106,6 +122,13 @@ impl Model {
     /// Marks transaction `i` acknowledged.
     pub fn ack(&mut self, i: Option<usize>) {
         if let Some(t) = i.and_then(|i| self.txns.get_mut(i)) {
+            t.acked = true;
+        }
+    }
+
+    /// Marks the first `n` transactions acknowledged.
+    pub fn ack_upto(&mut self, n: usize) {
+        for t in self.txns.iter_mut().take(n) {
             t.acked = true;
         }
     }
@@ -287,7 +310,7 @@ pub struct Outcome {
 }
 
 /// Opens the database and checks what recovery found against `model`, then rebases the
-/// model on it.
+/// model on it. Returns the database and its handle on `fs` (see [`open_with_handle`]).
 ///
 /// # Errors
 ///
@@ -296,14 +319,42 @@ pub struct Outcome {
 /// # Panics
 ///
 /// If the recovered state is not one the model allows.
-fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<Db, Error> {
-    let db = open_on(fs, opts)?;
+fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<(Db, Arc<SimFs>), Error> {
+    let (db, handle) = open_with_handle(fs, opts)?;
     let got = state_of(&db);
     if let Err(e) = model.check(&got) {
         panic!("the state recovered at a reopen is not allowed: {e}");
     }
     model.rebase(got);
-    Ok(db)
+    Ok((db, handle))
+}
+
+/// How long [`settle`] waits for a rebuild before it calls the run stuck.
+const SETTLE_LIMIT: Duration = Duration::from_mins(2);
+
+/// Waits until the engine is quiet: every write submitted so far is durable and no
+/// rebuild runs. The model is left as it is: `commit` also returns `Ok` when a guard
+/// dropped on a poisoned database had its submission refused (a drop cannot report it),
+/// so it does not prove that the model's not-waited-for writes reached the disk; only
+/// the steps' own acknowledgements count. The writer decides on an automatic
+/// rebuild before it acknowledges the batch that triggers it, and a running rebuild holds
+/// a clone of `handle`, so once `commit` returns, a count above `idle` (the count with
+/// the writer alone) means a rebuild is still running.
+///
+/// # Panics
+///
+/// If a rebuild is still running [`SETTLE_LIMIT`] later.
+fn settle(db: &Db, handle: &Arc<SimFs>, idle: usize) -> Result<(), Error> {
+    db.commit()?;
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Arc::strong_count(handle) > idle {
+        assert!(
+            Instant::now() < deadline,
+            "a rebuild still runs {SETTLE_LIMIT:?} after the batch that started it"
+        );
+        thread::sleep(Duration::from_micros(100));
+    }
+    Ok(())
 }
 
 /// Runs `steps` against the database at [`db_path`] on `fs` (opening it first, and the
@@ -312,17 +363,41 @@ fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<Db, Err
 /// acknowledged (it may or may not have reached the disk), so the model stays a sound
 /// judge of any later recovery.
 ///
+/// Steps follow each other as fast as the caller goes: how the writer groups
+/// not-waited-for writes into batches, and when an automatic rebuild's copy runs, depend
+/// on thread scheduling. [`run_steps_settled`] gives a reproducible schedule.
+///
 /// # Panics
 ///
 /// If an open recovers a state the model does not allow.
 pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    drive(fs, opts, steps, model, false)
+}
+
+/// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
+/// durable and no rebuild runs (see [`settle`]). Every batch then holds the writes of one
+/// step, and a rebuild runs between two steps, except around a `Compact`: the step after
+/// it (unless it is a `Compact` or a `Reopen`) runs during the rebuild's copy, and the
+/// steps after that which do not wait are queued during the rebuild's last steps and go
+/// to `P` in one batch, each at a point set by the filesystem (see [`compact_with`]). So the operations the run makes on
+/// `fs`, in order, are the same on every run, whatever the machine's load: the crash
+/// exploration depends on that.
+///
+/// # Panics
+///
+/// As [`run_steps`]; also if a rebuild does not end within two minutes.
+pub fn run_steps_settled(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    drive(fs, opts, steps, model, true)
+}
+
+fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled: bool) -> Outcome {
     quiet_intended_panics();
-    let mut db = match open_checked(fs, opts, model) {
-        Ok(db) => {
+    let (mut db, mut handle) = match open_checked(fs, opts, model) {
+        Ok(opened) => {
             // The main file belongs to a service account from here on: every rebuild
             // and recovery must keep that (`verify` checks it).
             let _ = fs.set_owner(&db_path(), WORKLOAD_OWNER);
-            db
+            opened
         }
         Err(e) => {
             return Outcome {
@@ -331,14 +406,24 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
             }
         }
     };
+    let mut idle = Arc::strong_count(&handle);
+    // Steps already run with a `Compact` before them.
+    let mut skip = 0;
     for (i, step) in steps.iter().enumerate() {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
         if *step == Step::Reopen {
             let reopened = db.close().and_then(|()| {
                 model.ack_all();
                 open_checked(fs, opts, model)
             });
             match reopened {
-                Ok(new) => db = new,
+                Ok(new) => {
+                    (db, handle) = new;
+                    idle = Arc::strong_count(&handle);
+                }
                 Err(e) => {
                     return Outcome {
                         db: None,
@@ -348,10 +433,29 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
             }
             continue;
         }
-        if let Err(e) = run_step(&db, step, model) {
+        let r = match steps.get(i + 1) {
+            Some(next) if settled && *step == Step::Compact && !next.rebuilds() => {
+                let queued = steps[i + 2..]
+                    .iter()
+                    .take_while(|s| s.does_not_wait())
+                    .count();
+                skip = 1 + queued;
+                compact_with(&db, fs, next, &steps[i + 2..i + 2 + queued], model)
+                    .map_err(|(j, e)| (i + j, e))
+            }
+            _ => run_step(&db, step, model).map_err(|e| (i, e)),
+        };
+        let r = r.and_then(|()| {
+            if settled {
+                settle(&db, &handle, idle).map_err(|e| (i, e))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
             return Outcome {
                 db: Some(db),
-                error: Some((i, e)),
+                error: Some(e),
             };
         }
     }
@@ -359,6 +463,109 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
         db: Some(db),
         error: None,
     }
+}
+
+impl Step {
+    /// Starts or waits for a rebuild, or closes (which waits for one).
+    fn rebuilds(&self) -> bool {
+        matches!(self, Step::Compact | Step::Reopen)
+    }
+
+    /// Submits without waiting for the disk.
+    fn does_not_wait(&self) -> bool {
+        matches!(
+            self,
+            Step::SetNowait(_)
+                | Step::RemoveNowait(_)
+                | Step::SubmitDelta(_)
+                | Step::Nested { commit: false, .. }
+        )
+    }
+}
+
+/// Runs a `Compact` with other steps during it, the same way on every run. The copy
+/// thread is held at its sync of `P.backup` (R3, after the whole copy is written) while
+/// `next` runs on this thread and its writes become durable in `P`; the rebuild then goes
+/// on, and its writer-side steps append those writes to the backup (R3'). If `queued`
+/// is not empty (steps that do not wait), the writer is held in turn at the backup's
+/// sync there while they are submitted, so that after the rebuild they go to `P` in one
+/// batch: a batch of several transactions. Returns the index of the step that failed
+/// first (0: the compact, 1: `next`, 2...: `queued`) and its error.
+///
+/// # Panics
+///
+/// If the compact neither reaches a hold nor ends within [`SETTLE_LIMIT`].
+fn compact_with(
+    db: &Db,
+    fs: &SimFs,
+    next: &Step,
+    queued: &[Step],
+    model: &mut Model,
+) -> Result<(), (usize, Error)> {
+    let hold_sync = |nth| Fault {
+        op: OpKind::SyncData,
+        role: Some("P.backup"),
+        nth,
+        persistent: false,
+        effect: Effect::Hold { fail: None },
+    };
+    fs.inject(hold_sync(1));
+    if !queued.is_empty() {
+        fs.inject(hold_sync(2));
+    }
+    let base = fs.holds_entered();
+    let before = model.txns.len();
+    let (compacted, held, during) = thread::scope(|s| {
+        let compact = s.spawn(|| db.compact());
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        // Waits for the `n`-th hold; a machine that died first ends the compact instead.
+        let reach = |n: u64| loop {
+            if fs.wait_holds(base + n, Duration::from_millis(1)) {
+                return true;
+            }
+            if compact.is_finished() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a compact neither reached hold {n} nor ended"
+            );
+        };
+        let held = reach(1);
+        let mut during = Vec::new();
+        if held {
+            during.push(run_step(db, next, model).and_then(|()| db.commit()));
+        }
+        fs.release();
+        if held && !queued.is_empty() && during[0].is_ok() && reach(2) {
+            for step in queued {
+                let r = run_step(db, step, model);
+                let failed = r.is_err();
+                during.push(r);
+                if failed {
+                    break;
+                }
+            }
+        }
+        fs.release();
+        let compacted = compact.join().unwrap_or_else(|p| panic::resume_unwind(p));
+        (compacted, held, during)
+    });
+    fs.clear_holds();
+    // The compact's own acknowledgement: everything submitted before it.
+    compacted.map_err(|e| (0, e))?;
+    model.ack_upto(before);
+    if !held {
+        run_step(db, next, model).map_err(|e| (1, e))?;
+    }
+    for (j, r) in during.into_iter().enumerate() {
+        r.map_err(|e| (1 + j, e))?;
+    }
+    let ran = if held { 1 + queued.len() } else { 1 };
+    for (j, step) in queued.iter().enumerate().skip(ran - 1) {
+        run_step(db, step, model).map_err(|e| (2 + j, e))?;
+    }
+    Ok(())
 }
 
 fn one(model: &mut Model, k: u8, set: bool) -> (String, Option<u64>, Option<usize>) {

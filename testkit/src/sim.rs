@@ -12,8 +12,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::disk::{
     describe, random_fate, role, Effect, Fate, Fault, FileOp, OpKind, PendingOp, Rng, TraceOp,
@@ -133,13 +134,25 @@ struct State {
     salts: u64,
     /// Scratch for [`State::crashed`]: old inode to new.
     shared: HashMap<u64, u64>,
+    /// Operations blocked by an [`Effect::Hold`] now.
+    held: u32,
+    /// Operations an [`Effect::Hold`] has blocked so far, released or not.
+    entered: u64,
+    /// Calls of [`SimFs::release`] so far.
+    releases: u64,
 }
 /// The simulated filesystem. Cloning gives another handle to the same filesystem (the
 /// test keeps one while the engine holds another); [`SimFs::fork`] copies it.
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    /// Signals the changes of `held` and `releases`.
+    holds: Arc<Condvar>,
 }
+
+/// The longest an [`Effect::Hold`] blocks if nothing releases it (a test that forgot to
+/// fails instead of hanging).
+const HOLD_LIMIT: Duration = Duration::from_mins(1);
 
 impl fmt::Debug for SimFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,8 +183,10 @@ impl State {
                 }
             }
         }
+        // A hold that ends in a successful sync is no failure.
+        let passes = op.kind == OpKind::SyncData && effect == Some(Effect::Hold { fail: None });
         self.trace.push(TraceOp {
-            failed: effect.is_some(),
+            failed: effect.is_some() && !passes,
             ..op
         });
         Ok(effect)
@@ -277,8 +292,10 @@ impl SimFs {
     pub fn fork(&self) -> SimFs {
         let mut st = self.state.lock().clone();
         st.locks.clear();
+        st.held = 0;
         SimFs {
             state: Arc::new(Mutex::new(st)),
+            holds: Arc::default(),
         }
     }
 
@@ -305,6 +322,64 @@ impl SimFs {
     /// Adds a fault (see [`Fault`]).
     pub fn inject(&self, fault: Fault) {
         self.state.lock().faults.push((fault, 0));
+    }
+
+    /// Waits until an operation is blocked by an [`Effect::Hold`], at most `limit`;
+    /// returns whether one is.
+    #[must_use]
+    pub fn wait_held(&self, limit: Duration) -> bool {
+        self.wait_for_hold(limit, |st| st.held > 0)
+    }
+
+    /// Waits until [`Effect::Hold`] has blocked `n` operations in all (released or not),
+    /// at most `limit`; returns whether it has. Unlike [`wait_held`](Self::wait_held),
+    /// it cannot mistake a released operation that has not woken yet for the next one.
+    #[must_use]
+    pub fn wait_holds(&self, n: u64, limit: Duration) -> bool {
+        self.wait_for_hold(limit, |st| st.entered >= n)
+    }
+
+    /// Operations an [`Effect::Hold`] has blocked so far, released or not.
+    #[must_use]
+    pub fn holds_entered(&self) -> u64 {
+        self.state.lock().entered
+    }
+
+    fn wait_for_hold(&self, limit: Duration, done: impl Fn(&State) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = self.state.lock();
+        while !done(&st) {
+            if self.holds.wait_until(&mut st, deadline).timed_out() {
+                return done(&st);
+            }
+        }
+        true
+    }
+
+    /// Removes every [`Effect::Hold`] fault (the others stay).
+    pub fn clear_holds(&self) {
+        self.state
+            .lock()
+            .faults
+            .retain(|(f, _)| !matches!(f.effect, Effect::Hold { .. }));
+    }
+
+    /// Lets every operation blocked by an [`Effect::Hold`] go on.
+    pub fn release(&self) {
+        self.state.lock().releases += 1;
+        self.holds.notify_all();
+    }
+
+    /// Blocks the calling operation until [`release`](Self::release) (or
+    /// [`HOLD_LIMIT`]), the state unlocked meanwhile.
+    fn hold(&self, st: &mut MutexGuard<'_, State>) {
+        st.held += 1;
+        st.entered += 1;
+        self.holds.notify_all();
+        let ticket = st.releases;
+        let deadline = Instant::now() + HOLD_LIMIT;
+        while st.releases == ticket && !self.holds.wait_until(st, deadline).timed_out() {}
+        st.held -= 1;
     }
 
     /// Removes every fault and the space limit.
@@ -681,7 +756,9 @@ impl FsFile for SimFile {
         let mut keep = data.len();
         let mut error = None;
         match effect {
-            Some(Effect::Fail(kind) | Effect::Stall { kind, .. }) => return Err(injected(kind)),
+            Some(e @ (Effect::Fail(_) | Effect::Stall { .. } | Effect::Hold { .. })) => {
+                return Err(injected(e.kind()))
+            }
             Some(Effect::ShortWrite { keep: k }) => {
                 keep = k.min(data.len());
                 error = Some(io::Error::other("injected short write"));
@@ -735,7 +812,12 @@ impl FsFile for SimFile {
     fn sync_data(&mut self) -> io::Result<()> {
         let op = self.op(OpKind::SyncData, 0, 0);
         let mut st = self.fs.state.lock();
-        if let Some(effect) = st.tick(op)? {
+        let mut effect = st.tick(op)?;
+        if let Some(Effect::Hold { fail }) = effect {
+            self.fs.hold(&mut st);
+            effect = fail.map(Effect::Fail);
+        }
+        if let Some(effect) = effect {
             if let Effect::Stall { ms, .. } = effect {
                 drop(st);
                 std::thread::sleep(std::time::Duration::from_millis(ms));

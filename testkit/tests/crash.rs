@@ -5,11 +5,35 @@
 //! to see each crash point.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::ensure;
+use anyhow::{bail, ensure, Context};
 use ptvp35::Options;
-use ptvp35_testkit::{explore, standard_workload, Exploration, Explored};
+use ptvp35_testkit::{
+    explore, first_difference, run_steps_settled, standard_workload, workload_trace, Exploration,
+    Explored, Model, SimFs,
+};
+
+/// The configuration of [`every_crash_point_recovers`].
+fn without_preallocation() -> Options {
+    Options::new()
+        .compact_ratio(f64::INFINITY)
+        .preallocate(false)
+}
+
+/// The configuration of [`every_crash_point_recovers_with_preallocation`].
+fn with_preallocation() -> Options {
+    Options::new().compact_ratio(f64::INFINITY)
+}
+
+/// The configuration of [`every_crash_point_recovers_with_automatic_rebuilds`].
+fn with_automatic_rebuilds() -> Options {
+    Options::new()
+        .compact_ratio(1.5)
+        .compact_floor(0)
+        .preallocate(false)
+}
 
 fn run(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored> {
     let t = Instant::now();
@@ -71,10 +95,11 @@ fn covers_every_protocol_step(stats: &Explored, extra: &[&str]) -> anyhow::Resul
 
 #[test]
 fn every_crash_point_recovers() -> anyhow::Result<()> {
-    let opts = Options::new()
-        .compact_ratio(f64::INFINITY)
-        .preallocate(false);
-    let stats = run("without preallocation", &opts, &Exploration::default())?;
+    let stats = run(
+        "without preallocation",
+        &without_preallocation(),
+        &Exploration::default(),
+    )?;
     covers_every_protocol_step(&stats, &[])?;
     ensure!(stats.states >= 10_000, "only {} crash states", stats.states);
     ensure!(stats.restored > 0 && stats.discarded_backups > 0 && stats.cuts > 0);
@@ -85,7 +110,6 @@ fn every_crash_point_recovers() -> anyhow::Result<()> {
 /// trims (C0); fewer random states per point, as every state carries 256 KiB of zeros.
 #[test]
 fn every_crash_point_recovers_with_preallocation() -> anyhow::Result<()> {
-    let opts = Options::new().compact_ratio(f64::INFINITY);
     let cfg = Exploration {
         random_per_point: 6,
         torn_every_byte: false,
@@ -94,19 +118,14 @@ fn every_crash_point_recovers_with_preallocation() -> anyhow::Result<()> {
         recovery_variants: 1,
         seed: 2,
     };
-    let stats = run("with preallocation", &opts, &cfg)?;
+    let stats = run("with preallocation", &with_preallocation(), &cfg)?;
     covers_every_protocol_step(&stats, &["set_len P"])?;
     Ok(())
 }
 
-/// Automatic rebuilds (triggered by the writer after a batch, racing with later
-/// submissions) instead of explicit ones.
+/// Automatic rebuilds (started by the writer after a batch) instead of explicit ones.
 #[test]
 fn every_crash_point_recovers_with_automatic_rebuilds() -> anyhow::Result<()> {
-    let opts = Options::new()
-        .compact_ratio(1.5)
-        .compact_floor(0)
-        .preallocate(false);
     let cfg = Exploration {
         random_per_point: 8,
         recovery_samples: 1,
@@ -115,6 +134,74 @@ fn every_crash_point_recovers_with_automatic_rebuilds() -> anyhow::Result<()> {
         seed: 3,
         ..Exploration::default()
     };
-    run("with automatic rebuilds", &opts, &cfg)?;
+    let stats = run("with automatic rebuilds", &with_automatic_rebuilds(), &cfg)?;
+    ensure!(
+        stats
+            .full_trace
+            .iter()
+            .filter(|op| *op == "create P.backup")
+            .count()
+            > 3,
+        "the writer started no automatic rebuild: {:?}",
+        stats.full_trace
+    );
+    Ok(())
+}
+
+/// Runs `f` while another thread spins, keeping a core busy.
+fn with_a_busy_core<T>(f: impl FnOnce() -> T) -> T {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let r = f();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+/// The exploration's coverage claims rest on this: the operations a run of the workload
+/// makes, in order, do not depend on thread scheduling. Each configuration runs twice,
+/// the second time with another core kept busy, and the traces must be equal.
+#[test]
+fn the_workload_makes_the_same_operations_under_load() -> anyhow::Result<()> {
+    let steps = standard_workload();
+    for (name, opts) in [
+        ("without preallocation", without_preallocation()),
+        ("with preallocation", with_preallocation()),
+        ("with automatic rebuilds", with_automatic_rebuilds()),
+    ] {
+        let quiet = workload_trace(&steps, &opts).map_err(anyhow::Error::msg)?;
+        let busy =
+            with_a_busy_core(|| workload_trace(&steps, &opts)).map_err(anyhow::Error::msg)?;
+        if let Some(d) = first_difference(&quiet, &busy) {
+            bail!("{name}: the traces of two runs differ at {d}");
+        }
+    }
+    Ok(())
+}
+
+/// The settled workload still writes a batch of several transactions, at a point that
+/// does not depend on scheduling: the two steps queued during each rebuild's last steps.
+#[test]
+fn the_settled_workload_writes_a_batch_of_two_transactions() -> anyhow::Result<()> {
+    let fs = SimFs::new();
+    let out = run_steps_settled(
+        &fs,
+        &without_preallocation(),
+        &standard_workload(),
+        &mut Model::default(),
+    );
+    if let Some((i, e)) = out.error {
+        bail!("step {i}: {e}");
+    }
+    let db = out.db.context("the workload ends open")?;
+    // Counted since the last session's open: one batch per request but one.
+    let s = db.stats();
+    ensure!(s.requests == s.batches + 1, "{s:?}");
+    db.close()?;
     Ok(())
 }

@@ -183,3 +183,23 @@ fn a_hard_linked_main_file_is_refused() -> Result<()> {
     let _ = six_paths(&db_path());
     Ok(())
 }
+
+/// A rebuild that fails after its rename (here: the new count cannot be written) leaves
+/// the new file as `P`; the owner must keep it, and its lock, while it lives.
+#[test]
+fn a_failed_install_after_the_rename_keeps_the_database_locked() -> Result<()> {
+    let fs = SimFs::new();
+    let db = open_on(&fs, &opts())?;
+    db.set("a".into(), 1)?;
+    // The next write of `P.truncate` is R8, after the rename.
+    fs.inject(Fault::eio(OpKind::Write, Some("P.truncate"), 1));
+    ensure!(db.compact().is_err(), "the install should fail");
+    fs.clear_faults();
+    match open_on(&fs, &opts()) {
+        Err(Error::Locked { .. }) => {}
+        Ok(_) => anyhow::bail!("a second owner opened the database beside the first"),
+        Err(e) => anyhow::bail!("{e}"),
+    }
+    drop(db);
+    Ok(())
+}

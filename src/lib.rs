@@ -130,6 +130,7 @@ mod codec;
 mod connection;
 mod delta;
 mod error;
+mod follow;
 mod fs;
 mod load;
 mod map;
@@ -161,5 +162,6 @@ pub use check::{inspect, repair, BadLine, FileState, Health, Inspection, RepairR
 pub use connection::{CommitHandle, DbConnection, Options, Stats};
 pub use delta::{Delta, IntoIter, Key, Value};
 pub use error::{Error, Result};
+pub use follow::Refreshed;
 pub use recovery::RecoveryReport;
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

@@ -338,6 +338,7 @@ pub struct DbConnection<K: Key, V: Value> {
     pub(crate) paths: Paths,
     pub(crate) report: RecoveryReport,
     pub(crate) transact_attempts: u32,
+    pub(crate) fs: Arc<dyn Fs>,
     /// `Some` for a read-only handle (see `follow.rs`).
     pub(crate) follower: Option<crate::follow::Follower>,
 }
@@ -384,7 +385,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             tracking: Arc::clone(&tracking),
         });
         let main = MainFile {
-            fs,
+            fs: Arc::clone(&fs),
             paths: paths.clone(),
             file: rec.file,
             len,
@@ -403,6 +404,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             paths,
             report: rec.report,
             transact_attempts: opts.transact_attempts,
+            fs,
             follower: None,
         })
     }

@@ -199,6 +199,7 @@ pub(crate) fn open<K: Key, V: Value>(
         paths,
         report,
         transact_attempts: 1,
+        fs: Arc::clone(&fs),
         follower: Some(Follower {
             fs,
             threads,

@@ -125,6 +125,7 @@
 
 #![deny(missing_docs)]
 
+mod backup;
 mod check;
 mod codec;
 mod connection;

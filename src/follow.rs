@@ -283,19 +283,59 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn refresh(&self) -> Result<Refreshed> {
+        self.refresh_with(|_, _| {})
+    }
+
+    /// [`refresh`](Self::refresh), calling `on_change(key, new value or None for a
+    /// removal)` for each change it applies, in file order, before the map shows them:
+    /// the records of the new batches, or after a reload, a removal for each key that is
+    /// gone and a set for every live key. A change feed (`ptvp35 tail --follow`) is
+    /// built on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`refresh`](Self::refresh).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-rw-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("f.db");
+    /// use ptvp35::{DbConnection, Options};
+    ///
+    /// let owner = DbConnection::<String, i64>::open(&path)?;
+    /// let reader: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
+    /// owner.set("a".into(), 1)?;
+    /// owner.remove(&"a".into())?;
+    /// let mut seen = Vec::new();
+    /// reader.refresh_with(|k, v| seen.push((k.clone(), v.copied())))?;
+    /// assert_eq!(seen, [("a".to_string(), Some(1)), ("a".to_string(), None)]);
+    /// # owner.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn refresh_with(&self, mut on_change: impl FnMut(&K, Option<&V>)) -> Result<Refreshed> {
         let Some(f) = &self.follower else {
             return Ok(Refreshed::default());
         };
         let mut view = f.view.lock();
-        if let Some(r) = self.append(f, &mut view)? {
+        if let Some(r) = self.append(f, &mut view, &mut on_change)? {
             return Ok(r);
         }
-        self.reload(f, &mut view)
+        self.reload(f, &mut view, &mut on_change)
     }
 
     /// Applies what was appended in the same session, or `None` if the file must be
     /// read again.
-    fn append(&self, f: &Follower, view: &mut View) -> Result<Option<Refreshed>> {
+    fn append(
+        &self,
+        f: &Follower,
+        view: &mut View,
+        on_change: &mut dyn FnMut(&K, Option<&V>),
+    ) -> Result<Option<Refreshed>> {
         let paths = &self.paths;
         let Some(chain) = view.chain.clone() else {
             // No session flag: the file changes only by a rebuild, a session's start or a
@@ -314,7 +354,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         let (end, chain) = chain.valid_end(&tail, 0);
         let changes = decode_all::<K, V>(&tail[..end], view.valid, paths)?;
         let records = changes.len() as u64;
-        self.apply(changes);
+        self.apply(changes, on_change);
         view.valid += end as u64;
         view.chain = Some(chain);
         Ok(Some(Refreshed {
@@ -325,7 +365,12 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 
     /// Reads the file again and applies the difference to the map at once.
-    fn reload(&self, f: &Follower, view: &mut View) -> Result<Refreshed> {
+    fn reload(
+        &self,
+        f: &Follower,
+        view: &mut View,
+        on_change: &mut dyn FnMut(&K, Option<&V>),
+    ) -> Result<Refreshed> {
         let (data, new, _) = read_view(&*f.fs, &self.paths)?;
         if view.chain.is_none()
             && new.chain.is_none()
@@ -351,7 +396,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         }
         changes.extend(fresh.drain().map(|(k, v)| (k, Some(v))));
         let records = changes.len() as u64;
-        self.apply(changes);
+        self.apply(changes, on_change);
         *view = new;
         Ok(Refreshed {
             records,
@@ -363,9 +408,12 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// Applies `changes` to the map in one step, and marks them durable (they came from
     /// the file), so that [`commit`](Self::commit) never waits for a writer that is not
     /// there.
-    fn apply(&self, changes: Vec<(K, Option<V>)>) {
+    fn apply(&self, changes: Vec<(K, Option<V>)>, on_change: &mut dyn FnMut(&K, Option<&V>)) {
         if changes.is_empty() {
             return;
+        }
+        for (k, v) in &changes {
+            on_change(k, v.as_ref());
         }
         let sh = &self.shared;
         if let Ok(seq) = sh.map.submit(changes, None, |_, _| Ok(())) {

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 /// A directory tree of files, as the storage protocol needs it.
 ///
 /// Directory entries (create, rename, remove) are durable only after [`Fs::sync_dir`] on
-/// the parent directory; file contents only after [`FsFile::sync_data`] or
-/// [`FsFile::sync_all`].
+/// the parent directory; file contents only after [`FsFile::sync_data`].
 pub trait Fs: Send + Sync + fmt::Debug {
     /// Opens `path` for reading and writing. With `create`, a missing file is created
     /// (the new entry is durable only after [`Fs::sync_dir`]); without it, a missing file

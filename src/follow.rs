@@ -54,7 +54,8 @@ const ATTEMPTS: usize = 64;
 #[non_exhaustive]
 pub struct Refreshed {
     /// Records applied: those of the new batches, or after a reload, the keys set or
-    /// removed to turn the old state into the new one.
+    /// removed to turn the old state into the new one (a key whose value serializes the
+    /// same is left alone, so a rebuild alone applies nothing).
     pub records: u64,
     /// The file was read again from its start: the owner rebuilt it (a new `P` under the
     /// same name), opened, closed or recovered it.
@@ -104,6 +105,19 @@ fn side(fs: &dyn Fs, paths: &Paths) -> Result<Side> {
         truncate: io("read", &paths.truncate, fs.read(&paths.truncate))?,
         flag: exists(&paths.truncate_flag)?,
     })
+}
+
+impl Side {
+    /// Whether a view read under `self` still stands under `other`. `P.backup` counts only
+    /// while `P.recover` vouches for it: a rebuild writing it changes nothing a reader
+    /// shows until then.
+    fn same(&self, other: &Side) -> bool {
+        self.main == other.main
+            && self.recover == other.recover
+            && self.truncate == other.truncate
+            && self.flag == other.flag
+            && (!self.recover || self.backup == other.backup)
+    }
 }
 
 fn changing(paths: &Paths) -> Error {
@@ -208,6 +222,10 @@ pub(crate) fn open<K: Key, V: Value>(
     })
 }
 
+fn same_json<V: Value>(a: &V, b: &V) -> bool {
+    matches!((serde_json::to_vec(a), serde_json::to_vec(b)), (Ok(x), Ok(y)) if x == y)
+}
+
 /// Decodes every line of `data` (whole batches) into changes for the map.
 fn decode_all<K: Key, V: Value>(
     data: &[u8],
@@ -289,7 +307,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// [`refresh`](Self::refresh), calling `on_change(key, new value or None for a
     /// removal)` for each change it applies, in file order, before the map shows them:
     /// the records of the new batches, or after a reload, a removal for each key that is
-    /// gone and a set for every live key. A change feed (`ptvp35 tail --follow`) is
+    /// gone and a set for each key that is new or whose value changed. A change feed (`ptvp35 tail --follow`) is
     /// built on it.
     ///
     /// # Errors
@@ -342,13 +360,13 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             // recovery; a reload finds out whether anything differs.
             return Ok(None);
         };
-        if side(&*f.fs, paths)? != view.side {
+        if !side(&*f.fs, paths)?.same(&view.side) {
             return Ok(None);
         }
         let Some(tail) = io("read", &paths.main, f.fs.read_from(&paths.main, view.valid))? else {
             return Ok(None);
         };
-        if side(&*f.fs, paths)? != view.side {
+        if !side(&*f.fs, paths)?.same(&view.side) {
             return Ok(None);
         }
         let (end, chain) = chain.valid_end(&tail, 0);
@@ -374,7 +392,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         let (data, new, _) = read_view(&*f.fs, &self.paths)?;
         if view.chain.is_none()
             && new.chain.is_none()
-            && new.side == view.side
+            && new.side.same(&view.side)
             && new.read_len == view.read_len
         {
             *view = new;
@@ -386,15 +404,21 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         }
         let (map, _) = crate::load::load::<K, V>(&data, &self.paths.main, f.threads)?;
         drop(data);
-        let mut fresh: HashMap<K, V> = map.copy_all().into_iter().collect();
-        drop(map);
+        let old: HashMap<K, V> = self.shared.map.copy_all().into_iter().collect();
         let mut changes: Vec<(K, Option<V>)> = Vec::new();
-        for (k, _) in self.shared.map.copy_all() {
-            if !fresh.contains_key(&k) {
-                changes.push((k, None));
+        let mut fresh = map.copy_all();
+        drop(map);
+        let kept: std::collections::HashSet<&K> = fresh.iter().map(|(k, _)| k).collect();
+        for k in old.keys() {
+            if !kept.contains(k) {
+                changes.push((k.clone(), None));
             }
         }
-        changes.extend(fresh.drain().map(|(k, v)| (k, Some(v))));
+        drop(kept);
+        // A key whose value reads the same (as JSON) is no change: a rebuild alone
+        // brings in nothing.
+        fresh.retain(|(k, v)| old.get(k).is_none_or(|o| !same_json(o, v)));
+        changes.extend(fresh.into_iter().map(|(k, v)| (k, Some(v))));
         let records = changes.len() as u64;
         self.apply(changes, on_change);
         *view = new;

@@ -359,3 +359,57 @@ fn a_read_only_open_of_nothing_creates_nothing() -> Result<()> {
     db.close()?;
     Ok(())
 }
+
+#[test]
+fn a_refreshing_reader_never_sees_part_of_a_transaction() -> Result<()> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Ok(());
+    }
+    let dir = TempDir::new("readers-atomic")?;
+    let path = dir.join("d.db");
+    let owner = Options::new()
+        .compact_floor(16 << 10)
+        .open::<u32, u32>(&path)?;
+    owner.set(1, 0)?;
+    let reader = Options::new().read_only(true).open::<u32, u32>(&path)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut checks, mut reloads) = (0u32, 0u32);
+    std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(|| -> Result<()> {
+            let r = (|| -> Result<()> {
+                for i in 1..=2_000u32 {
+                    let tx = owner.transaction();
+                    tx.set_nowait(1, i)?;
+                    tx.set_nowait(1_000_003, i)?;
+                    tx.set_nowait(i % 97 + 10, i)?; // dead records, so rebuilds happen
+                    tx.commit()?;
+                }
+                Ok(())
+            })();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        });
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = reader.refresh()?;
+            reloads += u32::from(r.reloaded);
+            let (a, b) = (reader.get(&1), reader.get(&1_000_003));
+            ensure!(a == b || b.is_none() && a == Some(0), "split: {a:?} {b:?}");
+            checks += 1;
+        }
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(())
+    })?;
+    reader.refresh()?;
+    ensure!(
+        reader.snapshot() == owner.snapshot(),
+        "the reader did not catch up"
+    );
+    println!(
+        "{checks} checks, {reloads} reloads, {} rebuilds",
+        owner.stats().rebuilds
+    );
+    owner.close()?;
+    Ok(())
+}

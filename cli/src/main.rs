@@ -191,9 +191,10 @@ Examples:
     #[command(after_help = "\
 Prints every live key as a {\"key\":K,\"value\":V} line, then with --follow each record
 the owner commits from then on ({\"key\":K} for a removal), only whole checksummed batches,
-one transaction never split, flushed batch by batch. When the owner rebuilds the file, every
-live key is printed again (and a removal for each key that went). Applying the lines in order
-(`ptvp35 set`, or any program) reproduces the database.
+one transaction never split, flushed batch by batch. When the owner rebuilds (or closes and
+reopens) the file, tail reads it again and prints what differs: a set for each key that is new
+or changed, a removal for each key that went. Applying the lines in order (`ptvp35 set`, or
+any program) reproduces the database.
 
 Examples:
   ptvp35 tail data.db --follow | while read -r line; do echo \"$line\"; done

@@ -137,16 +137,19 @@ fn tail_follow_sees_commits_and_a_rebuild() -> Result<()> {
             }
         }
     });
-    let wait_for = |want: &str| -> Result<()> {
+    // Waits for `want`; returns the lines printed before it.
+    let wait_for = |want: &str| -> Result<Vec<String>> {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut before = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .with_context(|| format!("no {want} from tail"))?;
             if line == want {
-                return Ok(());
+                return Ok(before);
             }
+            before.push(line);
         }
     };
     let r = (|| -> Result<()> {
@@ -157,9 +160,10 @@ fn tail_follow_sees_commits_and_a_rebuild() -> Result<()> {
         wait_for(r#"{"key":"first"}"#)?;
         db.compact()?;
         db.set("third".into(), 3)?;
-        wait_for(r#"{"key":"third","value":3}"#)?;
+        let between = wait_for(r#"{"key":"third","value":3}"#)?;
+        ensure!(between.is_empty(), "a rebuild alone printed {between:?}");
         db.set("fourth".into(), 4)?;
-        wait_for(r#"{"key":"fourth","value":4}"#)
+        wait_for(r#"{"key":"fourth","value":4}"#).map(drop)
     })();
     let _ = child.kill();
     let _ = child.wait();

@@ -127,3 +127,40 @@ pub(crate) fn tail(
         result.and_then(|()| out.flush()).map_err(stdout_error)?;
     }
 }
+
+/// The processes that hold a lock on the file at `path`, as `PID (name)`, where the system
+/// tells (Linux's `/proc/locks`); empty elsewhere or when nothing can be read.
+#[cfg(unix)]
+pub(crate) fn lock_holders(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (
+        std::fs::metadata(path),
+        std::fs::read_to_string("/proc/locks"),
+    ) else {
+        return Vec::new();
+    };
+    // Linux's encoding of a device number, as /proc/locks prints it: MAJOR:MINOR:INODE.
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let mut holders: Vec<String> = locks
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // "N: FLOCK ADVISORY WRITE PID DEV:INODE START END"; a waiter has "->" second.
+            (f.get(1) != Some(&"->") && f.get(5) == Some(&file.as_str())).then(|| f[4])
+        })
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", name.trim())
+        })
+        .collect();
+    holders.dedup();
+    holders
+}
+
+#[cfg(not(unix))]
+pub(crate) fn lock_holders(_: &Path) -> Vec<String> {
+    Vec::new()
+}

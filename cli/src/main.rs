@@ -414,11 +414,19 @@ pub(crate) fn with_hint(e: Error, file: &Path) -> Exit {
             "hint: `ptvp35 check {f}` lists every bad line; `ptvp35 repair {f} --yes` moves \
              them to {f}.error and keeps the rest"
         ),
-        Error::Locked { path } => format!(
-            "hint: the lock is the advisory file lock on {} (flock), held by the process that \
-             has the database open; close it there first",
-            path.display()
-        ),
+        Error::Locked { path } => {
+            let holders = live::lock_holders(path);
+            let by = if holders.is_empty() {
+                "the process that has the database open".to_owned()
+            } else {
+                format!("process {}", holders.join(", "))
+            };
+            format!(
+                "hint: the lock is the advisory file lock on {} (flock), held by {by}; close \
+                 it there first, or pass --wait SECONDS",
+                path.display()
+            )
+        }
         Error::BadSideFile { .. } => format!(
             "hint: `ptvp35 check {f}` shows the six files; no crash leaves this state, so \
              recovery does not guess"

@@ -82,7 +82,15 @@ fn read_commands_work_on_a_database_another_process_has_open() -> Result<()> {
     let t = Instant::now();
     let out = tool(&["set", f, "w", "1", "--wait", "0.3"], b"")?;
     ensure!(out.status.code() == Some(3) && t.elapsed() >= Duration::from_millis(300));
-    ensure!(String::from_utf8_lossy(&out.stderr).contains("is locked"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("is locked"), "{stderr}");
+    if std::path::Path::new("/proc/locks").exists() {
+        let me = format!("process {} (", std::process::id());
+        ensure!(
+            stderr.contains(&me),
+            "the hint does not name {me}: {stderr}"
+        );
+    }
     // ...or gets it once the owner lets go.
     let owner = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));

@@ -340,10 +340,17 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             return Ok(Refreshed::default());
         };
         let mut view = f.view.lock();
-        if let Some(r) = self.append(f, &mut view, &mut on_change)? {
-            return Ok(r);
-        }
-        self.reload(f, &mut view, &mut on_change)
+        let r = match self.append(f, &mut view, &mut on_change)? {
+            Some(r) => r,
+            None => self.reload(f, &mut view, &mut on_change)?,
+        };
+        // `stats().file_len` of a read-only handle: the bytes it shows.
+        self.shared
+            .tracking
+            .counters
+            .file_len
+            .store(r.valid_len, std::sync::atomic::Ordering::Relaxed);
+        Ok(r)
     }
 
     /// Applies what was appended in the same session, or `None` if the file must be

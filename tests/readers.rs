@@ -204,6 +204,11 @@ fn a_reader_follows_an_owner_in_another_process() -> Result<()> {
     want.remove(&3);
     let r = reader.refresh()?;
     ensure!(!r.reloaded && r.records == 101, "{r:?}");
+    ensure!(
+        reader.stats().file_len == r.valid_len,
+        "{:?}",
+        reader.stats()
+    );
     expect(&reader, &want)?;
     ensure!(reader.refresh()?.records == 0, "nothing new");
 

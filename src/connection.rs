@@ -51,6 +51,7 @@ pub struct Options {
     transact_attempts: u32,
     parse_threads: usize,
     preallocate: bool,
+    read_only: bool,
     fs: Arc<dyn Fs>,
 }
 
@@ -65,6 +66,7 @@ impl Default for Options {
             transact_attempts: 100,
             parse_threads: 2,
             preallocate: true,
+            read_only: false,
             fs: Arc::new(RealFs),
         }
     }
@@ -139,6 +141,37 @@ impl Options {
         self
     }
 
+    /// Opens the database read-only (off by default): without its lock, without a writer
+    /// thread, and without creating, changing or removing any file. The handle shows
+    /// the state recovery would produce from the files as they are, follows the owner
+    /// with [`DbConnection::refresh`], and refuses every write with [`Error::ReadOnly`].
+    /// See the guide's section on read-only handles in the crate docs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-ro-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("ro.db");
+    /// use ptvp35::{DbConnection, Error, Options};
+    ///
+    /// let owner = DbConnection::<String, i64>::open(&path)?;
+    /// owner.set("a".into(), 1)?;
+    /// let reader: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
+    /// assert_eq!(reader.get(&"a".into()), Some(1));
+    /// assert!(matches!(reader.set("b".into(), 2), Err(Error::ReadOnly { .. })));
+    /// # owner.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
     /// Puts another filesystem under the engine (the crash tests' simulated one). Hidden
     /// and outside semver: the seam exists for the test kit.
     #[doc(hidden)]
@@ -161,8 +194,13 @@ impl Options {
     /// [`Error::BadSideFile`] if a side file is in a state no crash can explain;
     /// [`Error::Io`] if a file operation fails; [`Error::Internal`] if a thread parsing or
     /// loading the file panicked (in a key's or value's `Deserialize`, `Hash`, `Eq` or
-    /// `Drop`).
+    /// `Drop`). A [read-only](Self::read_only) open never returns [`Error::Locked`]; it
+    /// fails with [`Error::Io`] of kind [`std::io::ErrorKind::NotFound`] where there is
+    /// no database.
     pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
+        if self.read_only {
+            return crate::follow::open(Arc::clone(&self.fs), path.as_ref(), self.parse_threads);
+        }
         DbConnection::open_with(self, path.as_ref())
     }
 }
@@ -233,8 +271,8 @@ pub(crate) struct Core<K, V> {
     pub(crate) map: Map<K, V>,
     /// Unbounded: the budget in `tracking` bounds what is queued, so a send never blocks
     /// (it happens under the map's locks).
-    tx: Sender<Request<UndoList<K, V>>>,
-    tracking: Arc<Tracking>,
+    pub(crate) tx: Sender<Request<UndoList<K, V>>>,
+    pub(crate) tracking: Arc<Tracking>,
 }
 
 impl<K: Key, V: Value> TypedSide for Core<K, V> {
@@ -298,11 +336,14 @@ impl<K: Key, V: Value> TypedSide for Core<K, V> {
 /// # }
 /// ```
 pub struct DbConnection<K: Key, V: Value> {
-    shared: Arc<Core<K, V>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    paths: Paths,
-    report: RecoveryReport,
-    transact_attempts: u32,
+    pub(crate) shared: Arc<Core<K, V>>,
+    pub(crate) writer: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) paths: Paths,
+    pub(crate) report: RecoveryReport,
+    pub(crate) transact_attempts: u32,
+    pub(crate) fs: Arc<dyn Fs>,
+    /// `Some` for a read-only handle (see `follow.rs`).
+    pub(crate) follower: Option<crate::follow::Follower>,
 }
 
 impl<K: Key, V: Value> fmt::Debug for DbConnection<K, V> {
@@ -347,7 +388,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             tracking: Arc::clone(&tracking),
         });
         let main = MainFile {
-            fs,
+            fs: Arc::clone(&fs),
             paths: paths.clone(),
             file: rec.file,
             len,
@@ -366,6 +407,8 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             paths,
             report: rec.report,
             transact_attempts: opts.transact_attempts,
+            fs,
+            follower: None,
         })
     }
 
@@ -831,6 +874,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         delta: Delta<K, V>,
         reads: Option<&ReadSet<K>>,
     ) -> Result<u64> {
+        self.writable()?;
         if delta.is_empty() && reads.is_none() {
             return Ok(self.shared.map.seq());
         }
@@ -849,6 +893,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         records: u64,
         reads: Option<&ReadSet<K>>,
     ) -> Result<u64> {
+        self.writable()?;
         let sh = &*self.shared;
         let bytes = data.len();
         if !sh.tracking.budget.acquire(bytes) {
@@ -924,6 +969,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn compact(&self) -> Result<()> {
+        self.writable()?;
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.shared
             .tx

@@ -115,6 +115,12 @@ pub enum Error {
         /// The main file's path.
         path: PathBuf,
     },
+    /// A write on a handle opened [read-only](crate::Options::read_only): read-only
+    /// handles never write. Nothing was changed.
+    ReadOnly {
+        /// The main file of the database.
+        path: PathBuf,
+    },
     /// An internal failure: a thread of the engine panicked (the writer, a rebuild or a
     /// load thread), usually in user code it ran (a `Drop`, `Hash`, `Eq` or `Serialize`
     /// of a key or value). The operation did not happen; after the writer's failure,
@@ -182,6 +188,11 @@ impl fmt::Display for Error {
             Error::Unsupported { path, reason } => {
                 write!(f, "cannot use {} as a database: {reason}", path.display())
             }
+            Error::ReadOnly { path } => write!(
+                f,
+                "database {} is open read-only here; writes are refused",
+                path.display()
+            ),
             Error::Internal { what } => write!(f, "internal failure: {what}"),
             Error::NotFound { path } => write!(f, "no database at {}", path.display()),
         }

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 /// A directory tree of files, as the storage protocol needs it.
 ///
 /// Directory entries (create, rename, remove) are durable only after [`Fs::sync_dir`] on
-/// the parent directory; file contents only after [`FsFile::sync_data`] or
-/// [`FsFile::sync_all`].
+/// the parent directory; file contents only after [`FsFile::sync_data`].
 pub trait Fs: Send + Sync + fmt::Debug {
     /// Opens `path` for reading and writing. With `create`, a missing file is created
     /// (the new entry is durable only after [`Fs::sync_dir`]); without it, a missing file
@@ -30,6 +29,21 @@ pub trait Fs: Send + Sync + fmt::Debug {
     ///
     /// What the filesystem reports (a directory in the file's place is an error).
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+
+    /// Reads the file at `path` from byte `offset` to its end (nothing if it is shorter),
+    /// or `None` if there is none. Opens the file for reading only. The default reads the
+    /// whole file with [`Fs::read`] and drops the bytes before `offset`.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports.
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.read(path)?.map(|mut data| {
+            let at = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
+            data.drain(..at);
+            data
+        }))
+    }
 
     /// Whether a file exists at `path`.
     ///
@@ -185,6 +199,19 @@ impl Fs for RealFs {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         match File::open(path) {
             Ok(mut f) => {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                Ok(Some(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        match File::open(path) {
+            Ok(mut f) => {
+                f.seek(SeekFrom::Start(offset))?;
                 let mut buf = Vec::new();
                 f.read_to_end(&mut buf)?;
                 Ok(Some(buf))

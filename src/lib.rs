@@ -9,8 +9,8 @@
 //! loop, and reads the files that library writes.
 //!
 //! What it is not: a database for data larger than memory, a query engine, or a store
-//! shared by several processes at once (one process owns a database; others get
-//! [`Error::Locked`]).
+//! that several processes write at once (one process owns a database; other owners get
+//! [`Error::Locked`], other processes may read it with a read-only handle).
 //!
 //! # Guide
 //!
@@ -116,20 +116,66 @@
 //! The repository's `docs/recovery.md` walks through every crash point and
 //! `docs/format.md` describes the file format.
 //!
+//! ## Read-only handles and followers
+//!
+//! [`Options::read_only`] opens a database without its lock and without creating,
+//! changing or removing any file: on a read-only file or directory, beside the process
+//! that owns it, or where a crash left it (it shows, in memory, the state that recovery
+//! would produce; recovery itself stays for the owner). The handle shows whole batches
+//! only, those the truncate count or the batch checksums vouch for: never the zeros the
+//! owner preallocated, never a torn tail, never part of a transaction. Every write
+//! returns [`Error::ReadOnly`]; there is no writer thread.
+//!
+//! [`DbConnection::refresh`] brings in what the owner appended since (or reloads after a
+//! rebuild), so a process can follow another's database: a dashboard, a cache, a standby.
+//! [`DbConnection::refresh_with`] also reports each change, for a change feed.
+//! [`DbConnection::backup_to`] writes a consistent, compacted copy while the database
+//! stays in use, from a read-only handle or from the owner. `examples/follower.rs` runs
+//! an owner and a follower side by side.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ptvp35-doc-lib-ro-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("shared.db");
+//! use ptvp35::{DbConnection, Error, Options};
+//!
+//! let owner = DbConnection::<String, i64>::open(&path)?; // in another process, usually
+//! owner.set("visits".into(), 1)?;
+//!
+//! let follower: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
+//! assert_eq!(follower.get(&"visits".into()), Some(1));
+//! assert!(matches!(follower.set("visits".into(), 0), Err(Error::ReadOnly { .. })));
+//!
+//! owner.set("visits".into(), 2)?;
+//! let news = follower.refresh()?; // whole batches appended since
+//! assert_eq!((news.records, follower.get(&"visits".into())), (1, Some(2)));
+//!
+//! follower.backup_to(dir.join("copy.db"))?; // consistent, compacted, durable
+//! # owner.close()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Checking, repairing, and the `ptvp35` tool
 //!
 //! [`inspect`] reads a database's six files without changing anything and tells what
 //! opening would do; [`repair`] moves lines that do not decode to `P.error` and keeps the
 //! rest, crash-safely. The `ptvp35` command (`cargo install ptvp35-cli`) wraps both, with
-//! `check`, `recover`, `dump`, `get`, `set`, `rm`, `compact`, `repair` and `stats`.
+//! `check`, `recover`, `dump`, `get`, `set`, `rm`, `compact`, `repair`, `stats`,
+//! `backup` and `tail`; `check`, `stats`, `dump`, `get`, `backup` and `tail` read a
+//! database in use, with read permission only.
 
 #![deny(missing_docs)]
 
+mod backup;
 mod bounds;
 mod codec;
 mod connection;
 mod delta;
 mod error;
+mod follow;
 mod fs;
 mod inspect;
 mod load;
@@ -160,6 +206,7 @@ pub use bounds::{Key, Value};
 pub use connection::{CommitHandle, DbConnection, Options, Stats};
 pub use delta::{Delta, IntoIter};
 pub use error::{Error, Result};
+pub use follow::Refreshed;
 #[doc(hidden)]
 pub use inspect::repair_on;
 pub use inspect::{

@@ -2,6 +2,7 @@
 //! the `ptvp35` crate (and of the Python library that writes the same format).
 
 mod json;
+mod live;
 mod progress;
 
 use std::io::{self, BufWriter, Write};
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use json::{Json, JsonKey, Readable, ReadableKey};
-use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, Options, RecoveryReport};
+use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, RecoveryReport};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -33,9 +34,11 @@ A bare word that is not JSON is taken as a string: `get data.db alice` is `get d
     about = "Look inside, check, repair and edit ptvp35 database files",
     long_about = "Look inside, check, repair and edit ptvp35 database files.\n\n\
         A database whose main file is FILE uses up to six paths: FILE, FILE.backup, \
-        FILE.recover, FILE.truncate, FILE.truncate_flag and FILE.error. Commands other \
-        than `check`, `stats` and `repair` (without --yes) open the database, which runs \
-        recovery first, exactly as a program using the library would.",
+        FILE.recover, FILE.truncate, FILE.truncate_flag and FILE.error. `check`, `stats`, \
+        `dump`, `get`, `backup` and `tail` only read: they work on a database another \
+        program has open, with read permission only, and change no file. The other \
+        commands open the database, which runs recovery first, exactly as a program \
+        using the library would; `--wait SECONDS` lets them wait for a database in use.",
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -71,6 +74,9 @@ Examples:
     Recover {
         /// The database's main file
         file: PathBuf,
+        /// Wait up to SECONDS for a database another program has open
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Print every live key and value (in no particular order), streamed
     #[command(after_help = "\
@@ -107,16 +113,24 @@ Examples:
         file: PathBuf,
         /// The key, as JSON (a bare word is a string)
         key: String,
-        /// The value, as JSON (a bare word is a string)
+        /// The value, as JSON (a bare word is a string); `-` reads it from standard
+        /// input, `@PATH` from the file PATH
         value: String,
+        /// Wait up to SECONDS for a database another program has open
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Remove KEY, durably (exit 1 if there is none)
     #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 rm data.db alice"))]
     Rm {
         /// The database's main file
         file: PathBuf,
-        /// The key, as JSON (a bare word is a string)
+        /// The key, as JSON (a bare word is a string); `-` reads it from standard input,
+        /// `@PATH` from the file PATH
         key: String,
+        /// Wait up to SECONDS for a database another program has open
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Rebuild the file with only the live records
     #[command(after_help = "\
@@ -129,6 +143,9 @@ Examples:
     Compact {
         /// The database's main file
         file: PathBuf,
+        /// Wait up to SECONDS for a database another program has open
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Move the lines that do not decode to FILE.error and keep the rest
     #[command(after_help = "\
@@ -157,6 +174,44 @@ Examples:
         /// The database's main file
         file: PathBuf,
     },
+    /// Write a consistent, compacted copy of the database to DEST, while it is in use
+    #[command(after_help = "\
+Reads FILE read-only (it may be open in another program), writes DEST.ptvp35-backup-PID.tmp,
+syncs it and renames it over DEST: DEST is a complete database or is left as it was.
+
+Examples:
+  ptvp35 backup data.db /backups/data-$(date +%F).db")]
+    Backup {
+        /// The database's main file
+        file: PathBuf,
+        /// Where the copy goes
+        dest: PathBuf,
+    },
+    /// Print the committed records as NDJSON; with --follow, go on as new ones become durable
+    #[command(after_help = "\
+Prints every live key as a {\"key\":K,\"value\":V} line, then with --follow each record
+the owner commits from then on ({\"key\":K} for a removal), only whole checksummed batches,
+one transaction never split, flushed batch by batch. When the owner rebuilds (or closes and
+reopens) the file, tail reads it again and prints what differs: a set for each key that is new
+or changed, a removal for each key that went. Applying the lines in order (`ptvp35 set`, or
+any program) reproduces the database.
+
+Examples:
+  ptvp35 tail data.db --follow | while read -r line; do echo \"$line\"; done
+  ptvp35 tail data.db --follow --interval 0.05")]
+    Tail {
+        /// The database's main file
+        file: PathBuf,
+        /// Go on printing new records until interrupted
+        #[arg(long)]
+        follow: bool,
+        /// Seconds between two looks at the file with --follow
+        #[arg(long, default_value_t = 0.2, value_name = "SECONDS")]
+        interval: f64,
+        /// With --follow, stop after SECONDS (for scripts and tests)
+        #[arg(long, value_name = "SECONDS")]
+        stop_after: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,11 +222,11 @@ enum Format {
     Json,
 }
 
-type Db = DbConnection<JsonKey, Json>;
+pub(crate) type Db = DbConnection<JsonKey, Json>;
 
 /// Why the tool stops: the exit code and, for failures, the message.
 #[derive(Debug)]
-enum Exit {
+pub(crate) enum Exit {
     /// An expected non-zero outcome that `run` already reported (`check` found recovery
     /// needed, `get` found no key).
     Quiet(u8),
@@ -243,7 +298,7 @@ fn chain(e: &Error) -> String {
     s
 }
 
-fn stdout_error(e: io::Error) -> Exit {
+pub(crate) fn stdout_error(e: io::Error) -> Exit {
     Exit::Failed(
         Error::Io {
             op: "write",
@@ -258,39 +313,43 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     match command {
         Command::Check { file } => check(&file, out),
-        Command::Recover { file } => {
-            let db = open(&file, false)?;
+        Command::Recover { file, wait } => {
+            let db = live::open_waiting(&file, false, wait)?;
             let report = db.recovery_report().clone();
             let keys = db.len();
             db.close().map_err(|e| with_hint(e, &file))?;
             w(print_recovered(out, &file, &report, keys))
         }
         Command::Dump { file, format } => {
-            let db = open(&file, false)?;
-            dump(&db, format, out)?;
-            db.close().map_err(|e| with_hint(e, &file))
+            let db = live::open_read_only(&file)?;
+            dump(&db, format, out)
         }
         Command::Get { file, key } => {
             let key = arg(&key, "KEY")?;
-            let db = open(&file, false)?;
+            let db = live::open_read_only(&file)?;
             let found = db.get_with(&key, |v| w(writeln!(out, "{}", v.get())));
-            db.close().map_err(|e| with_hint(e, &file))?;
             match found {
                 Some(r) => r,
                 None => not_found(&key, &file),
             }
         }
-        Command::Set { file, key, value } => {
+        Command::Set {
+            file,
+            key,
+            value,
+            wait,
+        } => {
             let key = writable(arg(&key, "KEY")?, "KEY")?;
+            let value = live::arg_text(&value, "VALUE")?;
             let value = json::parse_arg(&value, "VALUE").map_err(Exit::Usage)?;
             check_readable(value.get(), "VALUE")?;
-            let db = open(&file, true)?;
+            let db = live::open_waiting(&file, true, wait)?;
             db.set(key, value).map_err(|e| with_hint(e, &file))?;
             db.close().map_err(|e| with_hint(e, &file))
         }
-        Command::Rm { file, key } => {
-            let key = arg(&key, "KEY")?;
-            let db = open(&file, false)?;
+        Command::Rm { file, key, wait } => {
+            let key = arg(&live::arg_text(&key, "KEY")?, "KEY")?;
+            let db = live::open_waiting(&file, false, wait)?;
             let had = db.contains_key(&key);
             if had {
                 db.remove(&key).map_err(|e| with_hint(e, &file))?;
@@ -302,9 +361,16 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
                 not_found(&key, &file)
             }
         }
-        Command::Compact { file } => compact(&file, out),
+        Command::Compact { file, wait } => compact(&file, wait, out),
         Command::Repair { file, yes } => repair(&file, yes, out),
         Command::Stats { file } => stats(&file, out),
+        Command::Backup { file, dest } => live::backup(&file, &dest, out),
+        Command::Tail {
+            file,
+            follow,
+            interval,
+            stop_after,
+        } => live::tail(&file, follow, interval, stop_after, out),
     }
 }
 
@@ -341,18 +407,26 @@ fn not_found(key: &JsonKey, file: &Path) -> Result<(), Exit> {
 }
 
 /// Adds what to do next to the errors a user can act on.
-fn with_hint(e: Error, file: &Path) -> Exit {
+pub(crate) fn with_hint(e: Error, file: &Path) -> Exit {
     let f = file.display();
     let hint = match &e {
         Error::Corrupt { .. } => format!(
             "hint: `ptvp35 check {f}` lists every bad line; `ptvp35 repair {f} --yes` moves \
              them to {f}.error and keeps the rest"
         ),
-        Error::Locked { path } => format!(
-            "hint: the lock is the advisory file lock on {} (flock), held by the process that \
-             has the database open; close it there first",
-            path.display()
-        ),
+        Error::Locked { path } => {
+            let holders = live::lock_holders(path);
+            let by = if holders.is_empty() {
+                "the process that has the database open".to_owned()
+            } else {
+                format!("process {}", holders.join(", "))
+            };
+            format!(
+                "hint: the lock is the advisory file lock on {} (flock), held by {by}; close \
+                 it there first, or pass --wait SECONDS",
+                path.display()
+            )
+        }
         Error::BadSideFile { .. } => format!(
             "hint: `ptvp35 check {f}` shows the six files; no crash leaves this state, so \
              recovery does not guess"
@@ -362,19 +436,7 @@ fn with_hint(e: Error, file: &Path) -> Exit {
     Exit::Failed(e, hint)
 }
 
-/// Opens the database schema-less, without automatic rebuilds. Unless `create`, refuses a
-/// path where there is no database rather than creating an empty one.
-fn open(file: &Path, create: bool) -> Result<Db, Exit> {
-    if !create && !exists(file)? {
-        return Err(Exit::Failed(no_database(file), String::new()));
-    }
-    Options::new()
-        .compact_ratio(f64::INFINITY)
-        .open(file)
-        .map_err(|e| with_hint(e, file))
-}
-
-fn exists(file: &Path) -> Result<bool, Exit> {
+pub(crate) fn exists(file: &Path) -> Result<bool, Exit> {
     let backup = ptvp35::SixFiles::of(file).backup;
     let stat = |p: &Path| {
         p.try_exists().map_err(|e| {
@@ -391,7 +453,7 @@ fn exists(file: &Path) -> Result<bool, Exit> {
     Ok(stat(file)? || stat(&backup)?)
 }
 
-fn no_database(file: &Path) -> Error {
+pub(crate) fn no_database(file: &Path) -> Error {
     Error::NotFound {
         path: file.to_path_buf(),
     }
@@ -402,7 +464,10 @@ fn inspect(file: &Path) -> Result<Inspection, Exit> {
 }
 
 fn check(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = inspect(file)?;
+    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
+        Err(Error::Locked { .. }) => return live::in_use(file, out),
+        r => r.map_err(|e| with_hint(e, file))?,
+    };
     let health = r.health();
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     w(print_check(out, file, &r, health))?;
@@ -580,15 +645,14 @@ fn writeln_record(
     )
 }
 
-fn compact(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
+fn compact(file: &Path, wait: Option<f64>, out: &mut dyn Write) -> Result<(), Exit> {
     let before = file_len(file);
     let show = progress::wanted(before);
     if show {
         // Reading has no byte counter outside the library: say what is going on.
         eprintln!("reading {} ({})...", file.display(), progress::mib(before));
     }
-    let db = open(file, false);
-    let db = db?;
+    let db = live::open_waiting(file, false, wait)?;
     // Every line of the rebuilt file is `{"key":K,"value":V}\n` (18 bytes besides K and V).
     let mut total = 0u64;
     db.for_each(|k, v| total += 18 + k.text().len() as u64 + v.get().len() as u64);
@@ -721,7 +785,10 @@ fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = inspect(file)?;
+    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
+        Err(Error::Locked { .. }) => return live::in_use(file, out),
+        r => r.map_err(|e| with_hint(e, file))?,
+    };
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     w((|| {
         writeln!(out, "{}", file.display())?;

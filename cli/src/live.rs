@@ -12,7 +12,7 @@ use crate::{exists, no_database, stdout_error, with_hint, Db, Exit};
 /// Opens the database read-only: no lock, no recovery, no file changed.
 pub(crate) fn open_read_only(file: &Path) -> Result<Db, Exit> {
     if !exists(file)? {
-        return Err(Exit::Failed(no_database(file), String::new()));
+        return Err(no_database(file));
     }
     Options::new()
         .read_only(true)
@@ -26,7 +26,7 @@ pub(crate) fn open_waiting(file: &Path, create: bool, wait: Option<f64>) -> Resu
     let deadline = Instant::now() + Duration::from_secs_f64(wait.unwrap_or(0.0).clamp(0.0, 1e9));
     loop {
         if !create && !exists(file)? {
-            return Err(Exit::Failed(no_database(file), String::new()));
+            return Err(no_database(file));
         }
         match Options::new().compact_ratio(f64::INFINITY).open(file) {
             Err(Error::Locked { .. }) if Instant::now() < deadline => {

@@ -224,14 +224,34 @@ enum Format {
 
 pub(crate) type Db = DbConnection<JsonKey, Json>;
 
-/// Why the tool stops: the exit code and, for failures, the message.
+/// Why the tool stops, the tool's own error type: the exit code and, for failures, the
+/// message. Library failures keep the library's `Error`; the tool's own (a write to
+/// standard output, a look at a path, a file that is not a database) are its own.
 #[derive(Debug)]
 pub(crate) enum Exit {
     /// An expected non-zero outcome that `run` already reported (`check` found recovery
     /// needed, `get` found no key).
     Quiet(u8),
+    /// The command line is wrong (exit 64).
     Usage(String),
+    /// A library call failed, with a hint for the user (or none).
     Failed(Error, String),
+    /// The tool's own file operation failed.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// No database at the path, for a command that does not create one.
+    NoDatabase(PathBuf),
+    /// `repair` refuses a file in which no line is a record.
+    NotADatabase {
+        path: PathBuf,
+        /// The first bad line: its number, its offset and why.
+        line: u64,
+        offset: u64,
+        reason: String,
+    },
 }
 
 impl From<Error> for Exit {
@@ -272,6 +292,35 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code_of(&e))
         }
+        Err(Exit::Io { op, path, source }) => {
+            let _ = out.flush();
+            if source.kind() == io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ptvp35: error: {op} failed on {}: {source}", path.display());
+            ExitCode::from(3)
+        }
+        Err(Exit::NoDatabase(path)) => {
+            let _ = out.flush();
+            eprintln!("ptvp35: error: no database at {}", path.display());
+            ExitCode::from(3)
+        }
+        Err(Exit::NotADatabase {
+            path,
+            line,
+            offset,
+            reason,
+        }) => {
+            let _ = out.flush();
+            eprintln!(
+                "ptvp35: error: {} is not a database: none of its lines is a record \
+                 (line {line} at byte offset {offset}: {reason}); repair refuses to move \
+                 every line to the error file",
+                path.display()
+            );
+            eprintln!("{}", not_a_database_hint(&path));
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -299,14 +348,11 @@ fn chain(e: &Error) -> String {
 }
 
 pub(crate) fn stdout_error(e: io::Error) -> Exit {
-    Exit::Failed(
-        Error::Io {
-            op: "write",
-            path: PathBuf::from("<stdout>"),
-            source: e.into(),
-        },
-        String::new(),
-    )
+    Exit::Io {
+        op: "write",
+        path: PathBuf::from("<stdout>"),
+        source: e,
+    }
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
@@ -439,24 +485,17 @@ pub(crate) fn with_hint(e: Error, file: &Path) -> Exit {
 pub(crate) fn exists(file: &Path) -> Result<bool, Exit> {
     let backup = ptvp35::SixFiles::of(file).backup;
     let stat = |p: &Path| {
-        p.try_exists().map_err(|e| {
-            Exit::Failed(
-                Error::Io {
-                    op: "stat",
-                    path: p.to_path_buf(),
-                    source: e.into(),
-                },
-                String::new(),
-            )
+        p.try_exists().map_err(|source| Exit::Io {
+            op: "stat",
+            path: p.to_path_buf(),
+            source,
         })
     };
     Ok(stat(file)? || stat(&backup)?)
 }
 
-pub(crate) fn no_database(file: &Path) -> Error {
-    Error::NotFound {
-        path: file.to_path_buf(),
-    }
+pub(crate) fn no_database(file: &Path) -> Exit {
+    Exit::NoDatabase(file.to_path_buf())
 }
 
 fn inspect(file: &Path) -> Result<Inspection, Exit> {
@@ -768,20 +807,16 @@ fn not_a_database_hint(file: &Path) -> String {
 /// The refusal without `--yes`, worded as the library's repair words it.
 fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
     let first = &plan.bad_lines[0];
-    Exit::Failed(
-        Error::Corrupt {
-            path: file.to_path_buf(),
-            line: first.line,
-            offset: first.offset,
-            reason: format!(
-                "this is not a database: none of its lines is a record ({} do not decode, the \
-                 first because: {}); repair refuses to move every line to the error file",
-                plan.bad_lines.len(),
-                first.reason
-            ),
-        },
-        not_a_database_hint(file),
-    )
+    Exit::NotADatabase {
+        path: file.to_path_buf(),
+        line: first.line,
+        offset: first.offset,
+        reason: format!(
+            "{} lines do not decode, the first because: {}",
+            plan.bad_lines.len(),
+            first.reason
+        ),
+    }
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {

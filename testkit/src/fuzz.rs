@@ -131,7 +131,7 @@ pub fn crash_recovery(data: &[u8]) {
 }
 
 /// `open_any_files`: bytes → arbitrary content (or a directory, or nothing) for each of
-/// the six files. Opening must either fail with a typed [`Error`] or give a consistent
+/// the six files. Opening must either fail with a typed [`ptvp35::Error`] or give a consistent
 /// database: no stray file, `P.error` only appended to, writes that work, a clean close
 /// that leaves `P` (and `P.error`), and a reopen that finds the same state. Never a
 /// panic, a hang or an allocation beyond the input's size.

@@ -375,11 +375,11 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
 }
 
 /// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
-/// durable and no rebuild runs (see [`settle`]). Every batch then holds the writes of one
+/// durable and no rebuild runs (see `settle`). Every batch then holds the writes of one
 /// step, and a rebuild runs between two steps, except around a `Compact`: the step after
 /// it (unless it is a `Compact` or a `Reopen`) runs during the rebuild's copy, and the
 /// steps after that which do not wait are queued during the rebuild's last steps and go
-/// to `P` in one batch, each at a point set by the filesystem (see [`compact_with`]). So the operations the run makes on
+/// to `P` in one batch, each at a point set by the filesystem (see `compact_with`). So the operations the run makes on
 /// `fs`, in order, are the same on every run, whatever the machine's load: the crash
 /// exploration depends on that.
 ///

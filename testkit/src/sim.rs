@@ -305,7 +305,7 @@ impl SimFs {
     }
 
     /// The machine dies after `ops` more mutating operations: every later one fails and
-    /// changes nothing (reads still work), so [`crash`](Self::crash) can be taken at
+    /// changes nothing (reads still work), so [`crash_with`](Self::crash_with) can be taken at
     /// leisure from the state of that instant.
     pub fn crash_after(&self, ops: u64) {
         let mut st = self.state.lock();

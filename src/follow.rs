@@ -172,15 +172,8 @@ fn read_view(fs: &dyn Fs, paths: &Paths) -> Result<(Vec<u8>, View, RecoveryRepor
     let plan = plan::plan(paths, &found)?;
     let data = plan.data(&found);
     let read_len = data.len() as u64;
-    let chain = match plan.count {
-        Some(count) if plan.restore == Restore::No => {
-            // The plan's chain, rebuilt to go on from its end.
-            let from = usize::try_from(count.valid).unwrap_or(data.len());
-            let (end, chain) = Chain::after_count(count.salt, data, from).valid_end(data, from);
-            (end == plan.valid).then_some(chain)
-        }
-        _ => None,
-    };
+    // The chain the plan reached, to go on from its end (only with the owner's flag).
+    let chain = plan.chain.clone();
     let mut data = match plan.restore {
         Restore::Rename => found.backup_data.take().unwrap_or_default(),
         _ => found.main.take().unwrap_or_default(),

@@ -53,6 +53,9 @@ pub(crate) struct Plan {
     pub(crate) discard_backup: bool,
     /// The flag (with the count it vouches for) survives recovery: V4 ran.
     pub(crate) count: Option<Count>,
+    /// With the flag: the chain after the last batch kept, to go on from (a reader
+    /// follows the owner's later batches with it).
+    pub(crate) chain: Option<Chain>,
     /// How many bytes of the file that ends up as `P` recovery keeps.
     pub(crate) valid: usize,
     /// What the open will report.
@@ -128,6 +131,7 @@ pub(crate) fn plan(paths: &Paths, found: &Found) -> Result<Plan> {
         restore,
         discard_backup,
         count: None,
+        chain: None,
         valid: 0,
         report,
     };
@@ -137,14 +141,14 @@ pub(crate) fn plan(paths: &Paths, found: &Found) -> Result<Plan> {
         // V4: bytes after the count are kept only in whole batches whose checksum holds.
         let count = read_count(paths, found.truncate.as_deref(), data)?;
         let from = usize::try_from(count.valid).unwrap_or(data.len());
-        plan.valid = Chain::after_count(count.salt, data, from)
-            .valid_end(data, from)
-            .0;
+        let (valid, chain) = Chain::after_count(count.salt, data, from).valid_end(data, from);
+        plan.valid = valid;
         if plan.valid < data.len() {
             refuse_character_count(paths, data, count)?;
             note_cut(&mut plan.report, plan.valid, &data[plan.valid..]);
         }
         plan.count = Some(count);
+        plan.chain = Some(chain);
     }
     Ok(plan)
 }

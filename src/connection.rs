@@ -195,8 +195,7 @@ impl Options {
     /// [`Error::Io`] if a file operation fails; [`Error::Internal`] if a thread parsing or
     /// loading the file panicked (in a key's or value's `Deserialize`, `Hash`, `Eq` or
     /// `Drop`). A [read-only](Self::read_only) open never returns [`Error::Locked`]; it
-    /// fails with [`Error::Io`] of kind [`std::io::ErrorKind::NotFound`] where there is
-    /// no database.
+    /// fails with [`Error::NotFound`] where there is no database.
     pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
         if self.read_only {
             return crate::follow::open(Arc::clone(&self.fs), path.as_ref(), self.parse_threads);

@@ -163,11 +163,9 @@ fn gather(fs: &dyn Fs, paths: &Paths) -> Result<(Side, Found)> {
 fn read_view(fs: &dyn Fs, paths: &Paths) -> Result<(Vec<u8>, View, RecoveryReport)> {
     let (side, mut found) = gather(fs, paths)?;
     if found.main.is_none() && found.backup_data.is_none() && !found.recover {
-        return Err(Error::io(
-            "open",
-            &paths.main,
-            io::Error::new(io::ErrorKind::NotFound, "no database file"),
-        ));
+        return Err(Error::NotFound {
+            path: paths.main.clone(),
+        });
     }
     let plan = plan::plan(paths, &found)?;
     let data = plan.data(&found);

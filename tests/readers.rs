@@ -353,7 +353,7 @@ fn a_read_only_open_of_nothing_creates_nothing() -> Result<()> {
     let dir = TempDir::new("readers-none")?;
     let path = dir.join("d.db");
     match Options::new().read_only(true).open::<u32, String>(&path) {
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(Error::NotFound { .. }) => {}
         other => bail!("{other:?}"),
     }
     ensure!(dir.files()?.is_empty());

@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
             if news.reloaded {
                 println!("(the owner rebuilt the file; reloaded)");
             }
-            let count = follower.get(&"count".into()).unwrap_or(0);
+            let count = follower.get("count").unwrap_or(0);
             if count > 0 {
                 // A transaction is never split: its event is there too.
                 assert_eq!(follower.get(&format!("event-{count}")), Some(count * count));

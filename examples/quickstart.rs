@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     });
     ada.score += 5;
     tx.set_nowait(1, ada)?;
-    tx.remove_nowait(5)?;
+    tx.remove_nowait(&5)?;
     tx.commit()?;
 
     db.remove(&4)?;

@@ -18,8 +18,8 @@ fn main() -> anyhow::Result<()> {
     db.commit_transaction(setup)?;
     println!(
         "setup: alice={:?} bob={:?}",
-        db.get(&"alice".into()),
-        db.get(&"bob".into())
+        db.get("alice"),
+        db.get("bob")
     );
 
     // A guard: reads its own writes, submits when dropped.
@@ -28,13 +28,13 @@ fn main() -> anyhow::Result<()> {
         tx.set_nowait("carol".into(), 10)?;
         println!(
             "inside the guard carol={:?}, outside {:?}",
-            tx.get(&"carol".into()),
-            db.get(&"carol".into())
+            tx.get("carol"),
+            db.get("carol")
         );
     }
     println!(
         "after drop carol={:?} (visible; durable after commit)",
-        db.get(&"carol".into())
+        db.get("carol")
     );
     db.commit()?;
 
@@ -45,12 +45,12 @@ fn main() -> anyhow::Result<()> {
         let inner = outer.transaction();
         inner.set_nowait("erin".into(), 2)?;
     }
-    println!("outer sees erin={:?}", outer.get(&"erin".into()));
+    println!("outer sees erin={:?}", outer.get("erin"));
     outer.rollback();
     println!(
         "after rollback dave={:?} erin={:?}",
-        db.get(&"dave".into()),
-        db.get(&"erin".into())
+        db.get("dave"),
+        db.get("erin")
     );
 
     // A panic inside a guard rolls it back. (The hook keeps the demo's output quiet.)
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "after a panic (caught: {}) alice={:?}",
         r.is_err(),
-        db.get(&"alice".into())
+        db.get("alice")
     );
 
     // Read-modify-write from threads: `transact` checks what it read and retries.
@@ -75,8 +75,8 @@ fn main() -> anyhow::Result<()> {
             s.spawn(move || {
                 for _ in 0..25 {
                     db.transact(|tx| -> anyhow::Result<()> {
-                        let a = tx.get(&"alice".into()).unwrap_or(0);
-                        let b = tx.get(&"bob".into()).unwrap_or(0);
+                        let a = tx.get("alice").unwrap_or(0);
+                        let b = tx.get("bob").unwrap_or(0);
                         tx.set_nowait("alice".into(), a - 1)?;
                         tx.set_nowait("bob".into(), b + 1)?;
                         Ok(())
@@ -87,8 +87,8 @@ fn main() -> anyhow::Result<()> {
         }
     });
     let (a, b) = (
-        db.get(&"alice".into()).unwrap_or(0),
-        db.get(&"bob".into()).unwrap_or(0),
+        db.get("alice").unwrap_or(0),
+        db.get("bob").unwrap_or(0),
     );
     println!(
         "after 100 concurrent transfers: alice={a} bob={b} total={}",

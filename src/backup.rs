@@ -8,12 +8,13 @@ use crate::codec;
 use crate::connection::DbConnection;
 use crate::error::{Error, Result};
 use crate::fs::Fs;
+use crate::kind::{MapKind, Table};
 use crate::storage::{self, wrap, Paths};
 
 /// Bytes gathered before each write of the copy.
 const CHUNK: usize = 1 << 20;
 
-impl<K: Key, V: Value> DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Writes a consistent, compacted, durable copy of the database to `dest`: one line
     /// per live key, as a clean close leaves a file, so that `dest` opens as a database
     /// (or reads as plain NDJSON) on its own.
@@ -50,7 +51,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// db.set("b".into(), 2)?;
     ///
     /// let copy = DbConnection::<String, i64>::open(dir.join("copy.db"))?;
-    /// assert_eq!((copy.get(&"a".into()), copy.get(&"b".into())), (Some(1), None));
+    /// assert_eq!((copy.get("a"), copy.get("b")), (Some(1), None));
     /// # copy.close()?;
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -61,12 +62,15 @@ impl<K: Key, V: Value> DbConnection<K, V> {
         let fs = &*self.fs;
         let dest = Paths::resolve(fs, dest.as_ref())?;
         refuse_destination(fs, &self.paths, &dest)?;
-        let pairs = self.shared.map.copy_all();
+        let (pairs, _) = self
+            .shared
+            .map
+            .with_all(|tables, seq| (M::Table::freeze_all(tables), seq));
         self.commit()?;
         let mut name = dest.main.as_os_str().to_os_string();
         name.push(format!(".ptvp35-backup-{}.tmp", std::process::id()));
         let tmp = PathBuf::from(name);
-        let written = write_copy(fs, &tmp, &pairs);
+        let written = write_copy::<K, V, M::Table>(fs, &tmp, &pairs);
         drop(pairs);
         let done = written
             .and_then(|()| wrap("rename", &tmp, fs.rename(&tmp, &dest.main)))
@@ -109,19 +113,24 @@ fn refuse_destination(fs: &dyn Fs, own: &Paths, dest: &Paths) -> Result<()> {
 }
 
 /// Writes `pairs` as record lines to `tmp` and makes them durable.
-fn write_copy<K: Key, V: Value>(fs: &dyn Fs, tmp: &Path, pairs: &[(K, V)]) -> Result<()> {
+fn write_copy<K: Key, V: Value, T: Table<K, V>>(
+    fs: &dyn Fs,
+    tmp: &Path,
+    pairs: &T::Frozen,
+) -> Result<()> {
     let mut file = wrap("create", tmp, fs.open(tmp, true))?;
     wrap("truncate", tmp, file.set_len(0))?;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     let mut at = 0u64;
-    for (k, v) in pairs {
+    T::visit(pairs, &mut |k, v| {
         codec::encode_set(k, v, &mut buf)?;
         if buf.len() >= CHUNK {
             wrap("write", tmp, file.write_at(at, &buf))?;
             at += buf.len() as u64;
             buf.clear();
         }
-    }
+        Ok(())
+    })?;
     wrap("write", tmp, file.write_at(at, &buf))?;
     wrap("fsync", tmp, file.sync_data())
 }

@@ -1,8 +1,10 @@
 //! `DbConnection`: open (with recovery), reads from the in-memory map, writes through the
 //! writer thread, close. `Options` holds the tunables, `Stats` the counters.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use crate::codec;
 use crate::delta::Delta;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
+use crate::kind::{Find, Hashed, MapKind, Ordered, Table};
 use crate::map::{Map, ReadSet, Refusal, UndoList};
 use crate::progress::Tracking;
 use crate::recovery::{self, RecoveryReport};
@@ -159,7 +162,7 @@ impl Options {
     /// let owner = DbConnection::<String, i64>::open(&path)?;
     /// owner.set("a".into(), 1)?;
     /// let reader: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
-    /// assert_eq!(reader.get(&"a".into()), Some(1));
+    /// assert_eq!(reader.get("a"), Some(1));
     /// assert!(matches!(reader.set("b".into(), 2), Err(Error::ReadOnly { .. })));
     /// # owner.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -197,10 +200,53 @@ impl Options {
     /// `Drop`). A [read-only](Self::read_only) open never returns [`Error::Locked`]; it
     /// fails with [`Error::NotFound`] where there is no database.
     pub fn open<K: Key, V: Value>(&self, path: impl AsRef<Path>) -> Result<DbConnection<K, V>> {
+        self.open_as(path.as_ref())
+    }
+
+    /// As [`open`](Self::open), with the [`Ordered`] map: keys in order, [`range`]
+    /// scans, [`first`] and [`last`], and rebuilt files with the pairs in key order.
+    ///
+    /// [`range`]: DbConnection::range
+    /// [`first`]: DbConnection::first
+    /// [`last`]: DbConnection::last
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-openord-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use ptvp35::{DbConnection, Options, Ordered};
+    ///
+    /// let db: DbConnection<u64, String, Ordered> =
+    ///     Options::new().open_ordered(dir.join("events.db"))?;
+    /// db.set(20, "b".into())?;
+    /// db.set(10, "a".into())?;
+    /// assert_eq!(db.first(), Some((10, "a".to_string())));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn open_ordered<K: Key + Ord, V: Value>(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<DbConnection<K, V, Ordered>> {
+        self.open_as(path.as_ref())
+    }
+
+    fn open_as<K: Key, V: Value, M: MapKind<K, V>>(
+        &self,
+        path: &Path,
+    ) -> Result<DbConnection<K, V, M>> {
         if self.read_only {
-            return crate::follow::open(Arc::clone(&self.fs), path.as_ref(), self.parse_threads);
+            return crate::follow::open(Arc::clone(&self.fs), path, self.parse_threads);
         }
-        DbConnection::open_with(self, path.as_ref())
+        DbConnection::open_with(self, path)
     }
 }
 
@@ -262,26 +308,50 @@ impl CommitHandle {
     pub fn wait(self) -> Result<()> {
         self.tracking.progress.wait(self.seq)
     }
+
+    /// A handle on whichever of the two writes comes later.
+    pub(crate) fn or_later(self, other: CommitHandle) -> CommitHandle {
+        if other.seq > self.seq {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// What a connection shares with its writer thread: the map, the queue, and the
 /// durability progress, budget and counters.
-pub(crate) struct Core<K, V> {
-    pub(crate) map: Map<K, V>,
+pub(crate) struct Core<K, V, T> {
+    pub(crate) map: Map<K, V, T>,
     /// Unbounded: the budget in `tracking` bounds what is queued, so a send never blocks
     /// (it happens under the map's locks).
     pub(crate) tx: Sender<Request<UndoList<K, V>>>,
     pub(crate) tracking: Arc<Tracking>,
 }
 
-impl<K: Key, V: Value> TypedSide for Core<K, V> {
+impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
     type Undo = UndoList<K, V>;
 
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        if T::CHEAP_FREEZE {
+            // A consistent state, in key order, copied with no lock held.
+            let (frozen, seq) = self.map.with_all(|tables, seq| (T::freeze_all(tables), seq));
+            let mut buf = Vec::with_capacity(1 << 20);
+            T::visit(&frozen, &mut |k, v| {
+                codec::encode_set(k, v, &mut buf)?;
+                if buf.len() >= 1 << 20 {
+                    sink(&buf)?;
+                    buf.clear();
+                }
+                Ok(())
+            })?;
+            sink(&buf)?;
+            return Ok(seq);
+        }
         self.map.for_each_shard(
             |shard| {
                 let mut buf = Vec::with_capacity(shard.len() * 64);
-                for (k, e) in shard.iter() {
+                for (k, e) in shard.pairs() {
                     codec::encode_set(k, &e.value, &mut buf)?;
                 }
                 Ok(buf)
@@ -334,8 +404,8 @@ impl<K: Key, V: Value> TypedSide for Core<K, V> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct DbConnection<K: Key, V: Value> {
-    pub(crate) shared: Arc<Core<K, V>>,
+pub struct DbConnection<K: Key, V: Value, M: MapKind<K, V> = Hashed> {
+    pub(crate) shared: Arc<Core<K, V, M::Table>>,
     pub(crate) writer: Mutex<Option<JoinHandle<()>>>,
     pub(crate) paths: Paths,
     pub(crate) report: RecoveryReport,
@@ -345,7 +415,7 @@ pub struct DbConnection<K: Key, V: Value> {
     pub(crate) follower: Option<crate::follow::Follower>,
 }
 
-impl<K: Key, V: Value> fmt::Debug for DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> fmt::Debug for DbConnection<K, V, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbConnection")
             .field("path", &self.paths.main)
@@ -354,7 +424,7 @@ impl<K: Key, V: Value> fmt::Debug for DbConnection<K, V> {
     }
 }
 
-impl<K: Key, V: Value> DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Opens (or creates) the database whose main file is `path` with default
     /// [`Options`], running recovery first.
     ///
@@ -362,14 +432,14 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ///
     /// As [`Options::open`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Options::new().open(path)
+        Options::new().open_as(path.as_ref())
     }
 
     fn open_with(opts: &Options, path: &Path) -> Result<Self> {
         let fs = Arc::clone(&opts.fs);
         let paths = Paths::resolve(&*fs, path)?;
         let mut rec = recovery::open_and_recover(&*fs, &paths)?;
-        let (map, records) = crate::load::load::<K, V>(&rec.data, &paths.main, opts.parse_threads)?;
+        let (map, records) = crate::load::load::<K, V, M::Table>(&rec.data, &paths.main, opts.parse_threads)?;
         let len = rec.data.len() as u64;
         drop(rec.data);
         let chain = storage::start_session(&*fs, &paths, &mut *rec.file, len, rec.has_flag)?;
@@ -461,16 +531,23 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # std::fs::create_dir_all(&dir)?;
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// db.set("a".into(), 1)?;
-    /// assert_eq!(db.get(&"a".into()), Some(1));
-    /// assert_eq!(db.get(&"b".into()), None);
+    /// assert_eq!(db.get("a"), Some(1));
+    /// assert_eq!(db.get("b"), None);
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
     /// # }
     /// ```
     #[must_use]
-    pub fn get(&self, key: &K) -> Option<V> {
-        self.shared.map.read(key, |e| e.map(|e| e.value.clone()))
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        M::Table: Find<K, V, Q>,
+    {
+        self.shared
+            .map
+            .read_borrowed(key, |e| e.map(|e| e.value.clone()))
     }
 
     /// Calls `f` on the value of `key` under the read lock, without cloning it.
@@ -487,14 +564,19 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # std::fs::create_dir_all(&dir)?;
     /// let db = ptvp35::DbConnection::<String, Vec<u8>>::open(dir.join("blobs.db"))?;
     /// db.set("a".into(), vec![1, 2, 3])?;
-    /// assert_eq!(db.get_with(&"a".into(), |v| v.len()), Some(3));
+    /// assert_eq!(db.get_with("a", |v| v.len()), Some(3));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn get_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.shared.map.read(key, |e| e.map(|e| f(&e.value)))
+    pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        M::Table: Find<K, V, Q>,
+    {
+        self.shared.map.read_borrowed(key, |e| e.map(|e| f(&e.value)))
     }
 
     pub(crate) fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
@@ -514,15 +596,20 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # std::fs::create_dir_all(&dir)?;
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// db.set("a".into(), 1)?;
-    /// assert!(db.contains_key(&"a".into()));
+    /// assert!(db.contains_key("a"));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
     /// # }
     /// ```
     #[must_use]
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.shared.map.read(key, |e| e.is_some())
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        M::Table: Find<K, V, Q>,
+    {
+        self.shared.map.read_borrowed(key, |e| e.is_some())
     }
 
     /// Number of keys.
@@ -594,7 +681,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for (k, v) in self.shared.map.copy_all() {
+        for (k, v) in self.iter() {
             f(&k, &v);
         }
     }
@@ -620,7 +707,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// ```
     #[must_use]
     pub fn snapshot(&self) -> HashMap<K, V> {
-        self.shared.map.copy_all().into_iter().collect()
+        self.iter().collect()
     }
 
     /// Sets `key` to `value` and returns once the change is durable.
@@ -700,15 +787,18 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # std::fs::create_dir_all(&dir)?;
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// db.set("a".into(), 1)?;
-    /// db.remove(&"a".into())?;
-    /// assert_eq!(db.get(&"a".into()), None);
+    /// db.remove("a")?;
+    /// assert_eq!(db.get("a"), None);
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn remove(&self, key: &K) -> Result<()> {
-        let seq = self.remove_nowait_seq(key)?;
+    pub fn remove<Q>(&self, key: &Q) -> Result<()>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        let seq = self.remove_nowait_seq(key.to_owned())?;
         self.shared.tracking.progress.wait(seq)
     }
 
@@ -726,22 +816,25 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # std::fs::create_dir_all(&dir)?;
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// db.set("a".into(), 1)?;
-    /// db.remove_nowait(&"a".into())?;
-    /// assert!(!db.contains_key(&"a".into()));
+    /// db.remove_nowait("a")?;
+    /// assert!(!db.contains_key("a"));
     /// db.commit()?;
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn remove_nowait(&self, key: &K) -> Result<()> {
-        self.remove_nowait_seq(key).map(drop)
+    pub fn remove_nowait<Q>(&self, key: &Q) -> Result<()>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove_nowait_seq(key.to_owned()).map(drop)
     }
 
-    fn remove_nowait_seq(&self, key: &K) -> Result<u64> {
+    fn remove_nowait_seq(&self, key: K) -> Result<u64> {
         let mut line = Vec::with_capacity(32);
-        codec::encode_remove(key, &mut line)?;
-        self.submit(vec![(key.clone(), None)], line, 1, None)
+        codec::encode_remove(&key, &mut line)?;
+        self.submit(vec![(key, None)], line, 1, None)
     }
 
     /// Blocks until every change submitted before this call is durable.
@@ -787,7 +880,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// delta.set("a".into(), 1)?;
     /// delta.set("b".into(), 2)?;
     /// db.submit_transaction(delta)?; // both visible now
-    /// assert_eq!(db.get(&"b".into()), Some(2));
+    /// assert_eq!(db.get("b"), Some(2));
     /// db.commit()?; // durable
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -823,6 +916,11 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        if delta.is_empty() {
+            // No change: nothing to wait for (not another thread's last write).
+            self.writable()?;
+            return Ok(self.handle(0));
+        }
         let seq = self.submit_delta(delta, None)?;
         Ok(self.handle(seq))
     }
@@ -851,8 +949,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// # }
     /// ```
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
-        let seq = self.submit_delta(delta, None)?;
-        self.shared.tracking.progress.wait(seq)
+        self.submit_transaction_request(delta)?.wait()
     }
 
     pub(crate) fn handle(&self, seq: u64) -> CommitHandle {
@@ -961,7 +1058,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     ///     db.set_nowait("counter".into(), i)?;
     /// }
     /// db.compact()?; // the file now holds one line
-    /// assert_eq!(db.get(&"counter".into()), Some(999));
+    /// assert_eq!(db.get("counter"), Some(999));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -1036,7 +1133,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// let path = db.path().to_path_buf();
     /// db.close()?; // durable, and only the main file is left
     /// let db = ptvp35::DbConnection::<String, i64>::open(&path)?;
-    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// assert_eq!(db.get("a"), Some(1));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -1066,7 +1163,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     }
 }
 
-impl<K: Key, V: Value> Drop for DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> Drop for DbConnection<K, V, M> {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }

@@ -1,7 +1,9 @@
 //! `Delta`: a set of changes to many keys, serialized as they are added, written as one
 //! unit.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::{self, HashMap};
+use std::hash::Hash;
 
 use crate::bounds::{Key, Value};
 use crate::codec;
@@ -38,7 +40,7 @@ type KeyHashing = foldhash::fast::RandomState;
 /// let mut delta = Delta::new();
 /// delta.set("alice".to_string(), 70)?;
 /// delta.set("bob".to_string(), 30)?;
-/// delta.remove("carol".to_string())?;
+/// delta.remove("carol")?;
 /// db.commit_transaction(delta)?; // both balances, durably, or neither
 /// assert_eq!(db.get(&"bob".to_string()), Some(30));
 /// # db.close()?;
@@ -107,7 +109,11 @@ impl<K: Key, V: Value> Delta<K, V> {
     ///
     /// [`Error::Serialize`](crate::Error::Serialize) if the key cannot be stored as JSON;
     /// the delta is unchanged.
-    pub fn remove(&mut self, key: K) -> Result<()> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Result<()>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        let key = key.to_owned();
         let start = self.lines.len();
         codec::encode_remove(&key, &mut self.lines)?;
         self.put(key, None, start);
@@ -117,7 +123,11 @@ impl<K: Key, V: Value> Delta<K, V> {
     /// What this delta does to `key`: `None` if nothing, `Some(None)` if it removes it,
     /// `Some(Some(v))` if it sets it to `v`.
     #[must_use]
-    pub fn get(&self, key: &K) -> Option<Option<&V>> {
+    pub fn get<Q>(&self, key: &Q) -> Option<Option<&V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.changes.get(key).map(|c| c.value.as_ref())
     }
 
@@ -228,8 +238,8 @@ mod tests {
         d.set("a".into(), 3)?;
         d.remove("b".into())?;
         assert_eq!(d.len(), 2);
-        assert_eq!(d.get(&"a".into()), Some(Some(&3)));
-        assert_eq!(d.get(&"b".into()), Some(None));
+        assert_eq!(d.get("a"), Some(Some(&3)));
+        assert_eq!(d.get("b"), Some(None));
         assert_eq!(lines(d), ["{\"key\":\"a\",\"value\":3}", "{\"key\":\"b\"}"]);
         Ok(())
     }
@@ -265,7 +275,7 @@ mod tests {
         d.set("a".into(), 1.0)?;
         assert!(d.set("b".into(), f64::NAN).is_err());
         assert!(d.set("a".into(), f64::INFINITY).is_err());
-        assert_eq!(d.get(&"a".into()), Some(Some(&1.0)));
+        assert_eq!(d.get("a"), Some(Some(&1.0)));
         let (changes, bytes) = d.into_parts();
         assert_eq!(changes.len(), 1);
         assert_eq!(bytes, b"{\"key\":\"a\",\"value\":1.0}\n");

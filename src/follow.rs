@@ -20,6 +20,7 @@ use crate::codec::{self, chain::Chain, Record};
 use crate::connection::{Core, DbConnection};
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs};
+use crate::kind::MapKind;
 use crate::plan::{self, Found, Restore};
 use crate::progress::Tracking;
 use crate::recovery::RecoveryReport;
@@ -44,7 +45,7 @@ const ATTEMPTS: usize = 64;
 /// owner.set("a".into(), 1)?;
 /// let r = reader.refresh()?;
 /// assert_eq!((r.records, r.reloaded), (1, false));
-/// assert_eq!(reader.get(&"a".into()), Some(1));
+/// assert_eq!(reader.get("a"), Some(1));
 /// # owner.close()?;
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok(())
@@ -187,14 +188,14 @@ fn read_view(fs: &dyn Fs, paths: &Paths) -> Result<(Vec<u8>, View, RecoveryRepor
 }
 
 /// Opens the database at `path` read-only (see [`crate::Options::read_only`]).
-pub(crate) fn open<K: Key, V: Value>(
+pub(crate) fn open<K: Key, V: Value, M: MapKind<K, V>>(
     fs: Arc<dyn Fs>,
     path: &Path,
     threads: usize,
-) -> Result<DbConnection<K, V>> {
+) -> Result<DbConnection<K, V, M>> {
     let paths = Paths::resolve(&*fs, path)?;
     let (data, view, report) = read_view(&*fs, &paths)?;
-    let (map, records) = crate::load::load::<K, V>(&data, &paths.main, threads)?;
+    let (map, records) = crate::load::load::<K, V, M::Table>(&data, &paths.main, threads)?;
     // No writer: the receiver is dropped, and every write is refused before it is sent.
     let (tx, _) = crossbeam_channel::unbounded();
     let tracking = Arc::new(Tracking::new(1, 1, data.len() as u64, records));
@@ -242,7 +243,7 @@ fn decode_all<K: Key, V: Value>(
     Ok(changes)
 }
 
-impl<K: Key, V: Value> DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Refuses a write on a read-only handle.
     pub(crate) fn writable(&self) -> Result<()> {
         match self.follower {
@@ -285,7 +286,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// owner.set("a".into(), 1)?;
     /// owner.compact()?; // a new `P` under the same name
     /// assert!(reader.refresh()?.reloaded);
-    /// assert_eq!(reader.get(&"a".into()), Some(1));
+    /// assert_eq!(reader.get("a"), Some(1));
     /// # owner.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -317,7 +318,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// let owner = DbConnection::<String, i64>::open(&path)?;
     /// let reader: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
     /// owner.set("a".into(), 1)?;
-    /// owner.remove(&"a".into())?;
+    /// owner.remove("a")?;
     /// let mut seen = Vec::new();
     /// reader.refresh_with(|k, v| seen.push((k.clone(), v.copied())))?;
     /// assert_eq!(seen, [("a".to_string(), Some(1)), ("a".to_string(), None)]);
@@ -400,7 +401,7 @@ impl<K: Key, V: Value> DbConnection<K, V> {
                 valid_len: view.valid,
             });
         }
-        let (map, _) = crate::load::load::<K, V>(&data, &self.paths.main, f.threads)?;
+        let (map, _) = crate::load::load::<K, V, M::Table>(&data, &self.paths.main, f.threads)?;
         drop(data);
         let old: HashMap<K, V> = self.shared.map.copy_all().into_iter().collect();
         let mut changes: Vec<(K, Option<V>)> = Vec::new();

@@ -528,7 +528,7 @@ where
 /// let report = ptvp35::repair::<String, i64>(&path)?;
 /// assert_eq!(report.moved[0].line, 2);
 /// let db = ptvp35::DbConnection::<String, i64>::open(&path)?;
-/// assert_eq!((db.get(&"a".into()), db.get(&"c".into())), (Some(1), Some(3)));
+/// assert_eq!((db.get("a"), db.get("c")), (Some(1), Some(3)));
 /// # db.close()?;
 /// let error_file = std::fs::read_to_string(dir.join("r.db.error"))?;
 /// assert!(error_file.contains("{\"key\":\"b\",\"val\n"));

@@ -56,7 +56,7 @@
 //! # std::fs::create_dir_all(&dir)?;
 //! # let db = ptvp35::DbConnection::<String, serde_json::Value>::open(dir.join("app.db"))?;
 //! db.set("greeting".into(), serde_json::json!({"text": "hello"}))?; // durable on return
-//! assert_eq!(db.get(&"greeting".into()).unwrap()["text"], "hello");
+//! assert_eq!(db.get("greeting").unwrap()["text"], "hello");
 //! for i in 0..100 {
 //!     db.set_nowait(format!("item{i}"), i.into())?; // visible now
 //! }
@@ -88,7 +88,7 @@
 //! tx.commit()?; // both, atomically and durably
 //!
 //! db.transact(|tx| -> anyhow::Result<()> {
-//!     let a = tx.get(&"alice".into()).unwrap_or(0);
+//!     let a = tx.get("alice").unwrap_or(0);
 //!     tx.set_nowait("alice".into(), a + 1)?; // no lost update, whatever other threads do
 //!     Ok(())
 //! })?;
@@ -144,12 +144,12 @@
 //! owner.set("visits".into(), 1)?;
 //!
 //! let follower: DbConnection<String, i64> = Options::new().read_only(true).open(&path)?;
-//! assert_eq!(follower.get(&"visits".into()), Some(1));
+//! assert_eq!(follower.get("visits"), Some(1));
 //! assert!(matches!(follower.set("visits".into(), 0), Err(Error::ReadOnly { .. })));
 //!
 //! owner.set("visits".into(), 2)?;
 //! let news = follower.refresh()?; // whole batches appended since
-//! assert_eq!((news.records, follower.get(&"visits".into())), (1, Some(2)));
+//! assert_eq!((news.records, follower.get("visits")), (1, Some(2)));
 //!
 //! follower.backup_to(dir.join("copy.db"))?; // consistent, compacted, durable
 //! # owner.close()?;
@@ -178,8 +178,11 @@ mod error;
 mod follow;
 mod fs;
 mod inspect;
+mod iter;
+mod kind;
 mod load;
 mod map;
+mod ordered;
 mod plan;
 mod progress;
 mod recovery;
@@ -209,6 +212,8 @@ pub use error::{Error, Result};
 pub use follow::Refreshed;
 #[doc(hidden)]
 pub use inspect::repair_on;
+pub use iter::Iter;
+pub use kind::{Hashed, MapKind, Ordered};
 pub use inspect::{
     inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
 };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::bounds::{Key, Value};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::kind::Table;
 use crate::map::{Map, Sorted};
 
 /// Parses all of `data` (every byte of it vouched for by recovery) into a map. Returns the
@@ -15,11 +16,11 @@ use crate::map::{Map, Sorted};
 /// The file is split at line boundaries into one chunk per thread, and each thread parses
 /// its chunk and sorts its records for the map ([`Sorted`]); the map then fills itself
 /// from the chunks in file order ([`Map::fill`]).
-pub(crate) fn load<K: Key, V: Value>(
+pub(crate) fn load<K: Key, V: Value, T: Table<K, V>>(
     data: &[u8],
     path: &Path,
     threads: usize,
-) -> Result<(Map<K, V>, u64)> {
+) -> Result<(Map<K, V, T>, u64)> {
     if let Some(last) = data.last() {
         if *last != b'\n' {
             let start = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
@@ -117,11 +118,11 @@ fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
     out
 }
 
-fn parse_chunk<K: Key, V: Value>(
+fn parse_chunk<K: Key, V: Value, T: Table<K, V>>(
     chunk: &[u8],
     base: usize,
     path: &Path,
-    map: &Map<K, V>,
+    map: &Map<K, V, T>,
 ) -> Result<Sorted<K, V>> {
     let mut out = Sorted::new();
     for (line_no, line) in (1u64..).zip(codec::lines(chunk, 0)) {
@@ -176,7 +177,7 @@ mod tests {
             .nth(bad_line - 2);
         let at = offset.map_or(0, |(i, _)| i + 1);
         data[at] = b'x';
-        let e = load::<u64, u64>(&data, Path::new("t.db"), 2).err();
+        let e = load::<u64, u64, crate::shard::Shard<u64, u64>>(&data, Path::new("t.db"), 2).err();
         match e {
             Some(Error::Corrupt { line, offset, .. }) => {
                 assert_eq!(line, bad_line as u64);

@@ -15,7 +15,8 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use crate::bounds::{Key, Value};
 use crate::codec::Record;
 pub(crate) use crate::shard::Entry;
-use crate::shard::{Shard, Step, Trash};
+use crate::kind::{Find, Step, Table};
+use crate::shard::{Shard, Trash};
 
 /// Number of shards. A power of two; 256 keeps a shard of a million-key database small
 /// enough (about 4,000 keys) to be copied in about a millisecond.
@@ -49,7 +50,7 @@ type KeyHashing = foldhash::fast::RandomState;
 /// A shard's lock on a cache line of its own, so that readers of different shards do not
 /// slow each other down.
 #[repr(align(128))]
-struct Padded<K, V>(RwLock<Shard<K, V>>);
+struct Padded<T>(RwLock<T>);
 
 /// Why a submission did not go in.
 #[derive(Debug)]
@@ -69,11 +70,12 @@ struct Order {
     refuse: bool,
 }
 
-pub(crate) struct Map<K, V> {
-    shards: Box<[Padded<K, V>]>,
+pub(crate) struct Map<K, V, T = Shard<K, V>> {
+    shards: Box<[Padded<T>]>,
     hasher: KeyHashing,
     order: Mutex<Order>,
     live: AtomicUsize,
+    _pairs: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
 /// A set of shard indices, iterated in ascending order (the order locks are taken in).
@@ -118,7 +120,7 @@ impl<K: Key, V: Value> Sorted<K, V> {
     }
 
     /// Adds the next record of the chunk (runs the user's `Hash`).
-    pub(crate) fn push(&mut self, map: &Map<K, V>, r: Record<K, V>) {
+    pub(crate) fn push<T: Table<K, V>>(&mut self, map: &Map<K, V, T>, r: Record<K, V>) {
         let i = map.shard_of(r.key());
         self.per_shard[i] += 1;
         self.parts[i * LOAD_PARTS / SHARDS].push(r);
@@ -130,11 +132,11 @@ impl<K: Key, V: Value> Sorted<K, V> {
     }
 }
 
-impl<K: Key, V: Value> Map<K, V> {
+impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     pub(crate) fn new() -> Self {
         Map {
             shards: (0..SHARDS)
-                .map(|_| Padded(RwLock::new(Shard::default())))
+                .map(|_| Padded(RwLock::new(T::default())))
                 .collect(),
             hasher: KeyHashing::default(),
             order: Mutex::new(Order {
@@ -142,6 +144,7 @@ impl<K: Key, V: Value> Map<K, V> {
                 refuse: false,
             }),
             live: AtomicUsize::new(0),
+            _pairs: std::marker::PhantomData,
         }
     }
 
@@ -179,7 +182,7 @@ impl<K: Key, V: Value> Map<K, V> {
         }
         let (lo, hi) = self.shards.split_at_mut(SHARDS / 2);
         let [lo_recs, hi_recs] = halves;
-        let apply = |shards: &mut [Padded<K, V>], base: usize, chunks: Vec<Vec<Record<K, V>>>| {
+        let apply = |shards: &mut [Padded<T>], base: usize, chunks: Vec<Vec<Record<K, V>>>| {
             let mut n: isize = 0;
             let mut trash = Trash::default();
             for r in chunks.into_iter().flatten() {
@@ -232,6 +235,27 @@ impl<K: Key, V: Value> Map<K, V> {
         f(self.shards[shard_index(hash)].0.read().get(hash, k))
     }
 
+    /// Calls `f` on the entry of the key that borrows as `q` under its shard's read lock
+    /// (the `Borrow` contract makes `q`'s hash the key's).
+    pub(crate) fn read_borrowed<Q, R>(&self, q: &Q, f: impl FnOnce(Option<&Entry<V>>) -> R) -> R
+    where
+        Q: std::hash::Hash + ?Sized,
+        T: Find<K, V, Q>,
+    {
+        let hash = self.hasher.hash_one(q);
+        f(self.shards[shard_index(hash)].0.read().find(hash, q))
+    }
+
+    /// Calls `f` with every shard, under every shard's read lock at once (a consistent
+    /// state), and the number of the last write it includes.
+    pub(crate) fn with_all<R>(&self, f: impl FnOnce(&[&T], u64) -> R) -> R {
+        let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
+        // Every write holds its shards' write locks while it takes its number.
+        let seq = self.seq();
+        let tables: Vec<&T> = guards.iter().map(|g| &**g).collect();
+        f(&tables, seq)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
@@ -248,7 +272,7 @@ impl<K: Key, V: Value> Map<K, V> {
         let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
         let mut out = Vec::with_capacity(self.len());
         for g in &guards {
-            out.extend(g.iter().map(|(k, e)| (k.clone(), e.value.clone())));
+            out.extend(g.pairs().map(|(k, e)| (k.clone(), e.value.clone())));
         }
         out
     }
@@ -256,10 +280,10 @@ impl<K: Key, V: Value> Map<K, V> {
     /// For each shard, calls `under_lock` under its read lock only, then `after` on the
     /// result with the lock released. Not a consistent view across shards: a rebuild
     /// replays the writes made meanwhile (see `writer.rs`).
-    pub(crate) fn for_each_shard<T, E>(
+    pub(crate) fn for_each_shard<R, E>(
         &self,
-        mut under_lock: impl FnMut(&Shard<K, V>) -> Result<T, E>,
-        mut after: impl FnMut(T) -> Result<(), E>,
+        mut under_lock: impl FnMut(&T) -> Result<R, E>,
+        mut after: impl FnMut(R) -> Result<(), E>,
     ) -> Result<(), E> {
         for s in &*self.shards {
             let t = under_lock(&s.0.read())?;
@@ -297,7 +321,7 @@ impl<K: Key, V: Value> Map<K, V> {
         }
         let mut trash = Trash::default();
         // Declared after `prepared` and `trash`: the locks go first, then user `Drop`s.
-        let mut guards: Vec<(usize, RwLockWriteGuard<'_, Shard<K, V>>)> =
+        let mut guards: Vec<(usize, RwLockWriteGuard<'_, T>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
         // 2. Checks (user `Eq`, nothing changes).
         for (hash, k, seen) in reads {
@@ -322,7 +346,7 @@ impl<K: Key, V: Value> Map<K, V> {
             }
         }
         // 3. Apply, step by step; a panic (user `Eq`) reverts the steps taken.
-        let mut steps: Vec<(usize, Step<K, V>)> = Vec::with_capacity(prepared.len());
+        let mut steps: Vec<(usize, Step<K, V, T::Pos>)> = Vec::with_capacity(prepared.len());
         let applied = catch_unwind(AssertUnwindSafe(|| {
             for p in prepared.drain(..) {
                 let at = slot(p.hash, &guards);
@@ -419,7 +443,7 @@ impl<K: Key, V: Value> Map<K, V> {
             }
         }
         let mut trash = Trash::default();
-        let mut guards: Vec<(usize, RwLockWriteGuard<'_, Shard<K, V>>)> =
+        let mut guards: Vec<(usize, RwLockWriteGuard<'_, T>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
         let mut panicked = None;
         for list in lists.into_iter().rev() {
@@ -438,7 +462,7 @@ impl<K: Key, V: Value> Map<K, V> {
     /// first panic, having undone every other key.
     fn undo_locked(
         &self,
-        guards: &mut [(usize, RwLockWriteGuard<'_, Shard<K, V>>)],
+        guards: &mut [(usize, RwLockWriteGuard<'_, T>)],
         list: UndoList<K, V>,
         trash: &mut Trash<K, V>,
     ) -> Result<(), Box<dyn std::any::Any + Send>> {
@@ -469,7 +493,7 @@ impl<K: Key, V: Value> Map<K, V> {
 
 /// The undo list of an applied write (moves only), and how many keys it added and
 /// removed.
-fn undo_of<K, V>(steps: Vec<(usize, Step<K, V>)>) -> (UndoList<K, V>, usize, usize) {
+fn undo_of<K, V, P>(steps: Vec<(usize, Step<K, V, P>)>) -> (UndoList<K, V>, usize, usize) {
     let mut undo = UndoList::default();
     let (mut added, mut removed) = (0, 0);
     for (_, step) in steps {

@@ -12,9 +12,12 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
+use crate::bounds::{Key, Value};
+use crate::kind::Table;
+
 /// One value, with the sequence number of the write that set it (what `transact` checks).
 #[derive(Debug, Clone)]
-pub(crate) struct Entry<V> {
+pub struct Entry<V> {
     pub(crate) value: V,
     pub(crate) version: u64,
 }
@@ -127,37 +130,19 @@ impl<K: Eq, V> Bucket<K, V> {
     }
 }
 
-/// How to revert one change exactly, without user code (see the module's docs).
-#[derive(Debug)]
-pub(crate) enum Step<K, V> {
-    /// A key was added; `key` is the caller's copy of it.
-    Added {
-        hash: u64,
-        key: K,
-        /// The key got a bucket of its own (else it was pushed onto a bucket).
-        alone: bool,
-    },
-    /// The entry at `index` of the key's bucket was replaced; `key` is the caller's copy.
-    Replaced {
-        hash: u64,
-        index: usize,
-        key: K,
-        old: Entry<V>,
-    },
-    /// The pair at `index` was removed (swapped out); `key` is the shard's copy.
-    Removed {
-        hash: u64,
-        index: usize,
-        key: K,
-        old: Entry<V>,
-        /// The key's bucket went with it.
-        alone: bool,
-    },
+/// Where a change was made in a hash table: the index in the key's bucket, and whether
+/// the key had (or got) a bucket of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct HashPos {
+    index: usize,
+    alone: bool,
 }
+
+type Step<K, V> = crate::kind::Step<K, V, HashPos>;
 
 /// What a change let go of: dropped (user `Drop`) only once every lock is released.
 #[derive(Debug)]
-pub(crate) struct Trash<K, V> {
+pub struct Trash<K, V> {
     pub(crate) keys: Vec<K>,
     pub(crate) entries: Vec<Entry<V>>,
 }
@@ -173,7 +158,7 @@ impl<K, V> Default for Trash<K, V> {
 
 /// One shard's pairs.
 #[derive(Debug)]
-pub(crate) struct Shard<K, V> {
+pub struct Shard<K, V> {
     buckets: HashMap<u64, Bucket<K, V>, BuildHasherDefault<PassThrough>>,
 }
 
@@ -186,32 +171,72 @@ impl<K, V> Default for Shard<K, V> {
 }
 
 impl<K: Eq, V> Shard<K, V> {
-    /// Room for `n` more keys.
-    pub(crate) fn reserve(&mut self, n: usize) {
-        self.buckets.reserve(n);
-    }
-
-    /// The entry of `k`, whose hash is `hash` (runs the user's `Eq`).
-    pub(crate) fn get(&self, hash: u64, k: &K) -> Option<&Entry<V>> {
+    /// The entry of the key that borrows as `q` (runs the user's `Eq` on `Q`).
+    pub(crate) fn find_borrowed<Q>(&self, hash: u64, q: &Q) -> Option<&Entry<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         match self.buckets.get(&hash)? {
-            Bucket::One(x, e) => (x == k).then_some(e),
-            Bucket::Many(v) => v.iter().find(|(x, _)| x == k).map(|(_, e)| e),
+            Bucket::One(x, e) => (x.borrow() == q).then_some(e),
+            Bucket::Many(v) => v.iter().find(|(x, _)| x.borrow() == q).map(|(_, e)| e),
         }
     }
 
-    /// About the number of keys (exact unless 64-bit hashes collide).
-    pub(crate) fn len(&self) -> usize {
+    fn bucket(&mut self, hash: u64) -> &mut Bucket<K, V> {
+        self.buckets
+            .get_mut(&hash)
+            .expect("the bucket was found under the same lock")
+    }
+}
+
+impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
+    type Pos = HashPos;
+
+    const CHEAP_FREEZE: bool = false;
+
+    type Frozen = Vec<(K, V)>;
+
+    fn freeze_all(tables: &[&Self]) -> Vec<(K, V)> {
+        let mut out = Vec::with_capacity(tables.iter().map(|t| t.len()).sum());
+        for t in tables {
+            out.extend(t.pairs().map(|(k, e)| (k.clone(), e.value.clone())));
+        }
+        out
+    }
+
+    fn visit(
+        frozen: &Vec<(K, V)>,
+        f: &mut dyn FnMut(&K, &V) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        frozen.iter().try_for_each(|(k, v)| f(k, v))
+    }
+
+    fn thaw(frozen: Vec<(K, V)>) -> Box<dyn Iterator<Item = (K, V)> + Send> {
+        Box::new(frozen.into_iter())
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.buckets.reserve(n);
+    }
+
+    fn get(&self, hash: u64, k: &K) -> Option<&Entry<V>> {
+        self.find_borrowed(hash, k)
+    }
+
+    fn len(&self) -> usize {
         self.buckets.len()
     }
 
-    /// Every pair, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &Entry<V>)> {
+    fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Entry<V>)>
+    where
+        K: 'a,
+        V: 'a {
         self.buckets.values().flat_map(Bucket::iter)
     }
 
-    /// Sets `k` (`copy` is a second copy of it, made by the caller before any lock) to
-    /// `e`. A panic (in `Eq`) comes before anything changes.
-    pub(crate) fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> Step<K, V> {
+    /// A panic (in `Eq`) comes before anything changes.
+    fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> Step<K, V> {
         let found = self.buckets.get(&hash).map(|b| b.find(&k));
         match found {
             None => {
@@ -219,7 +244,10 @@ impl<K: Eq, V> Shard<K, V> {
                 Step::Added {
                     hash,
                     key: k,
-                    alone: true,
+                    at: HashPos {
+                        index: 0,
+                        alone: true,
+                    },
                 }
             }
             Some(None) => {
@@ -227,7 +255,10 @@ impl<K: Eq, V> Shard<K, V> {
                 Step::Added {
                     hash,
                     key: k,
-                    alone: false,
+                    at: HashPos {
+                        index: 0,
+                        alone: false,
+                    },
                 }
             }
             Some(Some(index)) => {
@@ -236,17 +267,19 @@ impl<K: Eq, V> Shard<K, V> {
                 let old = std::mem::replace(self.bucket(hash).entry_mut(index), e);
                 Step::Replaced {
                     hash,
-                    index,
                     key: k,
                     old,
+                    at: HashPos {
+                        index,
+                        alone: false,
+                    },
                 }
             }
         }
     }
 
-    /// Removes `k`; `None` (with `k` handed back) if it was absent. A panic (in `Eq`)
-    /// comes before anything changes.
-    pub(crate) fn remove(&mut self, hash: u64, k: K) -> Result<Step<K, V>, K> {
+    /// A panic (in `Eq`) comes before anything changes.
+    fn remove(&mut self, hash: u64, k: K) -> Result<Step<K, V>, K> {
         let Some(Some(index)) = self.buckets.get(&hash).map(|b| b.find(&k)) else {
             return Err(k);
         };
@@ -260,20 +293,17 @@ impl<K: Eq, V> Shard<K, V> {
         drop(k);
         Ok(Step::Removed {
             hash,
-            index,
             key,
             old,
-            alone,
+            at: HashPos { index, alone },
         })
     }
 
-    /// Reverts `step`, the last change made to this shard that is not reverted yet.
-    /// Runs no user code: what it lets go of goes to `trash`.
-    pub(crate) fn revert(&mut self, step: Step<K, V>, trash: &mut Trash<K, V>) {
+    fn revert(&mut self, step: Step<K, V>, trash: &mut Trash<K, V>) {
         match step {
-            Step::Added { hash, key, alone } => {
+            Step::Added { hash, key, at } => {
                 trash.keys.push(key);
-                let pair = if alone {
+                let pair = if at.alone {
                     self.buckets.remove(&hash).and_then(Bucket::into_one)
                 } else {
                     self.buckets.get_mut(&hash).and_then(Bucket::pop)
@@ -283,44 +313,25 @@ impl<K: Eq, V> Shard<K, V> {
                     trash.entries.push(e);
                 }
             }
-            Step::Replaced {
-                hash,
-                index,
-                key,
-                old,
-            } => {
+            Step::Replaced { hash, key, old, at } => {
                 trash.keys.push(key);
                 if let Some(b) = self.buckets.get_mut(&hash) {
                     trash
                         .entries
-                        .push(std::mem::replace(b.entry_mut(index), old));
+                        .push(std::mem::replace(b.entry_mut(at.index), old));
                 }
             }
-            Step::Removed {
-                hash,
-                index,
-                key,
-                old,
-                alone,
-            } => {
-                if alone {
+            Step::Removed { hash, key, old, at } => {
+                if at.alone {
                     self.buckets.insert(hash, Bucket::One(key, old));
                 } else {
-                    self.bucket(hash).unswap_remove(index, key, old);
+                    self.bucket(hash).unswap_remove(at.index, key, old);
                 }
             }
         }
     }
 
-    /// Puts `e` back as the entry of `k` (undo of a later write; runs `Eq`). Returns
-    /// whether the key was present.
-    pub(crate) fn put_back(
-        &mut self,
-        hash: u64,
-        k: K,
-        e: Entry<V>,
-        trash: &mut Trash<K, V>,
-    ) -> bool {
+    fn put_back(&mut self, hash: u64, k: K, e: Entry<V>, trash: &mut Trash<K, V>) -> bool {
         match self.buckets.get_mut(&hash) {
             None => {
                 self.buckets.insert(hash, Bucket::One(k, e));
@@ -339,35 +350,26 @@ impl<K: Eq, V> Shard<K, V> {
         }
     }
 
-    /// Takes `k` out (undo of a later write that added it; runs `Eq`). Returns whether
-    /// it was present.
-    pub(crate) fn take_out(&mut self, hash: u64, k: K, trash: &mut Trash<K, V>) -> bool {
-        let r = self.remove(hash, k);
-        match r {
-            Ok(step) => {
-                if let Step::Removed { key, old, .. } = step {
-                    trash.keys.push(key);
-                    trash.entries.push(old);
-                }
+    fn take_out(&mut self, hash: u64, k: K, trash: &mut Trash<K, V>) -> bool {
+        match self.remove(hash, k) {
+            Ok(Step::Removed { key, old, .. }) => {
+                trash.keys.push(key);
+                trash.entries.push(old);
                 true
             }
+            Ok(_) => true,
             Err(k) => {
                 trash.keys.push(k);
                 false
             }
         }
     }
-
-    fn bucket(&mut self, hash: u64) -> &mut Bucket<K, V> {
-        self.buckets
-            .get_mut(&hash)
-            .expect("the bucket was found under the same lock")
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::Table;
 
     fn entry(v: u32) -> Entry<u32> {
         Entry {
@@ -377,7 +379,7 @@ mod tests {
     }
 
     fn pairs(s: &Shard<u32, u32>) -> Vec<(u32, u32)> {
-        let mut v: Vec<_> = s.iter().map(|(k, e)| (*k, e.value)).collect();
+        let mut v: Vec<_> = s.pairs().map(|(k, e)| (*k, e.value)).collect();
         v.sort_unstable();
         v
     }

@@ -1,7 +1,9 @@
 //! `VirtualConnection`, the `TransactionView` (a delta over a parent), the RAII
 //! `Transaction` guard, and `DbConnection::transact` for isolated read-modify-write.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::Hash;
 use std::ops::Deref;
 
 use parking_lot::Mutex;
@@ -10,7 +12,27 @@ use crate::bounds::{Key, Value};
 use crate::connection::{CommitHandle, DbConnection};
 use crate::delta::Delta;
 use crate::error::{Error, Result};
+use crate::kind::MapKind;
 use crate::map::ReadSet;
+
+/// What the root view of [`DbConnection::transact`] needs of its database, whichever map
+/// it keeps.
+pub(crate) trait Tracker<K: Key, V: Value> {
+    /// The value of `key` and the number of the write that set it.
+    fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>);
+    /// The main file's path, for errors.
+    fn path(&self) -> &std::path::Path;
+}
+
+impl<K: Key, V: Value, M: MapKind<K, V>> Tracker<K, V> for DbConnection<K, V, M> {
+    fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
+        DbConnection::get_versioned(self, key)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        DbConnection::path(self)
+    }
+}
 
 /// The connection-like interface shared by [`DbConnection`] and [`TransactionView`], so a
 /// view can sit on a database or on another view, to any depth.
@@ -37,7 +59,7 @@ use crate::map::ReadSet;
 /// deposit(&db, 10)?;
 /// let tx = db.transaction();
 /// deposit(&*tx, 5)?;
-/// assert_eq!(tx.get(&"balance".into()), Some(15));
+/// assert_eq!(tx.get("balance"), Some(15));
 /// tx.commit()?;
 /// # db.close()?;
 /// # std::fs::remove_dir_all(&dir)?;
@@ -73,6 +95,13 @@ pub trait VirtualConnection<K: Key, V: Value> {
         self.submit_transaction_request(delta)?.wait()
     }
 
+    /// As [`submit_transaction`](Self::submit_transaction); a database also returns a
+    /// handle on the write (a view merges, and returns `None`).
+    #[doc(hidden)]
+    fn submit_numbered(&self, delta: Delta<K, V>) -> Result<Option<CommitHandle>> {
+        self.submit_transaction(delta).map(|()| None)
+    }
+
     /// A new transaction over this connection.
     fn transaction(&self) -> Transaction<'_, K, V>
     where
@@ -82,9 +111,10 @@ pub trait VirtualConnection<K: Key, V: Value> {
     }
 }
 
-impl<K: Key, V: Value> VirtualConnection<K, V> for DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> VirtualConnection<K, V> for DbConnection<K, V, M> {
     fn get(&self, key: &K) -> Option<V> {
-        DbConnection::get(self, key)
+        // By `&K`, so for every map kind (the inherent `get` takes any borrowed form).
+        self.shared.map.read(key, |e| e.map(|e| e.value.clone()))
     }
 
     fn submit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
@@ -98,6 +128,10 @@ impl<K: Key, V: Value> VirtualConnection<K, V> for DbConnection<K, V> {
     fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         DbConnection::commit_transaction(self, delta)
     }
+
+    fn submit_numbered(&self, delta: Delta<K, V>) -> Result<Option<CommitHandle>> {
+        DbConnection::submit_transaction_request(self, delta).map(Some)
+    }
 }
 
 /// How a view reaches the keys it does not hold itself.
@@ -105,7 +139,7 @@ enum Parent<'p, K: Key, V: Value> {
     Connection(&'p dyn VirtualConnection<K, V>),
     /// The root view of [`DbConnection::transact`]: reads record the version they saw.
     Tracked {
-        db: &'p DbConnection<K, V>,
+        db: &'p dyn Tracker<K, V>,
         reads: Mutex<ReadSet<K>>,
     },
 }
@@ -123,6 +157,9 @@ enum Parent<'p, K: Key, V: Value> {
 pub struct TransactionView<'p, K: Key, V: Value> {
     parent: Parent<'p, K, V>,
     delta: Mutex<Delta<K, V>>,
+    /// The last write this view's [`submit`](Self::submit) passed to a database: its
+    /// commit waits for it too.
+    submitted: Mutex<Option<CommitHandle>>,
 }
 
 impl<K: Key, V: Value> fmt::Debug for TransactionView<'_, K, V> {
@@ -155,16 +192,18 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
         TransactionView {
             parent: Parent::Connection(parent),
             delta: Mutex::new(Delta::new()),
+            submitted: Mutex::new(None),
         }
     }
 
-    fn tracked(db: &'p DbConnection<K, V>) -> Self {
+    fn tracked(db: &'p dyn Tracker<K, V>) -> Self {
         TransactionView {
             parent: Parent::Tracked {
                 db,
                 reads: Mutex::new(ReadSet::new()),
             },
             delta: Mutex::new(Delta::new()),
+            submitted: Mutex::new(None),
         }
     }
 
@@ -180,8 +219,8 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// db.set("a".into(), 1)?;
     /// let tx = db.transaction();
     /// tx.set_nowait("b".into(), 2)?;
-    /// assert_eq!(tx.get(&"a".into()), Some(1)); // from the database
-    /// assert_eq!(tx.get(&"b".into()), Some(2)); // from the view's own delta
+    /// assert_eq!(tx.get("a"), Some(1)); // from the database
+    /// assert_eq!(tx.get("b"), Some(2)); // from the view's own delta
     /// drop(tx);
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -189,15 +228,20 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # }
     /// ```
     #[must_use]
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if let Some(change) = self.delta.lock().get(key) {
             return change.cloned();
         }
+        let key = key.to_owned();
         match &self.parent {
-            Parent::Connection(p) => p.get(key),
+            Parent::Connection(p) => p.get(&key),
             Parent::Tracked { db, reads } => {
-                let (value, version) = db.get_versioned(key);
-                reads.lock().entry(key.clone()).or_insert(version);
+                let (value, version) = db.get_versioned(&key);
+                reads.lock().entry(key).or_insert(version);
                 value
             }
         }
@@ -219,7 +263,7 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// let tx = db.transaction();
     /// tx.set_nowait("a".into(), 1)?;
-    /// assert_eq!(db.get(&"a".into()), None); // only the view sees it
+    /// assert_eq!(db.get("a"), None); // only the view sees it
     /// tx.commit()?;
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -245,8 +289,8 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # let db = ptvp35::DbConnection::<String, i64>::open(dir.join("d.db"))?;
     /// db.set("a".into(), 1)?;
     /// let tx = db.transaction();
-    /// tx.remove_nowait("a".into())?;
-    /// assert_eq!(tx.get(&"a".into()), None);
+    /// tx.remove_nowait("a")?;
+    /// assert_eq!(tx.get("a"), None);
     /// tx.commit()?;
     /// assert!(db.is_empty());
     /// # db.close()?;
@@ -254,7 +298,10 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn remove_nowait(&self, key: K) -> Result<()> {
+    pub fn remove_nowait<Q>(&self, key: &Q) -> Result<()>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
         self.delta.lock().remove(key)
     }
 
@@ -275,7 +322,7 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// let tx = db.transaction();
     /// tx.set_nowait("a".into(), 1)?;
     /// tx.submit()?; // visible now, durable later
-    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// assert_eq!(db.get("a"), Some(1));
     /// tx.rollback(); // nothing left to discard
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
@@ -283,16 +330,39 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     /// # }
     /// ```
     pub fn submit(&self) -> Result<()> {
-        // Inside `transact` the root delta stays put: `transact` submits it itself, with
-        // its conflict check.
-        let Parent::Connection(p) = &self.parent else {
-            return Ok(());
-        };
+        let p = self.connection("submit")?;
         let delta = std::mem::take(&mut *self.delta.lock());
         if delta.is_empty() {
             return Ok(());
         }
-        p.submit_transaction(delta)
+        if let Some(h) = p.submit_numbered(delta)? {
+            *self.submitted.lock() = Some(h);
+        }
+        Ok(())
+    }
+
+    /// The parent, unless this is the root view of [`DbConnection::transact`], which
+    /// has no way to commit or submit on its own: `transact` commits its changes when
+    /// the closure returns, with the conflict check.
+    fn connection(&self, what: &str) -> Result<&'p dyn VirtualConnection<K, V>> {
+        match &self.parent {
+            Parent::Connection(p) => Ok(*p),
+            Parent::Tracked { db, .. } => Err(Error::Unsupported {
+                path: db.path().to_path_buf(),
+                reason: format!(
+                    "{what} inside `transact`: its changes are committed when the closure \
+                     returns; nested transactions submit into it on drop"
+                ),
+            }),
+        }
+    }
+
+    /// Waits for what this view submitted before, then for `h`.
+    fn after_submitted(&self, h: CommitHandle) -> Result<CommitHandle> {
+        match self.submitted.lock().take() {
+            Some(earlier) => Ok(h.or_later(earlier)),
+            None => Ok(h),
+        }
     }
 
     /// Merges `delta` into this view's delta (a view's form of "submit").
@@ -312,15 +382,11 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     ///
     /// [`Error::Poisoned`] if the database refuses writes.
     pub fn submit_transaction_request(&self, delta: Delta<K, V>) -> Result<CommitHandle> {
+        let p = self.connection("submit_transaction_request")?;
         let mut own = std::mem::take(&mut *self.delta.lock());
         own.merge(delta);
-        match &self.parent {
-            Parent::Connection(p) => p.submit_transaction_request(own),
-            Parent::Tracked { db, .. } => {
-                self.delta.lock().merge(own);
-                Ok(db.handle(db.submit_delta(Delta::new(), None)?))
-            }
-        }
+        let h = p.submit_transaction_request(own)?;
+        self.after_submitted(h)
     }
 
     /// Submits this view's delta down to the database and waits until it is durable.
@@ -358,17 +424,12 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     ///
     /// As [`CommitHandle::wait`].
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
-        match &self.parent {
-            Parent::Connection(p) => {
-                let mut own = std::mem::take(&mut *self.delta.lock());
-                own.merge(delta);
-                p.commit_transaction(own)
-            }
-            Parent::Tracked { .. } => {
-                self.delta.lock().merge(delta);
-                Ok(())
-            }
-        }
+        let p = self.connection("commit")?;
+        let mut own = std::mem::take(&mut *self.delta.lock());
+        own.merge(delta);
+        let earlier = self.submitted.lock().take();
+        p.commit_transaction(own)?;
+        earlier.map_or(Ok(()), CommitHandle::wait)
     }
 
     /// Drops every change in this view's delta.
@@ -408,9 +469,9 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     ///     let inner = outer.transaction();
     ///     inner.set_nowait("b".into(), 2)?;
     /// } // inner submits into outer, not into the database
-    /// assert_eq!(db.get(&"b".into()), None);
+    /// assert_eq!(db.get("b"), None);
     /// outer.commit()?; // both
-    /// assert_eq!(db.get(&"b".into()), Some(2));
+    /// assert_eq!(db.get("b"), Some(2));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -479,9 +540,9 @@ impl<K: Key, V: Value> VirtualConnection<K, V> for TransactionView<'_, K, V> {
 ///     let tx = db.transaction();
 ///     tx.set_nowait("a".into(), 1)?;
 ///     tx.set_nowait("b".into(), 2)?;
-///     assert_eq!(db.get(&"a".into()), None); // not submitted yet
+///     assert_eq!(db.get("a"), None); // not submitted yet
 /// } // dropped: submitted, both at once
-/// assert_eq!(db.get(&"a".into()), Some(1));
+/// assert_eq!(db.get("a"), Some(1));
 ///
 /// let tx = db.transaction();
 /// tx.set_nowait("c".into(), 3)?;
@@ -489,7 +550,7 @@ impl<K: Key, V: Value> VirtualConnection<K, V> for TransactionView<'_, K, V> {
 ///     let inner = tx.transaction(); // nested: submits into `tx`
 ///     inner.set_nowait("d".into(), 4)?;
 /// }
-/// assert_eq!(tx.get(&"d".into()), Some(4));
+/// assert_eq!(tx.get("d"), Some(4));
 /// tx.commit()?; // c and d, durable
 /// # db.close()?;
 /// # std::fs::remove_dir_all(&dir)?;
@@ -551,7 +612,7 @@ impl<'p, K: Key, V: Value> Transaction<'p, K, V> {
     /// let tx = db.transaction();
     /// tx.set_nowait("a".into(), 1)?;
     /// tx.commit()?;
-    /// assert_eq!(db.get(&"a".into()), Some(1));
+    /// assert_eq!(db.get("a"), Some(1));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -608,7 +669,7 @@ impl<K: Key, V: Value> Drop for Transaction<'_, K, V> {
     }
 }
 
-impl<K: Key, V: Value> DbConnection<K, V> {
+impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// A new transaction guard over this database (see [`Transaction`]).
     pub fn transaction(&self) -> Transaction<'_, K, V> {
         Transaction::new(self)
@@ -639,14 +700,14 @@ impl<K: Key, V: Value> DbConnection<K, V> {
     /// let db = ptvp35::DbConnection::<String, i64>::open(dir.join("bank.db"))?;
     /// db.set("alice".into(), 100)?;
     /// let moved = db.transact(|tx| -> anyhow::Result<i64> {
-    ///     let a = tx.get(&"alice".into()).unwrap_or(0);
-    ///     let b = tx.get(&"bob".into()).unwrap_or(0);
+    ///     let a = tx.get("alice").unwrap_or(0);
+    ///     let b = tx.get("bob").unwrap_or(0);
     ///     tx.set_nowait("alice".into(), a - 30)?;
     ///     tx.set_nowait("bob".into(), b + 30)?;
     ///     Ok(30)
     /// })?;
     /// assert_eq!(moved, 30);
-    /// assert_eq!(db.get(&"bob".into()), Some(30));
+    /// assert_eq!(db.get("bob"), Some(30));
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -663,8 +724,15 @@ impl<K: Key, V: Value> DbConnection<K, V> {
             let r = f(&view)?;
             let delta = view.take_delta();
             let reads = view.take_reads();
+            let changes = !delta.is_empty();
             match self.submit_delta(delta, Some(&reads)) {
                 Ok(seq) => {
+                    // With no change, what it read is what must be durable.
+                    let seq = if changes {
+                        seq
+                    } else {
+                        reads.values().flatten().copied().max().unwrap_or(0)
+                    };
                     self.handle(seq).wait()?;
                     return Ok(r);
                 }

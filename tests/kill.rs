@@ -325,7 +325,7 @@ fn checkpoint(
         d.set(base(i), Val::Bal(balance(db.get(&acct(i)))?))?;
     }
     for id in expected.keys() {
-        d.remove(xfer(*id))?;
+        d.remove(&xfer(*id))?;
     }
     db.commit_transaction(d)?;
     expected.clear();

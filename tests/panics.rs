@@ -139,8 +139,8 @@ fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> 
         for k in 5..15 {
             d.set(PKey(k), PVal(2))?;
         }
-        d.remove(PKey(0))?;
-        d.remove(PKey(99))?;
+        d.remove(&PKey(0))?;
+        d.remove(&PKey(99))?;
         let mut after = before.clone();
         after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
         after.extend((5..15).map(|k| (k, 2)));
@@ -417,7 +417,7 @@ fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {
         })
     }));
     ensure!(r.is_err());
-    ensure!(db.get(&"a".into()) == Some(1) && db.get(&"b".into()).is_none());
+    ensure!(db.get("a") == Some(1) && db.get("b").is_none());
     within(10, move || db.close())??;
     Ok(())
 }

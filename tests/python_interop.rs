@@ -213,7 +213,7 @@ fn serde_json_value_reads_integers_beyond_64_bits_as_floats() -> Result<()> {
         return Ok(());
     }
     let db = DbConnection::<String, Value>::open(&path)?;
-    let v = db.get(&"k".into()).context("the key is there")?;
+    let v = db.get("k").context("the key is there")?;
     ensure!(v.is_f64() && v.as_f64() == Some(2f64.powi(70)), "{v}");
     db.close()?;
     Ok(())
@@ -277,7 +277,7 @@ fn every_line_this_crate_writes_reads_in_python() -> Result<()> {
             delta.set(("tx".to_owned(), i), json!({"i": i}))?;
             model.insert(("tx".to_owned(), i), json!({"i": i}));
         }
-        delta.remove(("text".to_owned(), 1))?;
+        delta.remove(&("text".to_owned(), 1))?;
         model.remove(&("text".to_owned(), 1));
         db.commit_transaction(delta)?;
         // A removal on its own line (its batch's last line, so it has `"ck"` too).

@@ -56,7 +56,7 @@ fn readers_child() -> Result<()> {
                 }
                 db.commit()?;
             }
-            ["rm", k] => db.remove(&k.parse()?)?,
+            ["rm", k] => db.remove(&k.parse::<u32>()?)?,
             ["compact"] => db.compact()?,
             ["crash"] => {
                 println!("OK");

@@ -51,7 +51,7 @@ fn a_value_nested_deeper_than_the_reader_reads_is_refused_and_the_file_opens() -
     // The same through a transaction.
     let r = db.transact(|t| t.set_nowait("t".into(), nested(deepest + 1)));
     is_refused(r, "value")?;
-    ensure!(db.get(&"t".into()).is_none());
+    ensure!(db.get("t").is_none());
     db.close()?;
 
     let db = DbConnection::<String, Value>::open(&p)?;
@@ -72,7 +72,7 @@ fn some_none_is_refused_and_none_keeps_its_meaning() -> Result<()> {
     db.set("x".into(), Some(Some(2)))?;
     is_refused(db.set("x".into(), Some(None)), "value")?;
     ensure!(
-        db.get(&"x".into()) == Some(Some(Some(2))),
+        db.get("x") == Some(Some(Some(2))),
         "the map changed"
     );
     let mut d = Delta::new();
@@ -82,10 +82,10 @@ fn some_none_is_refused_and_none_keeps_its_meaning() -> Result<()> {
     db.close()?;
 
     let db = DbConnection::<String, Option<Option<u8>>>::open(&p)?;
-    ensure!(db.get(&"none".into()) == Some(None));
-    ensure!(db.get(&"some".into()) == Some(Some(Some(1))));
-    ensure!(db.get(&"x".into()) == Some(Some(Some(2))));
-    ensure!(db.get(&"y".into()) == Some(Some(Some(3))));
+    ensure!(db.get("none") == Some(None));
+    ensure!(db.get("some") == Some(Some(Some(1))));
+    ensure!(db.get("x") == Some(Some(Some(2))));
+    ensure!(db.get("y") == Some(Some(Some(3))));
     ensure!(db.len() == 4);
     db.close()?;
 

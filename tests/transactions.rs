@@ -22,7 +22,7 @@ fn a_transaction_reads_its_own_writes_and_hides_them_until_submitted() -> Result
     let tx = db.transaction();
     tx.set_nowait(k("a"), 2)?;
     tx.set_nowait(k("b"), 3)?;
-    tx.remove_nowait(k("a"))?;
+    tx.remove_nowait("a")?;
     ensure!(tx.get(&k("a")).is_none(), "own removal");
     ensure!(tx.get(&k("b")) == Some(3), "own write");
     ensure!(

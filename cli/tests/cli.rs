@@ -220,7 +220,7 @@ fn a_locked_database_names_the_lock() -> Result<()> {
             r.stderr
         );
     }
-    ensure!(db.get(&"a".into()) == Some(1));
+    ensure!(db.get("a") == Some(1));
     closing(|| db.close())?;
     Ok(())
 }

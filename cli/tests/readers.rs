@@ -112,8 +112,8 @@ fn read_commands_work_on_a_database_another_process_has_open() -> Result<()> {
     std::fs::write(&value_file, "[1, 2, 3]\n")?;
     ok(&["set", f, "v", &format!("@{}", s(&value_file))])?;
     let db = DbConnection::<String, serde_json::Value>::open(&path)?;
-    ensure!(db.get(&"w".into()) == Some(serde_json::json!({"from": "stdin"})));
-    ensure!(db.get(&"v".into()) == Some(serde_json::json!([1, 2, 3])));
+    ensure!(db.get("w") == Some(serde_json::json!({"from": "stdin"})));
+    ensure!(db.get("v") == Some(serde_json::json!([1, 2, 3])));
     db.close()?;
     Ok(())
 }
@@ -164,7 +164,7 @@ fn tail_follow_sees_commits_and_a_rebuild() -> Result<()> {
         wait_for(r#"{"key":"first","value":1}"#)?;
         db.set("second".into(), 2)?;
         wait_for(r#"{"key":"second","value":2}"#)?;
-        db.remove(&"first".into())?;
+        db.remove("first")?;
         wait_for(r#"{"key":"first"}"#)?;
         db.compact()?;
         db.set("third".into(), 3)?;

@@ -274,7 +274,7 @@ fn level(
                 stack[depth].insert(k, Some(v));
             }
             2 => {
-                view.remove_nowait(k.clone()).expect("remove_nowait");
+                view.remove_nowait(&k).expect("remove_nowait");
                 stack[depth].insert(k, None);
             }
             3 => assert_eq!(

@@ -284,7 +284,7 @@ fn delta_of(changes: &[(String, Option<u64>)]) -> Result<Delta<String, u64>, Err
     for (k, v) in changes {
         match v {
             Some(v) => d.set(k.clone(), *v)?,
-            None => d.remove(k.clone())?,
+            None => d.remove(k)?,
         }
     }
     Ok(d)
@@ -294,7 +294,7 @@ fn fill(view: &ptvp35::TransactionView<'_, String, u64>, ch: &[(String, Option<u
     for (k, v) in ch {
         let r = match v {
             Some(v) => view.set_nowait(k.clone(), *v),
-            None => view.remove_nowait(k.clone()),
+            None => view.remove_nowait(k),
         };
         debug_assert!(r.is_ok(), "strings and integers always serialize");
     }
@@ -628,7 +628,7 @@ fn run_step(db: &Db, step: &Step, model: &mut Model) -> Result<(), Error> {
                 let _ = tx.get(&from);
                 tx.set_nowait(to.clone(), v)?;
                 if from != to {
-                    tx.remove_nowait(from.clone())?;
+                    tx.remove_nowait(&from)?;
                 }
                 Ok(())
             })?;

@@ -100,9 +100,9 @@ fn failed_batch_sync_fails_the_batch_poisons_and_keeps_reads() -> anyhow::Result
         .context("writes are refused")?;
     ensure!(e.is_poisoned(), "{e:?}");
     names_op_and_path(&e)?;
-    ensure!(db.get(&"a".into()).is_some(), "reads go on");
+    ensure!(db.get("a").is_some(), "reads go on");
     ensure!(
-        db.get(&"b".into()).is_none(),
+        db.get("b").is_none(),
         "the failed write is undone in memory"
     );
     ensure!(db.commit().is_err(), "commit reports the failure");
@@ -184,10 +184,10 @@ fn failed_write_is_undone_before_its_caller_hears() -> anyhow::Result<()> {
         });
         ensure!(db.set("b".into(), 2).is_err());
         ensure!(
-            db.get(&"b".into()).is_none(),
+            db.get("b").is_none(),
             "keep {keep}: the failed write is visible"
         );
-        ensure!(db.get(&"a".into()) == Some(1));
+        ensure!(db.get("a") == Some(1));
     }
     Ok(())
 }
@@ -210,7 +210,7 @@ fn short_write_during_append_fails_the_batch_and_recovers() -> anyhow::Result<()
             .err()
             .context("the short write is reported")?;
         names_op_and_path(&e)?;
-        ensure!(db.get(&"b".into()).is_none());
+        ensure!(db.get("b").is_none());
         drop(db);
         verify(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
         for seed in 0..8 {
@@ -378,7 +378,7 @@ fn waiter_queued_during_failed_rebuild_gets_error_not_hang() -> anyhow::Result<(
     // is in the queue); the install then fails.
     let d = std::sync::Arc::clone(&db);
     let set_b = in_background(move || d.set("b".into(), 2));
-    wait_until("b queued", || db.get(&"b".into()) == Some(2))?;
+    wait_until("b queued", || db.get("b") == Some(2))?;
     fs.release();
     let r = without_hanging(&set_b)?;
     ensure!(r.is_err(), "{r:?}");
@@ -417,7 +417,7 @@ fn shutdown_drained_by_failed_rebuild_does_not_hang() -> anyhow::Result<()> {
         ensure!(r.is_err(), "the failure is reported at close: {r:?}");
         ensure!(strays(&fs).iter().all(|p| p.starts_with("db")));
         let again = open_on(&fs, &opts())?;
-        ensure!(again.get(&"a".into()) == Some(2));
+        ensure!(again.get("a") == Some(2));
         again.close()?;
     }
     Ok(())

@@ -123,7 +123,7 @@ fn panics_then_crash() -> Result<()> {
         for k in 5..15 {
             d.set(PKey(k), PVal(2))?;
         }
-        d.remove(PKey(0))?;
+        d.remove(&PKey(0))?;
         let mut after = before.clone();
         after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
         after.extend((5..15).map(|k| (k, 2)));

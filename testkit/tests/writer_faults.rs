@@ -74,7 +74,7 @@ fn a_failed_sync_while_the_queue_is_full_does_not_hang() -> Result<()> {
         let r = within_ten_seconds(move || c.join())?;
         ensure!(r.is_ok_and(|r| r.is_err()), "a rebuild of a poisoned store");
     }
-    ensure!(db.get(&"x".into()) == Some(0) && db.get(&"a".into()).is_none());
+    ensure!(db.get("x") == Some(0) && db.get("a").is_none());
     let db = Arc::into_inner(db).context("one owner")?;
     let closed = within_ten_seconds(move || db.close())?;
     ensure!(
@@ -162,7 +162,7 @@ fn readers_never_see_half_an_undone_transaction() -> Result<()> {
         reader
             .join()
             .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        ensure!(db.get(&"k399".into()) == Some(0));
+        ensure!(db.get("k399") == Some(0));
     }
     Ok(())
 }

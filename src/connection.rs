@@ -239,10 +239,37 @@ impl Options {
         self.open_as(path.as_ref())
     }
 
-    fn open_as<K: Key, V: Value, M: MapKind<K, V>>(
+    /// As [`open`](Self::open), with the map chosen by the type parameter `M`
+    /// ([`Hashed`] or [`Ordered`]): for code generic over the map.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-openas-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use ptvp35::{DbConnection, MapKind, Options, Ordered};
+    ///
+    /// fn count<M: MapKind<String, u32>>(path: &std::path::Path) -> ptvp35::Result<usize> {
+    ///     let db: DbConnection<String, u32, M> = Options::new().open_as(path)?;
+    ///     let n = db.len();
+    ///     db.close()?;
+    ///     Ok(n)
+    /// }
+    /// assert_eq!(count::<Ordered>(&dir.join("d.db"))?, 0);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn open_as<K: Key, V: Value, M: MapKind<K, V>>(
         &self,
-        path: &Path,
+        path: impl AsRef<Path>,
     ) -> Result<DbConnection<K, V, M>> {
+        let path = path.as_ref();
         if self.read_only {
             return crate::follow::open(Arc::clone(&self.fs), path, self.parse_threads);
         }
@@ -335,7 +362,9 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         if T::CHEAP_FREEZE {
             // A consistent state, in key order, copied with no lock held.
-            let (frozen, seq) = self.map.with_all(|tables, seq| (T::freeze_all(tables), seq));
+            let (frozen, seq) = self
+                .map
+                .with_all(|tables, seq| (T::freeze_all(tables), seq));
             let mut buf = Vec::with_capacity(1 << 20);
             T::visit(&frozen, &mut |k, v| {
                 codec::encode_set(k, v, &mut buf)?;
@@ -439,7 +468,8 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
         let fs = Arc::clone(&opts.fs);
         let paths = Paths::resolve(&*fs, path)?;
         let mut rec = recovery::open_and_recover(&*fs, &paths)?;
-        let (map, records) = crate::load::load::<K, V, M::Table>(&rec.data, &paths.main, opts.parse_threads)?;
+        let (map, records) =
+            crate::load::load::<K, V, M::Table>(&rec.data, &paths.main, opts.parse_threads)?;
         let len = rec.data.len() as u64;
         drop(rec.data);
         let chain = storage::start_session(&*fs, &paths, &mut *rec.file, len, rec.has_flag)?;
@@ -576,7 +606,9 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
         Q: Hash + Eq + ?Sized,
         M::Table: Find<K, V, Q>,
     {
-        self.shared.map.read_borrowed(key, |e| e.map(|e| f(&e.value)))
+        self.shared
+            .map
+            .read_borrowed(key, |e| e.map(|e| f(&e.value)))
     }
 
     pub(crate) fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
@@ -681,7 +713,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// # }
     /// ```
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for (k, v) in self.iter() {
+        for (k, v) in self {
             f(&k, &v);
         }
     }

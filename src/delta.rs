@@ -236,7 +236,7 @@ mod tests {
         d.set("a".into(), 1)?;
         d.set("b".into(), 2)?;
         d.set("a".into(), 3)?;
-        d.remove("b".into())?;
+        d.remove("b")?;
         assert_eq!(d.len(), 2);
         assert_eq!(d.get("a"), Some(Some(&3)));
         assert_eq!(d.get("b"), Some(None));

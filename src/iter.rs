@@ -41,6 +41,16 @@ impl<K, V> Iterator for Iter<K, V> {
     }
 }
 
+impl<K: Key, V: Value, M: MapKind<K, V>> IntoIterator for &DbConnection<K, V, M> {
+    type Item = (K, V);
+    type IntoIter = Iter<K, V>;
+
+    /// As [`DbConnection::iter`].
+    fn into_iter(self) -> Iter<K, V> {
+        self.iter()
+    }
+}
+
 impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Every pair of the database as it is now: in key order for the [`Ordered`] map, in
     /// no particular order for the [`Hashed`](crate::Hashed) one. See [`Iter`] for what it
@@ -90,7 +100,8 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
 
     /// The pairs whose keys fall in `range`, in key order, of the database as it is now
     /// (see [`Iter`]). Bounds take a borrowed form of the key, as `BTreeMap::range` does:
-    /// `db.range::<str, _>("a".."c")` for `String` keys.
+    /// `db.range::<str, _>((Bound::Included("a"), Bound::Excluded("c")))` for `String`
+    /// keys, or `db.range("a".to_string().."c".to_string())`.
     ///
     /// # Panics
     ///

@@ -15,8 +15,9 @@ use crate::shard::{Entry, Shard, Trash};
 /// [`Ordered`]. Sealed: the crate's two kinds are the only ones.
 pub trait MapKind<K: Key, V: Value>: sealed::Sealed + Send + Sync + 'static {
     /// How one shard holds its pairs (an implementation detail).
+    /// Lookups by `&K` always work, so code generic over the map can call `get(&key)`.
     #[doc(hidden)]
-    type Table: Table<K, V>;
+    type Table: Table<K, V> + Find<K, V, K>;
 }
 
 /// The default map: a hash map. Point reads are fastest; [`iter`] copies the pairs (a

@@ -14,8 +14,8 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::bounds::{Key, Value};
 use crate::codec::Record;
-pub(crate) use crate::shard::Entry;
 use crate::kind::{Find, Step, Table};
+pub(crate) use crate::shard::Entry;
 use crate::shard::{Shard, Trash};
 
 /// Number of shards. A power of two; 256 keeps a shard of a million-key database small
@@ -51,6 +51,9 @@ type KeyHashing = foldhash::fast::RandomState;
 /// slow each other down.
 #[repr(align(128))]
 struct Padded<T>(RwLock<T>);
+
+/// A change made in the shard at the given index, and how to revert it.
+type ShardStep<K, V, T> = (usize, Step<K, V, <T as Table<K, V>>::Pos>);
 
 /// Why a submission did not go in.
 #[derive(Debug)]
@@ -346,7 +349,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             }
         }
         // 3. Apply, step by step; a panic (user `Eq`) reverts the steps taken.
-        let mut steps: Vec<(usize, Step<K, V, T::Pos>)> = Vec::with_capacity(prepared.len());
+        let mut steps: Vec<ShardStep<K, V, T>> = Vec::with_capacity(prepared.len());
         let applied = catch_unwind(AssertUnwindSafe(|| {
             for p in prepared.drain(..) {
                 let at = slot(p.hash, &guards);

@@ -183,8 +183,11 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
     fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Entry<V>)>
     where
         K: 'a,
-        V: 'a {
-        self.leaves.iter().flat_map(|l| l.iter().map(|(k, e)| (k, e)))
+        V: 'a,
+    {
+        self.leaves
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, e)| (k, e)))
     }
 
     fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> OrdStep<K, V> {
@@ -208,11 +211,7 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
                 Step::Added {
                     hash,
                     key: k,
-                    at: OrdPos {
-                        leaf,
-                        pos,
-                        shape,
-                    },
+                    at: OrdPos { leaf, pos, shape },
                 }
             }
         }
@@ -228,11 +227,7 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
             hash,
             key,
             old,
-            at: OrdPos {
-                leaf,
-                pos,
-                shape,
-            },
+            at: OrdPos { leaf, pos, shape },
         })
     }
 
@@ -404,7 +399,13 @@ impl<K: Ord, V> Merge<K, V> {
             self.heap.clear();
             return None;
         }
-        match normalize(&self.shards[s], Cursor { pos: c.pos + 1, ..c }) {
+        match normalize(
+            &self.shards[s],
+            Cursor {
+                pos: c.pos + 1,
+                ..c
+            },
+        ) {
             Some(next) => self.heap[0] = (s, next),
             None => {
                 self.heap.swap_remove(0);
@@ -501,7 +502,10 @@ mod tests {
         assert_eq!(pairs(&t), before);
         assert_eq!(t.len(), 200);
         // The frozen state never saw any of it.
-        let seen: Vec<_> = frozen.iter().flat_map(|l| l.iter().map(|(k, e)| (*k, e.value))).collect();
+        let seen: Vec<_> = frozen
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, e)| (*k, e.value)))
+            .collect();
         assert_eq!(seen, before);
         for step in steps.into_iter().rev() {
             t.revert(step, &mut trash);
@@ -524,11 +528,23 @@ mod tests {
             }
             out
         };
-        let all = collect(Merge::new(frozen(), Bound::<&u32>::Unbounded, Bound::Unbounded));
+        let all = collect(Merge::new(
+            frozen(),
+            Bound::<&u32>::Unbounded,
+            Bound::Unbounded,
+        ));
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        let some = collect(Merge::new(frozen(), Bound::Excluded(&10), Bound::Included(20)));
+        let some = collect(Merge::new(
+            frozen(),
+            Bound::Excluded(&10),
+            Bound::Included(20),
+        ));
         assert_eq!(some, (11..=20).collect::<Vec<_>>());
-        let none = collect(Merge::new(frozen(), Bound::Included(&2000), Bound::Unbounded));
+        let none = collect(Merge::new(
+            frozen(),
+            Bound::Included(&2000),
+            Bound::Unbounded,
+        ));
         assert!(none.is_empty());
     }
 }

@@ -231,7 +231,8 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Entry<V>)>
     where
         K: 'a,
-        V: 'a {
+        V: 'a,
+    {
         self.buckets.values().flat_map(Bucket::iter)
     }
 

@@ -321,3 +321,40 @@ fn views_nest_over_any_virtual_connection() -> Result<()> {
     db.close()?;
     Ok(())
 }
+
+/// Inside `transact`, the root view's `commit` and `submit` did nothing and said `Ok`
+/// (the change was committed later, with the closure's result, or never if the closure
+/// then failed); they are refused now, and a nested guard still submits into the root.
+#[test]
+fn inside_transact_commit_and_submit_are_refused_not_ignored() -> Result<()> {
+    let dir = TempDir::new("transact-root")?;
+    let db = Db::open(dir.join("t.db"))?;
+    let refused = db.transact(|tx| -> ptvp35::Result<Vec<bool>> {
+        tx.set_nowait(k("a"), 1)?;
+        Ok(vec![
+            matches!(tx.commit(), Err(Error::Unsupported { .. })),
+            matches!(tx.submit(), Err(Error::Unsupported { .. })),
+            tx.submit_transaction_request(Delta::new()).is_err(),
+            tx.commit_transaction(Delta::new()).is_err(),
+        ])
+    })?;
+    ensure!(refused == [true; 4], "{refused:?}");
+    ensure!(
+        db.get("a") == Some(1),
+        "transact commits the root's changes itself"
+    );
+    db.transact(|tx| -> ptvp35::Result<()> {
+        let inner = tx.transaction();
+        inner.set_nowait(k("b"), 2)?;
+        drop(inner);
+        assert_eq!(
+            tx.get("b"),
+            Some(2),
+            "the guard submitted into the root view"
+        );
+        Ok(())
+    })?;
+    ensure!(db.get("b") == Some(2));
+    db.close()?;
+    Ok(())
+}

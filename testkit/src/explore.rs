@@ -9,10 +9,11 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::disk::{Fate, OpKind, PendingOp, Rng};
 use super::model::{
-    db_path, open_on, run_steps_settled, six_paths, verify, Model, Step, WORKLOAD_OWNER,
+    db_path, open_on_as, run_steps_settled_as, six_paths, verify_as, Kind, Model, Step,
+    WORKLOAD_OWNER,
 };
 use super::sim::SimFs;
-use ptvp35::Options;
+use ptvp35::{Hashed, Options};
 
 /// How much to explore at each crash point.
 #[derive(Debug, Clone)]
@@ -156,8 +157,17 @@ fn variants(fs: &SimFs, cfg: &Exploration, rng: &mut Rng) -> Vec<(String, SimFs)
 ///
 /// The step that failed, if one did.
 pub fn workload_trace(steps: &[Step], opts: &Options) -> Result<Vec<String>, String> {
+    workload_trace_as::<Hashed>(steps, opts)
+}
+
+/// [`workload_trace`] with the map `M`.
+///
+/// # Errors
+///
+/// As [`workload_trace`].
+pub fn workload_trace_as<M: Kind>(steps: &[Step], opts: &Options) -> Result<Vec<String>, String> {
     let fs = SimFs::new();
-    let out = run_steps_settled(&fs, opts, steps, &mut Model::default());
+    let out = run_steps_settled_as::<M>(&fs, opts, steps, &mut Model::default());
     if let Some((i, e)) = out.error {
         return Err(format!(
             "the workload fails without a crash at step {i}: {e}"
@@ -208,9 +218,22 @@ pub fn first_difference(a: &[String], b: &[String]) -> Option<String> {
 /// crashed run whose operations up to its crash differ from the full run's (the
 /// exploration would not reach the crash points it claims).
 pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Explored, String> {
+    explore_as::<Hashed>(steps, opts, cfg)
+}
+
+/// [`explore`] with the map `M`.
+///
+/// # Errors
+///
+/// As [`explore`].
+pub fn explore_as<M: Kind>(
+    steps: &[Step],
+    opts: &Options,
+    cfg: &Exploration,
+) -> Result<Explored, String> {
     let mut stats = Explored::default();
     let mut rng = Rng::new(cfg.seed);
-    stats.full_trace = workload_trace(steps, opts)?;
+    stats.full_trace = workload_trace_as::<M>(steps, opts)?;
     let mut gap_counts: HashMap<(String, String), u32> = HashMap::new();
     let mut n = 0;
     loop {
@@ -218,7 +241,7 @@ pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Expl
         fs.set_seed(rng.next_u64());
         fs.crash_after(n);
         let mut model = Model::default();
-        let out = run_steps_settled(&fs, opts, steps, &mut model);
+        let out = run_steps_settled_as::<M>(&fs, opts, steps, &mut model);
         drop(out.db);
         let done = !fs.is_down();
         let trace = fs.trace();
@@ -269,13 +292,13 @@ pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Expl
             let index = u32::try_from(seen.len() - 1).unwrap_or(u32::MAX);
             stats.states += 1;
             let at = || format!("crash after op {n} ({} | {}), {name}", gap.0, gap.1);
-            let v = verify(&state, &model, opts).map_err(|e| format!("{}: {e}", at()))?;
+            let v = verify_as::<M>(&state, &model, opts).map_err(|e| format!("{}: {e}", at()))?;
             stats.restored += u64::from(v.report.restored_from_backup);
             stats.discarded_backups += u64::from(v.report.discarded_stale_backup);
             stats.cuts += u64::from(v.report.cut.is_some());
             let stride = cfg.recovery_stride;
             if full && (index < cfg.recovery_samples || (stride > 0 && index % stride == 0)) {
-                let k = crash_recovery(&state, &model, opts, cfg, &mut rng)
+                let k = crash_recovery_as::<M>(&state, &model, opts, cfg, &mut rng)
                     .map_err(|e| format!("{}, then a crash in recovery: {e}", at()))?;
                 stats.states += k;
                 stats.recovery_states += k;
@@ -302,10 +325,25 @@ pub fn crash_recovery(
     cfg: &Exploration,
     rng: &mut Rng,
 ) -> Result<u64, String> {
+    crash_recovery_as::<Hashed>(state, model, opts, cfg, rng)
+}
+
+/// [`crash_recovery`] with the map `M`.
+///
+/// # Errors
+///
+/// As [`crash_recovery`].
+pub fn crash_recovery_as<M: Kind>(
+    state: &SimFs,
+    model: &Model,
+    opts: &Options,
+    cfg: &Exploration,
+    rng: &mut Rng,
+) -> Result<u64, String> {
     let perr = six_paths(&db_path())[5].clone();
     let probe = state.fork();
     let before = probe.ops();
-    let recovery_ops = match open_on(&probe, opts) {
+    let recovery_ops = match open_on_as::<M>(&probe, opts) {
         Ok(db) => {
             let n = probe.ops() - before;
             drop(db);
@@ -321,7 +359,7 @@ pub fn crash_recovery(
     for m in 0..recovery_ops {
         let fs = state.fork();
         fs.crash_after(m);
-        drop(open_on(&fs, opts));
+        drop(open_on_as::<M>(&fs, opts));
         let mut states = vec![fs.crash_durable(), fs.crash_with(|_, _| Fate::Keep)];
         for _ in 0..cfg.recovery_variants {
             states.push(fs.crash_seeded(rng.next_u64()));
@@ -329,7 +367,8 @@ pub fn crash_recovery(
         for s in states {
             if seen.insert(fingerprint(&s)) {
                 checked += 1;
-                let v = verify(&s, model, opts).map_err(|e| format!("recovery op {m}: {e}"))?;
+                let v =
+                    verify_as::<M>(&s, model, opts).map_err(|e| format!("recovery op {m}: {e}"))?;
                 let err = v.error_file;
                 if !cut.is_empty() && !err.windows(cut.len()).any(|w| w == cut.as_slice()) {
                     return Err(format!(

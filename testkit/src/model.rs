@@ -12,11 +12,17 @@ use std::time::{Duration, Instant};
 
 use super::disk::{Effect, Fault, OpKind};
 use super::sim::{Owner, SimFs};
-use ptvp35::{DbConnection, Delta, Error, Options};
+use ptvp35::{DbConnection, Delta, Error, Hashed, MapKind, Options};
 
 /// The database type every check uses: string keys `"k0"`, `"k1"`, ... and values that
 /// are unique per write, so that each state names the writes it holds.
-pub type Db = DbConnection<String, u64>;
+pub type Db<M = Hashed> = DbConnection<String, u64, M>;
+
+/// The map kinds the test kit runs the engine with ([`Hashed`] and
+/// [`Ordered`](ptvp35::Ordered)): the `_as` forms of its entry points take one.
+pub trait Kind: MapKind<String, u64> + MapKind<String, serde_json::Value> {}
+
+impl<M: MapKind<String, u64> + MapKind<String, serde_json::Value>> Kind for M {}
 
 /// A state of the database, ordered for comparison and printing.
 pub type State = BTreeMap<String, u64>;
@@ -55,6 +61,15 @@ pub fn open_on(fs: &SimFs, opts: &Options) -> Result<Db, Error> {
     open_typed(fs, opts)
 }
 
+/// [`open_on`] with the map `M`.
+///
+/// # Errors
+///
+/// What the open returns.
+pub fn open_on_as<M: Kind>(fs: &SimFs, opts: &Options) -> Result<Db<M>, Error> {
+    open_with_handle(fs, opts).map(|(db, _)| db)
+}
+
 /// [`open_on`] with any value type.
 pub(super) fn open_typed<V: ptvp35::Value>(
     fs: &SimFs,
@@ -63,20 +78,23 @@ pub(super) fn open_typed<V: ptvp35::Value>(
     open_with_handle(fs, opts).map(|(db, _)| db)
 }
 
+/// An open database and the handle it holds on its [`SimFs`].
+type Opened<V, M> = (DbConnection<String, V, M>, Arc<SimFs>);
+
 /// [`open_typed`], and the handle the database holds on `fs`: every thread of the engine
 /// that may still touch the disk (the writer, a rebuild's copy) holds a clone of it, so
 /// its count tells when a rebuild is over.
-fn open_with_handle<V: ptvp35::Value>(
+fn open_with_handle<V: ptvp35::Value, M: MapKind<String, V>>(
     fs: &SimFs,
     opts: &Options,
-) -> Result<(DbConnection<String, V>, Arc<SimFs>), Error> {
+) -> Result<Opened<V, M>, Error> {
     let handle = Arc::new(fs.clone());
     let db = opts
         .clone()
         .filesystem(Arc::clone(&handle) as Arc<dyn ptvp35::Fs>)
         .parse_threads(1)
         .queue_limits(256, 1 << 20)
-        .open(db_path())?;
+        .open_as(db_path())?;
     Ok((db, handle))
 }
 
@@ -302,9 +320,9 @@ fn fill(view: &ptvp35::TransactionView<'_, String, u64>, ch: &[(String, Option<u
 
 /// How a workload ended.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Outcome<M: Kind = Hashed> {
     /// The open database, unless a step failed or the workload closed it.
-    pub db: Option<Db>,
+    pub db: Option<Db<M>>,
     /// The first error, with the step that met it.
     pub error: Option<(usize, Error)>,
 }
@@ -319,7 +337,11 @@ pub struct Outcome {
 /// # Panics
 ///
 /// If the recovered state is not one the model allows.
-fn open_checked(fs: &SimFs, opts: &Options, model: &mut Model) -> Result<(Db, Arc<SimFs>), Error> {
+fn open_checked<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    model: &mut Model,
+) -> Result<(Db<M>, Arc<SimFs>), Error> {
     let (db, handle) = open_with_handle(fs, opts)?;
     let got = state_of(&db);
     if let Err(e) = model.check(&got) {
@@ -344,7 +366,7 @@ const SETTLE_LIMIT: Duration = Duration::from_mins(2);
 /// # Panics
 ///
 /// If a rebuild is still running [`SETTLE_LIMIT`] later.
-fn settle(db: &Db, handle: &Arc<SimFs>, idle: usize) -> Result<(), Error> {
+fn settle<M: Kind>(db: &Db<M>, handle: &Arc<SimFs>, idle: usize) -> Result<(), Error> {
     db.commit()?;
     let deadline = Instant::now() + SETTLE_LIMIT;
     while Arc::strong_count(handle) > idle {
@@ -374,6 +396,20 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
     drive(fs, opts, steps, model, false)
 }
 
+/// [`run_steps`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`run_steps`].
+pub fn run_steps_as<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    steps: &[Step],
+    model: &mut Model,
+) -> Outcome<M> {
+    drive(fs, opts, steps, model, false)
+}
+
 /// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
 /// durable and no rebuild runs (see `settle`). Every batch then holds the writes of one
 /// step, and a rebuild runs between two steps, except around a `Compact`: the step after
@@ -390,7 +426,27 @@ pub fn run_steps_settled(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut
     drive(fs, opts, steps, model, true)
 }
 
-fn drive(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model, settled: bool) -> Outcome {
+/// [`run_steps_settled`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`run_steps_settled`].
+pub fn run_steps_settled_as<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    steps: &[Step],
+    model: &mut Model,
+) -> Outcome<M> {
+    drive(fs, opts, steps, model, true)
+}
+
+fn drive<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    steps: &[Step],
+    model: &mut Model,
+    settled: bool,
+) -> Outcome<M> {
     quiet_intended_panics();
     let (mut db, mut handle) = match open_checked(fs, opts, model) {
         Ok(opened) => {
@@ -495,8 +551,8 @@ impl Step {
 /// # Panics
 ///
 /// If the compact neither reaches a hold nor ends within [`SETTLE_LIMIT`].
-fn compact_with(
-    db: &Db,
+fn compact_with<M: Kind>(
+    db: &Db<M>,
     fs: &SimFs,
     next: &Step,
     queued: &[Step],
@@ -574,7 +630,7 @@ fn one(model: &mut Model, k: u8, set: bool) -> (String, Option<u64>, Option<usiz
     (key(k), v, i)
 }
 
-fn run_step(db: &Db, step: &Step, model: &mut Model) -> Result<(), Error> {
+fn run_step<M: Kind>(db: &Db<M>, step: &Step, model: &mut Model) -> Result<(), Error> {
     match step {
         Step::Set(k) | Step::Remove(k) => {
             let (k, v, i) = one(model, *k, matches!(step, Step::Set(_)));
@@ -644,8 +700,8 @@ fn run_step(db: &Db, step: &Step, model: &mut Model) -> Result<(), Error> {
     Ok(())
 }
 
-fn nested(
-    db: &Db,
+fn nested<M: Kind>(
+    db: &Db<M>,
     model: &mut Model,
     outer: &[(u8, bool)],
     inner: &[(u8, bool)],
@@ -691,7 +747,7 @@ fn nested(
 
 /// The state of an open database.
 #[must_use]
-pub fn state_of(db: &Db) -> State {
+pub fn state_of<M: Kind>(db: &Db<M>) -> State {
     db.snapshot().into_iter().collect()
 }
 
@@ -715,6 +771,19 @@ pub fn strays(fs: &SimFs) -> Vec<PathBuf> {
 ///
 /// A description of the first rule broken.
 pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified, String> {
+    verify_as::<Hashed>(crashed, model, opts)
+}
+
+/// [`verify`] with the map `M`.
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn verify_as<M: Kind>(
+    crashed: &SimFs,
+    model: &Model,
+    opts: &Options,
+) -> Result<Verified, String> {
     let [p, backup, recover, _, _, perr] = six_paths(&db_path());
     let fs = crashed.fork();
     if crashed.file(&recover).is_some()
@@ -723,7 +792,7 @@ pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified
     {
         // A rename cut as ALICE's pessimistic model cuts it lost both names: the data is
         // gone with them, and the open must say so and keep the evidence.
-        return match open_on(&fs, opts) {
+        return match open_on_as::<M>(&fs, opts) {
             Err(Error::BadSideFile { path, .. })
                 if path == recover && fs.files() == crashed.files() =>
             {
@@ -738,7 +807,7 @@ pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified
             Ok(_) => Err("opened a database whose data both names lost".into()),
         };
     }
-    let db = open_on(&fs, opts).map_err(|e| format!("recovery failed: {e} ({e:?})"))?;
+    let db = open_on_as::<M>(&fs, opts).map_err(|e| format!("recovery failed: {e} ({e:?})"))?;
     // The file that becomes `P`: the flagged backup, if there is one.
     let becomes_p = if crashed.file(&recover).is_some() && crashed.file(&backup).is_some() {
         &backup
@@ -804,7 +873,7 @@ pub fn verify(crashed: &SimFs, model: &Model, opts: &Options) -> Result<Verified
     if left != [p.clone()] {
         return Err(format!("a clean close left {left:?}"));
     }
-    let again = open_on(&fs, opts).map_err(|e| format!("second open: {e}"))?;
+    let again = open_on_as::<M>(&fs, opts).map_err(|e| format!("second open: {e}"))?;
     if !again.recovery_report().was_clean() || state_of(&again) != got {
         return Err("reopening after a clean close changed the state".into());
     }

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use ptvp35::Options;
+use ptvp35::{Options, Ordered};
 use ptvp35_testkit::{
-    explore, first_difference, run_steps_settled, standard_workload, workload_trace, Exploration,
-    Explored, Model, SimFs,
+    explore_as, first_difference, run_steps_settled, standard_workload, workload_trace,
+    workload_trace_as, Exploration, Explored, Kind, Model, SimFs,
 };
 
 /// The configuration of [`every_crash_point_recovers`].
@@ -36,8 +36,12 @@ fn with_automatic_rebuilds() -> Options {
 }
 
 fn run(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored> {
+    run_as::<ptvp35::Hashed>(name, opts, cfg)
+}
+
+fn run_as<M: Kind>(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored> {
     let t = Instant::now();
-    let stats = explore(&standard_workload(), opts, cfg).map_err(anyhow::Error::msg)?;
+    let stats = explore_as::<M>(&standard_workload(), opts, cfg).map_err(anyhow::Error::msg)?;
     println!(
         "{name}: explored {} crash states ({} from crashes during recovery) at {} crash \
          points in {:.1?}; recoveries that restored the backup: {}, discarded a stale \
@@ -148,6 +152,46 @@ fn every_crash_point_recovers_with_automatic_rebuilds() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same exploration with the ordered map, whose rebuild copies a frozen state of the
+/// map in key order without locks.
+#[test]
+fn every_crash_point_recovers_with_the_ordered_map() -> anyhow::Result<()> {
+    let cfg = Exploration {
+        random_per_point: 12,
+        seed: 4,
+        ..Exploration::default()
+    };
+    let stats = run_as::<Ordered>("ordered map", &without_preallocation(), &cfg)?;
+    covers_every_protocol_step(&stats, &[])?;
+    ensure!(stats.restored > 0 && stats.discarded_backups > 0 && stats.cuts > 0);
+    Ok(())
+}
+
+/// The ordered map with automatic rebuilds and preallocation.
+#[test]
+fn every_crash_point_recovers_with_the_ordered_map_and_automatic_rebuilds() -> anyhow::Result<()> {
+    let cfg = Exploration {
+        random_per_point: 4,
+        torn_every_byte: false,
+        recovery_samples: 1,
+        recovery_stride: 0,
+        recovery_variants: 1,
+        seed: 5,
+    };
+    let opts = Options::new().compact_ratio(1.5).compact_floor(0);
+    let stats = run_as::<Ordered>("ordered map, automatic rebuilds", &opts, &cfg)?;
+    ensure!(
+        stats
+            .full_trace
+            .iter()
+            .filter(|op| *op == "create P.backup")
+            .count()
+            > 3,
+        "the writer started no automatic rebuild"
+    );
+    Ok(())
+}
+
 /// Runs `f` while another thread spins, keeping a core busy.
 fn with_a_busy_core<T>(f: impl FnOnce() -> T) -> T {
     let stop = AtomicBool::new(false);
@@ -180,6 +224,13 @@ fn the_workload_makes_the_same_operations_under_load() -> anyhow::Result<()> {
         if let Some(d) = first_difference(&quiet, &busy) {
             bail!("{name}: the traces of two runs differ at {d}");
         }
+    }
+    let opts = with_automatic_rebuilds();
+    let quiet = workload_trace_as::<Ordered>(&steps, &opts).map_err(anyhow::Error::msg)?;
+    let busy = with_a_busy_core(|| workload_trace_as::<Ordered>(&steps, &opts))
+        .map_err(anyhow::Error::msg)?;
+    if let Some(d) = first_difference(&quiet, &busy) {
+        bail!("ordered map: the traces of two runs differ at {d}");
     }
     Ok(())
 }

@@ -496,3 +496,57 @@ fn writes_queued_during_a_sync_share_the_next_batch() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A handle for an empty delta waited for whatever another thread had submitted last,
+/// and reported that write's failure as its own (fixed in `src/connection.rs`); a view's
+/// commit after its own `submit` still waits for what it submitted.
+#[test]
+fn a_handle_waits_for_its_own_change_not_another_threads() -> anyhow::Result<()> {
+    let fs = SimFs::new();
+    let db = std::sync::Arc::new(open_on(&fs, &opts())?);
+    db.set("a".into(), 1)?;
+    fs.inject(Fault {
+        op: OpKind::SyncData,
+        role: Some("P"),
+        nth: 1,
+        persistent: false,
+        effect: Effect::Hold {
+            fail: Some(io::ErrorKind::Other),
+        },
+    });
+    let d = std::sync::Arc::clone(&db);
+    let other = in_background(move || d.set("b".into(), 2));
+    ensure!(fs.wait_held(HANG), "the other write never synced");
+    // Nothing of this caller's is pending: the handle is done at once, and `Ok`.
+    let h = db.submit_transaction_request(ptvp35::Delta::new())?;
+    let mine = in_background(move || h.wait());
+    let r = mine
+        .recv_timeout(Duration::from_secs(10))
+        .context("an empty change's handle waited for another thread's write")?;
+    ensure!(
+        r.is_ok(),
+        "another thread's failure reported as this one's: {r:?}"
+    );
+    // A view that submitted and then commits waits for what it submitted.
+    let d = std::sync::Arc::clone(&db);
+    let view_commit = in_background(move || {
+        let tx = d.transaction();
+        tx.set_nowait("c".into(), 3)?;
+        tx.submit()?;
+        tx.commit()
+    });
+    wait_until("c visible", || db.get("c") == Some(3))?;
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(
+        view_commit.try_recv().is_err(),
+        "the commit returned before what the view submitted was durable"
+    );
+    fs.release();
+    ensure!(without_hanging(&other)?.is_err());
+    let r = without_hanging(&view_commit)?;
+    ensure!(
+        r.is_err(),
+        "the view's submitted write failed, its commit must say so: {r:?}"
+    );
+    Ok(())
+}

@@ -39,9 +39,55 @@
 //! ## Read
 //!
 //! Reads never touch the disk: [`get`](DbConnection::get) clones a value,
-//! [`get_with`](DbConnection::get_with) lends it to a closure,
-//! [`for_each`](DbConnection::for_each) and [`snapshot`](DbConnection::snapshot) see a
-//! consistent state of the whole map.
+//! [`get_with`](DbConnection::get_with) lends it to a closure; both take any borrowed
+//! form of the key, as `HashMap::get` does (`db.get("alice")` for `String` keys).
+//! [`iter`](DbConnection::iter) yields every pair of one consistent state (all of a
+//! transaction or none of it) and holds no lock while your loop runs, so the loop may
+//! read and write the database.
+//!
+//! ## Choosing a map: hashed or ordered
+//!
+//! The third type parameter of [`DbConnection`] chooses the in-memory map; the engine,
+//! the file format, transactions and recovery are the same for both.
+//!
+//! - [`Hashed`] (the default) is the fastest for point reads and writes. Its
+//!   [`iter`](DbConnection::iter) copies the pairs first (writers wait while they are
+//!   cloned) and yields them in no particular order.
+//! - [`Ordered`], for keys that implement `Ord`, keeps each key in order:
+//!   [`range`](DbConnection::range), [`first`](DbConnection::first),
+//!   [`last`](DbConnection::last), [`scan_prefix`](DbConnection::scan_prefix) for string
+//!   keys, and [`iter`](DbConnection::iter) in key order. An iterator shares the map's
+//!   structure instead of copying it: taking one costs microseconds at any size, and
+//!   writes made while it lives copy only the leaves they change. A rebuild writes the
+//!   pairs in key order, so the same data gives the same file.
+//!
+//! Open an ordered database with [`Options::open_ordered`] or
+//! `DbConnection::<K, V, Ordered>::open`; [`Options::open_as`] serves code generic over
+//! the map. The repository's `docs/benchmarks.md` compares the two.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ptvp35-doc-lib-ord-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! use ptvp35::{DbConnection, Ordered};
+//!
+//! // Readings keyed by (sensor, time): one sensor's readings are one range.
+//! let db = DbConnection::<(String, u64), f64, Ordered>::open(dir.join("readings.db"))?;
+//! for t in 0..10 {
+//!     db.set_nowait(("boiler".into(), t), 60.0 + t as f64)?;
+//!     db.set_nowait(("attic".into(), t), 12.0)?;
+//! }
+//! db.commit()?;
+//! let from = ("boiler".to_string(), 3);
+//! let to = ("boiler".to_string(), 6);
+//! let window: Vec<f64> = db.range(from..to).map(|(_, v)| v).collect();
+//! assert_eq!(window, [63.0, 64.0, 65.0]);
+//! assert_eq!(db.last().map(|(k, _)| k), Some(("boiler".to_string(), 9)));
+//! # db.close()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ## Write
 //!

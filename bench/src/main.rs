@@ -1,11 +1,13 @@
 //! ptvp35 against its peers and the physical limits (issue 5).
 //!
 //! `cargo run --release --manifest-path bench/Cargo.toml -- [--quick] [--reps N]
-//! [--dir DIR] [--svg FILE] [commits] [txn] [reads] [bulk] [reopen] [rebuild] [encode]`
+//! [--dir DIR] [--svg FILE] [commits] [txn] [reads] [bulk] [reopen] [rebuild] [encode]
+//! [ordered]`
 
 mod child;
 mod data;
 mod encode;
+mod ordered;
 mod engine;
 mod report;
 mod stores;
@@ -17,13 +19,13 @@ use anyhow::{bail, Context, Result};
 
 use workloads::Cfg;
 
-const WORKLOADS: [&str; 7] = [
-    "commits", "txn", "reads", "bulk", "reopen", "rebuild", "encode",
+const WORKLOADS: [&str; 8] = [
+    "commits", "txn", "reads", "bulk", "reopen", "rebuild", "encode", "ordered",
 ];
 
 const USAGE: &str =
     "usage: ptvp35-bench [--quick] [--reps N] [--dir DIR] [--svg FILE] [WORKLOAD...]
-workloads: commits txn reads bulk reopen rebuild encode (default: all)
+workloads: commits txn reads bulk reopen rebuild encode ordered (default: all)
   --quick      fewer keys and shorter runs (100k-key bulk database, 0.3 s runs)
   --reps N     repetitions of every measurement (default 3, at least 3 for a median)
   --dir DIR    where the databases go (default: a fresh directory under /tmp)
@@ -110,6 +112,7 @@ fn bench(args: &[String]) -> Result<()> {
             "bulk" => workloads::bulk(&cfg),
             "reopen" => workloads::reopen(&cfg),
             "encode" => encode::encode(&cfg),
+            "ordered" => ordered::ordered(&cfg),
             _ => workloads::rebuild(&cfg),
         };
         eprintln!("== {w} took {:.0} s", t.elapsed().as_secs_f64());

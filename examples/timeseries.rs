@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         for minute in 0..60u64 {
             let t = start + hour * 3600 + minute * 60;
             for (sensor, base) in [("attic", 11.0), ("boiler", 62.0), ("cellar", 9.5)] {
-                let wobble = ((t / 60) % 7) as f64 * 0.1;
+                let wobble = f64::from(u32::try_from((t / 60) % 7)?) * 0.1;
                 batch.set((sensor.to_string(), t), base + wobble)?;
             }
         }
@@ -36,8 +36,11 @@ fn main() -> anyhow::Result<()> {
     let from = ("boiler".to_string(), start + 9 * 3600);
     let to = ("boiler".to_string(), start + 10 * 3600);
     let hour: Vec<f64> = db.range(from..to).map(|(_, v)| v).collect();
-    let mean = hour.iter().sum::<f64>() / hour.len() as f64;
-    println!("boiler 09:00-10:00: {} readings, mean {mean:.2}", hour.len());
+    let mean = hour.iter().sum::<f64>() / f64::from(u32::try_from(hour.len())?);
+    println!(
+        "boiler 09:00-10:00: {} readings, mean {mean:.2}",
+        hour.len()
+    );
 
     // The latest reading of each sensor: the last key of the sensor's range.
     for sensor in ["attic", "boiler", "cellar"] {

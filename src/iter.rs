@@ -6,11 +6,12 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use crate::bounds::{Key, Value};
 use crate::connection::DbConnection;
 use crate::kind::{MapKind, Ordered, Table};
-use crate::ordered::{Frozen, Merge, OrdTable};
+use crate::ordered::{Leaf, Leaves, OrdTable, Owned, Span};
 
 /// The pairs of a database at one instant, owned (`(K, V)`), holding no lock.
 ///
@@ -20,7 +21,7 @@ use crate::ordered::{Frozen, Merge, OrdTable};
 /// meanwhile; a `get`, `set` or transaction inside a loop over it neither deadlocks nor
 /// changes what it yields. Each pair is cloned as it is yielded, with no lock held.
 pub struct Iter<K, V> {
-    inner: Box<dyn Iterator<Item = (K, V)> + Send>,
+    inner: Box<dyn DoubleEndedIterator<Item = (K, V)> + Send>,
 }
 
 impl<K, V> fmt::Debug for Iter<K, V> {
@@ -38,6 +39,12 @@ impl<K, V> Iterator for Iter<K, V> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
+    }
+}
+
+impl<K, V> DoubleEndedIterator for Iter<K, V> {
+    fn next_back(&mut self) -> Option<(K, V)> {
+        self.inner.next_back()
     }
 }
 
@@ -92,16 +99,49 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
 }
 
 impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
-    fn frozen(&self) -> Vec<Frozen<K, V>> {
-        self.shared
-            .map
-            .with_all(|tables, _| OrdTable::freeze_all(tables))
+    /// The database as it is now, as a read-only ordered map that shares its structure
+    /// with the database: taking it costs microseconds at any size, it holds no lock, and
+    /// its `get`, `range` and `iter` lend references instead of cloning. Writes made
+    /// after it was taken copy the leaves (at most 64 pairs) they change, once, while it
+    /// lives. See [`Frozen`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-freeze-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let db = ptvp35::Options::new().open_ordered::<String, u64>(dir.join("d.db"))?;
+    /// for (k, v) in [("apple", 3), ("banana", 5), ("cherry", 7)] {
+    ///     db.set_nowait(k.into(), v)?;
+    /// }
+    /// db.commit()?;
+    /// let frozen = db.freeze();
+    /// db.set("apple".into(), 100)?; // not in `frozen`
+    /// let total: u64 = frozen.range::<str, _>(..="banana").map(|(_, v)| *v).sum();
+    /// assert_eq!(total, 8);
+    /// assert_eq!(frozen.get("apple"), Some(&3));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn freeze(&self) -> Frozen<K, V> {
+        Frozen {
+            leaves: self
+                .shared
+                .map
+                .with_all(|tables, _| OrdTable::freeze_all(tables)),
+        }
     }
 
-    /// The pairs whose keys fall in `range`, in key order, of the database as it is now
-    /// (see [`Iter`]). Bounds take a borrowed form of the key, as `BTreeMap::range` does:
+    /// The pairs whose keys fall in `range`, in key order, cloned, of the database as it
+    /// is now (see [`Iter`]; [`freeze`](Self::freeze) lends them instead). Bounds take a
+    /// borrowed form of the key, as `BTreeMap::range` does:
     /// `db.range::<str, _>((Bound::Included("a"), Bound::Excluded("c")))` for `String`
-    /// keys, or `db.range("a".to_string().."c".to_string())`.
+    /// keys, or `db.range("a".to_string().."c".to_string())`. The iterator runs from
+    /// either end (`.rev()`).
     ///
     /// # Panics
     ///
@@ -123,6 +163,8 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// db.commit()?;
     /// let window: Vec<u64> = db.range(200..250).map(|(t, _)| t).collect();
     /// assert_eq!(window, [200, 210, 220, 230, 240]);
+    /// let latest: Vec<u64> = db.range(..).rev().take(2).map(|(t, _)| t).collect();
+    /// assert_eq!(latest, [990, 980]);
     /// # db.close()?;
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(())
@@ -131,17 +173,16 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     pub fn range<Q, R>(&self, range: R) -> Iter<K, V>
     where
         K: Borrow<Q>,
-        Q: Ord + ToOwned<Owned = K> + ?Sized,
+        Q: Ord + ?Sized,
         R: RangeBounds<Q>,
     {
-        check_bounds(range.start_bound(), range.end_bound());
-        let end = match range.end_bound() {
-            Bound::Included(q) => Bound::Included(q.to_owned()),
-            Bound::Excluded(q) => Bound::Excluded(q.to_owned()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let frozen = self.freeze();
+        let span = frozen.span(&range);
         Iter {
-            inner: Box::new(Merge::new(self.frozen(), range.start_bound(), end)),
+            inner: Box::new(Owned {
+                leaves: frozen.leaves,
+                span,
+            }),
         }
     }
 
@@ -165,7 +206,7 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// ```
     #[must_use]
     pub fn first(&self) -> Option<(K, V)> {
-        self.iter().next()
+        self.freeze().first().map(|(k, v)| (k.clone(), v.clone()))
     }
 
     /// The pair with the largest key, if any.
@@ -187,12 +228,7 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// ```
     #[must_use]
     pub fn last(&self) -> Option<(K, V)> {
-        // The largest key is the last of one shard's last leaf.
-        self.frozen()
-            .iter()
-            .filter_map(|leaves| leaves.last().and_then(|l| l.last()))
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(k, e)| (k.clone(), e.value.clone()))
+        self.freeze().last().map(|(k, v)| (k.clone(), v.clone()))
     }
 }
 
@@ -218,15 +254,179 @@ impl<K: Key + Ord + Borrow<str>, V: Value> DbConnection<K, V, Ordered> {
     /// # }
     /// ```
     pub fn scan_prefix(&self, prefix: &str) -> Iter<K, V> {
-        let prefix = prefix.to_owned();
-        let m = Merge::new(
-            self.frozen(),
-            Bound::Included(prefix.as_str()),
-            Bound::Unbounded,
-        );
+        let frozen = self.freeze();
+        let span = frozen.prefix_span(prefix);
         Iter {
-            inner: Box::new(m.take_while(move |(k, _)| k.borrow().starts_with(&prefix))),
+            inner: Box::new(Owned {
+                leaves: frozen.leaves,
+                span,
+            }),
         }
+    }
+}
+
+/// An ordered database at one instant, read-only, sharing its structure with the
+/// database (see [`DbConnection::freeze`]). Cheap to clone; `Send` and `Sync`.
+pub struct Frozen<K, V> {
+    leaves: Leaves<K, V>,
+}
+
+impl<K, V> Clone for Frozen<K, V> {
+    fn clone(&self) -> Self {
+        Frozen {
+            leaves: Arc::clone(&self.leaves),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for Frozen<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frozen").field("len", &self.len()).finish()
+    }
+}
+
+impl<K, V> Frozen<K, V> {
+    /// Number of keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        Span::all(&self.leaves).len(&self.leaves)
+    }
+
+    /// True if there are no keys.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Every pair, in key order, lent.
+    #[must_use]
+    pub fn iter(&self) -> FrozenRange<'_, K, V> {
+        FrozenRange {
+            leaves: &self.leaves,
+            span: Span::all(&self.leaves),
+        }
+    }
+
+    /// The pair with the smallest key, if any.
+    #[must_use]
+    pub fn first(&self) -> Option<(&K, &V)> {
+        self.iter().next()
+    }
+
+    /// The pair with the largest key, if any.
+    #[must_use]
+    pub fn last(&self) -> Option<(&K, &V)> {
+        self.iter().next_back()
+    }
+}
+
+impl<K: Ord, V> Frozen<K, V> {
+    fn span<Q, R>(&self, range: &R) -> Span
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        check_bounds(range.start_bound(), range.end_bound());
+        Span::of(&self.leaves, range.start_bound(), range.end_bound())
+    }
+
+    /// The value of the key that borrows as `key`, lent.
+    #[must_use]
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let mut span = Span::of(&self.leaves, Bound::Included(key), Bound::Included(key));
+        span.next(&self.leaves).map(|(_, v)| v)
+    }
+
+    /// The pairs whose keys fall in `range`, in key order, lent; from either end.
+    ///
+    /// # Panics
+    ///
+    /// As [`DbConnection::range`].
+    pub fn range<Q, R>(&self, range: R) -> FrozenRange<'_, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        FrozenRange {
+            leaves: &self.leaves,
+            span: self.span(&range),
+        }
+    }
+}
+
+impl<K: Ord + Borrow<str>, V> Frozen<K, V> {
+    fn prefix_span(&self, prefix: &str) -> Span {
+        let mut span = Span::of(&self.leaves, Bound::Included(prefix), Bound::Unbounded);
+        // The end: the first key from the start on that does not start with `prefix`.
+        let mut probe = span;
+        let mut n = 0;
+        while let Some((k, _)) = probe.next(&self.leaves) {
+            if !k.borrow().starts_with(prefix) {
+                break;
+            }
+            n += 1;
+        }
+        span.truncate(&self.leaves, n);
+        span
+    }
+
+    /// The pairs whose keys start with `prefix`, in key order, lent.
+    #[must_use]
+    pub fn scan_prefix(&self, prefix: &str) -> FrozenRange<'_, K, V> {
+        FrozenRange {
+            leaves: &self.leaves,
+            span: self.prefix_span(prefix),
+        }
+    }
+}
+
+/// Pairs of a [`Frozen`] state, lent, in key order; from either end.
+pub struct FrozenRange<'a, K, V> {
+    leaves: &'a [Arc<Leaf<K, V>>],
+    span: Span,
+}
+
+impl<K, V> fmt::Debug for FrozenRange<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrozenRange")
+            .field("left", &self.span.len(self.leaves))
+            .finish()
+    }
+}
+
+impl<'a, K, V> Iterator for FrozenRange<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<(&'a K, &'a V)> {
+        self.span.next(self.leaves)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.span.len(self.leaves);
+        (n, Some(n))
+    }
+}
+
+impl<'a, K, V> DoubleEndedIterator for FrozenRange<'a, K, V> {
+    fn next_back(&mut self) -> Option<(&'a K, &'a V)> {
+        self.span.next_back(self.leaves)
+    }
+}
+
+impl<K, V> ExactSizeIterator for FrozenRange<'_, K, V> {}
+
+impl<'a, K, V> IntoIterator for &'a Frozen<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = FrozenRange<'a, K, V>;
+
+    fn into_iter(self) -> FrozenRange<'a, K, V> {
+        self.iter()
     }
 }
 

@@ -62,6 +62,11 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     /// Where a change was made, enough to revert it.
     type Pos: Send + std::fmt::Debug;
 
+    /// Whether keys are spread over the map's shards by their hash (the hash table), or
+    /// all kept in the first shard (the ordered table: a range is then one walk, not a
+    /// merge of every shard, and no user `Hash` runs).
+    const SPREAD: bool;
+
     /// Room for `n` more keys.
     fn reserve(&mut self, n: usize);
 
@@ -112,7 +117,7 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     fn visit(frozen: &Self::Frozen, f: &mut dyn FnMut(&K, &V) -> Result<()>) -> Result<()>;
 
     /// The pairs of `frozen`, owned (in key order for the ordered tables).
-    fn thaw(frozen: Self::Frozen) -> Box<dyn Iterator<Item = (K, V)> + Send>;
+    fn thaw(frozen: Self::Frozen) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send>;
 }
 
 /// Lookups by a borrowed form `Q` of the key, as `HashMap::get` takes them: `&str` for

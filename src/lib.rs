@@ -261,7 +261,7 @@ pub use inspect::repair_on;
 pub use inspect::{
     inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
 };
-pub use iter::Iter;
+pub use iter::{Frozen, FrozenRange, Iter};
 pub use kind::{Hashed, MapKind, Ordered};
 pub use recovery::{Cut, RecoveryReport};
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

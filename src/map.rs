@@ -189,7 +189,11 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             let mut n: isize = 0;
             let mut trash = Trash::default();
             for r in chunks.into_iter().flatten() {
-                let hash = hasher.hash_one(r.key());
+                let hash = if T::SPREAD {
+                    hasher.hash_one(r.key())
+                } else {
+                    0
+                };
                 let shard = shards[shard_index(hash) - base].0.get_mut();
                 match r {
                     Record::Set(k, value) => {
@@ -223,9 +227,24 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         Ok(())
     }
 
-    /// The hash of `k` (runs the user's `Hash`); its top bits choose the shard.
+    /// The hash of `k` (runs the user's `Hash`); its top bits choose the shard. For a
+    /// table that keeps every key in one shard ([`Table::SPREAD`] false), 0, and no user
+    /// code runs.
     pub(crate) fn hash_of(&self, k: &K) -> u64 {
-        self.hasher.hash_one(k)
+        if T::SPREAD {
+            self.hasher.hash_one(k)
+        } else {
+            0
+        }
+    }
+
+    /// The shards keys may be in: all of them, or the first alone.
+    fn in_use(&self) -> &[Padded<T>] {
+        if T::SPREAD {
+            &self.shards
+        } else {
+            &self.shards[..1]
+        }
     }
 
     pub(crate) fn shard_of(&self, k: &K) -> usize {
@@ -245,14 +264,18 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         Q: std::hash::Hash + ?Sized,
         T: Find<K, V, Q>,
     {
-        let hash = self.hasher.hash_one(q);
+        let hash = if T::SPREAD {
+            self.hasher.hash_one(q)
+        } else {
+            0
+        };
         f(self.shards[shard_index(hash)].0.read().find(hash, q))
     }
 
     /// Calls `f` with every shard, under every shard's read lock at once (a consistent
     /// state), and the number of the last write it includes.
     pub(crate) fn with_all<R>(&self, f: impl FnOnce(&[&T], u64) -> R) -> R {
-        let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
+        let guards: Vec<_> = self.in_use().iter().map(|s| s.0.read()).collect();
         // Every write holds its shards' write locks while it takes its number.
         let seq = self.seq();
         let tables: Vec<&T> = guards.iter().map(|g| &**g).collect();
@@ -272,7 +295,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     /// state (a write, and an undo, holds all its shards while it applies). The user's
     /// `Clone` runs under the locks; nothing else does.
     pub(crate) fn copy_all(&self) -> Vec<(K, V)> {
-        let guards: Vec<_> = self.shards.iter().map(|s| s.0.read()).collect();
+        let guards: Vec<_> = self.in_use().iter().map(|s| s.0.read()).collect();
         let mut out = Vec::with_capacity(self.len());
         for g in &guards {
             out.extend(g.pairs().map(|(k, e)| (k.clone(), e.value.clone())));
@@ -288,7 +311,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         mut under_lock: impl FnMut(&T) -> Result<R, E>,
         mut after: impl FnMut(R) -> Result<(), E>,
     ) -> Result<(), E> {
-        for s in &*self.shards {
+        for s in self.in_use() {
             let t = under_lock(&s.0.read())?;
             after(t)?;
         }

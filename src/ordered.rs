@@ -1,7 +1,7 @@
 //! One shard of the ordered map: the shard's pairs in key order, in leaves of at most
 //! [`LEAF`] pairs, each leaf and the list of leaves behind an `Arc`.
 //!
-//! The `Arc`s make a copy of the shard cost one reference count (a [`Frozen`] state for
+//! The `Arc`s make a copy of the shard cost one reference count (a frozen state for
 //! iterators, range scans and rebuilds, which then need no lock). A change to a shard
 //! copies only what a frozen state still shares: the list of leaves (pointers) and the one
 //! leaf it changes. With no frozen state alive nothing is copied.
@@ -13,7 +13,6 @@
 //! user code.
 
 use std::borrow::Borrow;
-use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use crate::shard::{Entry, Trash};
 /// Most pairs in a leaf; a leaf that grows past it is split in two halves.
 const LEAF: usize = 64;
 
-type Leaf<K, V> = Vec<(K, Entry<V>)>;
+pub(crate) type Leaf<K, V> = Vec<(K, Entry<V>)>;
 
 /// One shard of the ordered map (see the module's docs).
 #[derive(Debug)]
@@ -65,7 +64,7 @@ enum Shape {
 type OrdStep<K, V> = Step<K, V, OrdPos>;
 
 /// A shard's state at one instant, shared with the shard (see the module's docs).
-pub(crate) type Frozen<K, V> = Arc<Vec<Arc<Leaf<K, V>>>>;
+pub(crate) type Leaves<K, V> = Arc<Vec<Arc<Leaf<K, V>>>>;
 
 /// Where `q` is or would go: the leaf, and the position in it (`Ok`: found).
 fn locate<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], q: &Q) -> (usize, Result<usize, usize>)
@@ -97,7 +96,7 @@ impl<K: Key + Ord, V: Value> OrdTable<K, V> {
     }
 
     /// The shard's state now, sharing its leaves (no user code).
-    pub(crate) fn freeze(&self) -> Frozen<K, V> {
+    pub(crate) fn freeze(&self) -> Leaves<K, V> {
         Arc::clone(&self.leaves)
     }
 
@@ -147,27 +146,33 @@ impl<K: Key + Ord, V: Value> OrdTable<K, V> {
 impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
     type Pos = OrdPos;
 
+    const SPREAD: bool = false;
+
     const CHEAP_FREEZE: bool = true;
 
-    type Frozen = Vec<Frozen<K, V>>;
+    type Frozen = Leaves<K, V>;
 
-    fn freeze_all(tables: &[&Self]) -> Vec<Frozen<K, V>> {
-        tables.iter().map(|t| t.freeze()).collect()
+    fn freeze_all(tables: &[&Self]) -> Leaves<K, V> {
+        // Every key is in the first shard (`SPREAD` is false).
+        tables.first().map(|t| t.freeze()).unwrap_or_default()
     }
 
     fn visit(
-        frozen: &Vec<Frozen<K, V>>,
+        frozen: &Leaves<K, V>,
         f: &mut dyn FnMut(&K, &V) -> crate::error::Result<()>,
     ) -> crate::error::Result<()> {
-        let mut m = Merge::new(frozen.clone(), Bound::<&K>::Unbounded, Bound::Unbounded);
-        while let Some((k, v)) = m.next_ref() {
-            f(k, v)?;
-        }
-        Ok(())
+        frozen
+            .iter()
+            .flat_map(|l| l.iter())
+            .try_for_each(|(k, e)| f(k, &e.value))
     }
 
-    fn thaw(frozen: Vec<Frozen<K, V>>) -> Box<dyn Iterator<Item = (K, V)> + Send> {
-        Box::new(Merge::new(frozen, Bound::<&K>::Unbounded, Bound::Unbounded))
+    fn thaw(frozen: Leaves<K, V>) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send> {
+        let span = Span::all(&frozen);
+        Box::new(Owned {
+            leaves: frozen,
+            span,
+        })
     }
 
     fn reserve(&mut self, _n: usize) {}
@@ -310,132 +315,152 @@ fn own<K: Clone, V: Clone>(l: Arc<Leaf<K, V>>) -> Leaf<K, V> {
     Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone())
 }
 
-/// A position in one frozen shard: the leaf and the pair in it.
+/// A position among a frozen table's pairs: a leaf and a pair in it. Normalized: the
+/// pair is in the leaf, or the position is `(leaves, 0)`, past the last pair; so
+/// positions compare as tuples.
+type At = (usize, usize);
+
+/// `(leaf, pos)`, moved to the start of the next leaf if it is past the end of its own.
+fn normalize<K, V>(leaves: &[Arc<Leaf<K, V>>], (leaf, pos): At) -> At {
+    if leaf < leaves.len() && pos >= leaves[leaf].len() {
+        (leaf + 1, 0)
+    } else {
+        (leaf, pos)
+    }
+}
+
+/// Where the pairs from the bound `b` on start, as a lower bound (`upper` false) or where
+/// they end, as an upper bound (exclusive end).
+fn position<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], b: Bound<&Q>, upper: bool) -> At
+where
+    K: Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    let (q, past_equal) = match b {
+        Bound::Unbounded if upper => return (leaves.len(), 0),
+        Bound::Unbounded => return (0, 0),
+        // A lower bound includes an equal key; an upper bound stops after it.
+        Bound::Included(q) => (q, upper),
+        Bound::Excluded(q) => (q, !upper),
+    };
+    let at = match locate(leaves, q) {
+        (leaf, Ok(p)) if past_equal => (leaf, p + 1),
+        (leaf, Ok(p) | Err(p)) => (leaf, p),
+    };
+    normalize(leaves, at)
+}
+
+/// The positions from `front` (included) to `back` (excluded) of one frozen table: a walk
+/// in key order from either end, with no comparison of keys.
 #[derive(Debug, Clone, Copy)]
-struct Cursor {
-    leaf: usize,
-    pos: usize,
+pub(crate) struct Span {
+    front: At,
+    back: At,
 }
 
-/// The pairs of every shard of a frozen ordered map, merged into key order, from a start
-/// bound to an end bound. Holds no lock: the shards' frozen states keep what it reads.
-pub(crate) struct Merge<K, V> {
-    shards: Vec<Frozen<K, V>>,
-    /// The shards that have pairs left, as a binary min-heap on their current keys.
-    heap: Vec<(usize, Cursor)>,
-    end: std::ops::Bound<K>,
-}
+impl Span {
+    /// Every pair of `leaves`.
+    pub(crate) fn all<K, V>(leaves: &[Arc<Leaf<K, V>>]) -> Span {
+        Span {
+            front: (0, 0),
+            back: (leaves.len(), 0),
+        }
+    }
 
-impl<K: Ord, V> Merge<K, V> {
-    /// The pairs of `shards` from `start` on, up to `end`.
-    pub(crate) fn new<Q>(
-        shards: Vec<Frozen<K, V>>,
-        start: std::ops::Bound<&Q>,
-        end: std::ops::Bound<K>,
-    ) -> Self
+    /// The pairs of `leaves` within the bounds (empty if the start is past the end).
+    pub(crate) fn of<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], start: Bound<&Q>, end: Bound<&Q>) -> Span
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let mut heap = Vec::new();
-        for (s, leaves) in shards.iter().enumerate() {
-            let first = match start {
-                Bound::Unbounded => Some(Cursor { leaf: 0, pos: 0 }),
-                Bound::Included(q) | Bound::Excluded(q) => {
-                    let (leaf, at) = locate(leaves, q);
-                    let pos = match at {
-                        Ok(p) if matches!(start, Bound::Excluded(_)) => p + 1,
-                        Ok(p) | Err(p) => p,
-                    };
-                    Some(Cursor { leaf, pos })
-                }
-            };
-            if let Some(c) = first.and_then(|c| normalize(leaves, c)) {
-                heap.push((s, c));
-            }
-        }
-        let mut m = Merge { shards, heap, end };
-        for i in (0..m.heap.len() / 2).rev() {
-            m.sift_down(i);
-        }
-        m
+        let front = position(leaves, start, false);
+        let back = position(leaves, end, true).max(front);
+        Span { front, back }
     }
 
-    fn key(&self, at: (usize, Cursor)) -> &K {
-        &self.shards[at.0][at.1.leaf][at.1.pos].0
-    }
-
-    fn less(&self, a: usize, b: usize) -> bool {
-        self.key(self.heap[a]) < self.key(self.heap[b])
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut least = i;
-            if l < self.heap.len() && self.less(l, least) {
-                least = l;
-            }
-            if r < self.heap.len() && self.less(r, least) {
-                least = r;
-            }
-            if least == i {
-                return;
-            }
-            self.heap.swap(i, least);
-            i = least;
-        }
-    }
-
-    /// The next pair, borrowed from the frozen shards.
-    pub(crate) fn next_ref(&mut self) -> Option<(&K, &V)> {
-        let &(s, c) = self.heap.first()?;
-        let past_end = match &self.end {
-            Bound::Unbounded => false,
-            Bound::Included(e) => self.key((s, c)).cmp(e) == Ordering::Greater,
-            Bound::Excluded(e) => self.key((s, c)).cmp(e) != Ordering::Less,
-        };
-        if past_end {
-            self.heap.clear();
+    /// The next pair from the front.
+    pub(crate) fn next<'a, K, V>(
+        &mut self,
+        leaves: &'a [Arc<Leaf<K, V>>],
+    ) -> Option<(&'a K, &'a V)> {
+        if self.front >= self.back {
             return None;
         }
-        match normalize(
-            &self.shards[s],
-            Cursor {
-                pos: c.pos + 1,
-                ..c
-            },
-        ) {
-            Some(next) => self.heap[0] = (s, next),
-            None => {
-                self.heap.swap_remove(0);
-            }
-        }
-        self.sift_down(0);
-        let (k, e) = &self.shards[s][c.leaf][c.pos];
+        let (k, e) = &leaves[self.front.0][self.front.1];
+        self.front = normalize(leaves, (self.front.0, self.front.1 + 1));
         Some((k, &e.value))
+    }
+
+    /// The next pair from the back.
+    pub(crate) fn next_back<'a, K, V>(
+        &mut self,
+        leaves: &'a [Arc<Leaf<K, V>>],
+    ) -> Option<(&'a K, &'a V)> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.back = match self.back {
+            (leaf, 0) => (leaf - 1, leaves[leaf - 1].len() - 1),
+            (leaf, pos) => (leaf, pos - 1),
+        };
+        let (k, e) = &leaves[self.back.0][self.back.1];
+        Some((k, &e.value))
+    }
+
+    /// Keeps the first `n` pairs left from the front.
+    pub(crate) fn truncate<K, V>(&mut self, leaves: &[Arc<Leaf<K, V>>], n: usize) {
+        let mut back = self.front;
+        let mut left = n;
+        while left > 0 && back.0 < leaves.len() {
+            let step = (leaves[back.0].len() - back.1).min(left);
+            left -= step;
+            back = normalize(leaves, (back.0, back.1 + step));
+        }
+        self.back = back.min(self.back);
+    }
+
+    /// An upper limit of the pairs left (exact but for empty leaves, which a table never
+    /// keeps).
+    pub(crate) fn len<K, V>(&self, leaves: &[Arc<Leaf<K, V>>]) -> usize {
+        if self.front >= self.back {
+            return 0;
+        }
+        let whole: usize = leaves[self.front.0..self.back.0]
+            .iter()
+            .map(|l| l.len())
+            .sum();
+        whole + self.back.1 - self.front.1
     }
 }
 
-impl<K: Clone + Ord, V: Clone> Iterator for Merge<K, V> {
+/// A span of a frozen table that owns the table's state and clones what it yields.
+pub(crate) struct Owned<K, V> {
+    pub(crate) leaves: Leaves<K, V>,
+    pub(crate) span: Span,
+}
+
+impl<K: Clone, V: Clone> Iterator for Owned<K, V> {
     type Item = (K, V);
 
     /// The next pair, cloned (user `Clone`, no lock held).
     fn next(&mut self) -> Option<(K, V)> {
-        self.next_ref().map(|(k, v)| (k.clone(), v.clone()))
+        self.span
+            .next(&self.leaves)
+            .map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.span.len(&self.leaves);
+        (n, Some(n))
     }
 }
 
-/// `c`, or the start of the next leaf if `c` is past the end of its leaf; `None` past the
-/// last leaf.
-fn normalize<K, V>(leaves: &[Arc<Leaf<K, V>>], mut c: Cursor) -> Option<Cursor> {
-    while c.leaf < leaves.len() && c.pos >= leaves[c.leaf].len() {
-        c = Cursor {
-            leaf: c.leaf + 1,
-            pos: 0,
-        };
+impl<K: Clone, V: Clone> DoubleEndedIterator for Owned<K, V> {
+    fn next_back(&mut self) -> Option<(K, V)> {
+        self.span
+            .next_back(&self.leaves)
+            .map(|(k, v)| (k.clone(), v.clone()))
     }
-    (c.leaf < leaves.len()).then_some(c)
 }
 
 #[cfg(test)]
@@ -515,36 +540,62 @@ mod tests {
     }
 
     #[test]
-    fn a_merge_yields_every_shard_in_key_order_within_bounds() {
-        let mut shards: Vec<OrdTable<u32, u32>> = (0..5).map(|_| OrdTable::default()).collect();
-        for k in 0..1000u32 {
-            shards[(k * 7 % 5) as usize].set(0, k, k, entry(k));
+    fn spans_walk_from_both_ends_within_bounds() {
+        let mut t = OrdTable::default();
+        // Every third key, across many leaves.
+        for k in (0..3000u32).step_by(3) {
+            t.set(0, k, k, entry(k));
         }
-        let frozen = || shards.iter().map(OrdTable::freeze).collect::<Vec<_>>();
-        let collect = |mut m: Merge<u32, u32>| {
+        let leaves = t.freeze();
+        let walk = |start: Bound<&u32>, end: Bound<&u32>| {
+            let mut span = Span::of(&leaves, start, end);
+            let n = span.len(&leaves);
             let mut out = Vec::new();
-            while let Some((k, _)) = m.next_ref() {
+            while let Some((k, _)) = span.next(&leaves) {
                 out.push(*k);
             }
+            assert_eq!(out.len(), n);
+            let mut back = Span::of(&leaves, start, end);
+            let mut rev = Vec::new();
+            while let Some((k, _)) = back.next_back(&leaves) {
+                rev.push(*k);
+            }
+            rev.reverse();
+            assert_eq!(out, rev);
             out
         };
-        let all = collect(Merge::new(
-            frozen(),
-            Bound::<&u32>::Unbounded,
-            Bound::Unbounded,
-        ));
-        assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        let some = collect(Merge::new(
-            frozen(),
-            Bound::Excluded(&10),
-            Bound::Included(20),
-        ));
-        assert_eq!(some, (11..=20).collect::<Vec<_>>());
-        let none = collect(Merge::new(
-            frozen(),
-            Bound::Included(&2000),
-            Bound::Unbounded,
-        ));
-        assert!(none.is_empty());
+        let all: Vec<u32> = (0..3000).step_by(3).collect();
+        assert_eq!(walk(Bound::Unbounded, Bound::Unbounded), all);
+        assert_eq!(
+            walk(Bound::Excluded(&9), Bound::Included(&21)),
+            [12, 15, 18, 21]
+        );
+        assert_eq!(
+            walk(Bound::Included(&9), Bound::Excluded(&21)),
+            [9, 12, 15, 18]
+        );
+        assert_eq!(
+            walk(Bound::Included(&10), Bound::Excluded(&11)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            walk(Bound::Included(&5000), Bound::Unbounded),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            walk(Bound::Unbounded, Bound::Excluded(&0)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            walk(Bound::Excluded(&2997), Bound::Unbounded),
+            Vec::<u32>::new()
+        );
+        assert_eq!(walk(Bound::Included(&2997), Bound::Unbounded), [2997]);
+        // Mixed ends: two from the front, then the rest from the back.
+        let mut span = Span::of(&leaves, Bound::Included(&0), Bound::Excluded(&15));
+        assert_eq!(span.next(&leaves).map(|(k, _)| *k), Some(0));
+        assert_eq!(span.next_back(&leaves).map(|(k, _)| *k), Some(12));
+        assert_eq!(span.next(&leaves).map(|(k, _)| *k), Some(3));
+        assert_eq!(span.len(&leaves), 2);
     }
 }

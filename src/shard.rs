@@ -193,6 +193,8 @@ impl<K: Eq, V> Shard<K, V> {
 impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     type Pos = HashPos;
 
+    const SPREAD: bool = true;
+
     const CHEAP_FREEZE: bool = false;
 
     type Frozen = Vec<(K, V)>;
@@ -212,7 +214,7 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         frozen.iter().try_for_each(|(k, v)| f(k, v))
     }
 
-    fn thaw(frozen: Vec<(K, V)>) -> Box<dyn Iterator<Item = (K, V)> + Send> {
+    fn thaw(frozen: Vec<(K, V)>) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send> {
         Box::new(frozen.into_iter())
     }
 

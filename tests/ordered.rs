@@ -75,6 +75,21 @@ fn ranges_first_last_and_iteration_follow_a_btreemap_through_writes_and_reopens(
             ensure!(got == want, "range {a}..={b}");
             let got: Vec<_> = db.range(..a).map(|(k, _)| k).collect();
             ensure!(got == model.range(..a).map(|(k, _)| *k).collect::<Vec<_>>());
+            let got: Vec<_> = db.range(a..b).rev().map(|(k, _)| k).collect();
+            let want: Vec<_> = model.range(a..b).rev().map(|(k, _)| *k).collect();
+            ensure!(got == want, "reversed range {a}..{b}");
+            let frozen = db.freeze();
+            let lent: Vec<_> = frozen
+                .range((Bound::Excluded(a), Bound::Unbounded))
+                .take(5)
+                .collect();
+            let want: Vec<_> = model
+                .range((Bound::Excluded(a), Bound::Unbounded))
+                .take(5)
+                .collect();
+            ensure!(lent == want, "frozen range after {a}");
+            ensure!(frozen.get(&a) == model.get(&a), "frozen get {a}");
+            ensure!(frozen.len() == model.len());
         }
         if round == 1 {
             db.compact()?;

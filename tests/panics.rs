@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{ensure, Context, Result};
 use common::{within, TempDir};
-use ptvp35::{DbConnection, Delta};
+use ptvp35::{DbConnection, Delta, Hashed, MapKind, Options, Ordered};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The payload of the panics these tests raise on purpose.
@@ -55,10 +55,23 @@ fn quiet() {
     });
 }
 
-/// A key whose `Clone`, `Hash` and `Eq` count down to a panic.
-#[derive(Debug, Serialize, Deserialize, PartialOrd, Ord)]
+/// A key whose `Clone`, `Hash`, `Eq` and `Ord` count down to a panic.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 struct PKey(u32);
+
+impl PartialOrd for PKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        tick();
+        self.0.cmp(&other.0)
+    }
+}
 
 impl Clone for PKey {
     fn clone(&self) -> Self {
@@ -110,9 +123,9 @@ impl Drop for PVal {
     }
 }
 
-type PDb = DbConnection<PKey, PVal>;
+type PDb<M = Hashed> = DbConnection<PKey, PVal, M>;
 
-fn state(db: &PDb) -> Vec<(u32, u64)> {
+fn state<M: MapKind<PKey, PVal>>(db: &PDb<M>) -> Vec<(u32, u64)> {
     let mut v: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (k.0, v.0)).collect();
     v.sort_unstable();
     v
@@ -123,12 +136,24 @@ fn state(db: &PDb) -> Vec<(u32, u64)> {
 /// and `close` hung and a later rebuild wrote the torn transaction (issue 9, item 10).
 #[test]
 fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> Result<()> {
+    submit_all_or_nothing::<Hashed>()
+}
+
+/// The same with the ordered map, whose changes run `Ord`, and `Clone` when a leaf is
+/// shared with an iterator that is alive (one is, here).
+#[test]
+fn a_panic_in_clone_ord_or_drop_during_a_submit_to_the_ordered_map_changes_all_or_nothing(
+) -> Result<()> {
+    submit_all_or_nothing::<Ordered>()
+}
+
+fn submit_all_or_nothing<M: MapKind<PKey, PVal>>() -> Result<()> {
     quiet();
     let mut fired_somewhere = false;
-    for n in 1..=80 {
+    for n in 1..=200 {
         let dir = TempDir::new("panic-submit")?;
         let path = dir.join("p.db");
-        let db = PDb::open(&path)?;
+        let db: PDb<M> = Options::new().open_as(&path)?;
         let mut base = Delta::new();
         for k in 0..10 {
             base.set(PKey(k), PVal(1))?;
@@ -145,9 +170,18 @@ fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> 
         after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
         after.extend((5..15).map(|k| (k, 2)));
         after.sort_unstable();
+        // An iterator alive across the submit: the ordered map's leaves are shared.
+        let held = db.iter();
         arm(n);
         let r = catch_unwind(AssertUnwindSafe(|| db.submit_transaction(d)));
         let fired = disarm();
+        let seen: Vec<(u32, u64)> = held.map(|(k, v)| (k.0, v.0)).collect();
+        let mut seen_sorted = seen.clone();
+        seen_sorted.sort_unstable();
+        ensure!(
+            seen_sorted == before,
+            "call {n}: the iterator's state changed"
+        );
         fired_somewhere |= fired;
         let now = state(&db);
         ensure!(
@@ -164,7 +198,7 @@ fn a_panic_in_clone_hash_eq_or_drop_during_a_submit_changes_all_or_nothing() -> 
             Ok(())
         })
         .with_context(|| format!("call {n}"))??;
-        let db = PDb::open(&path)?;
+        let db: PDb<M> = Options::new().open_as(&path)?;
         ensure!(state(&db) == now, "call {n}: the disk differs from memory");
         db.close()?;
         if !fired {
@@ -184,7 +218,7 @@ fn a_panic_while_adding_to_a_delta_leaves_it_as_it_was() -> Result<()> {
     for n in 1..=6 {
         let dir = TempDir::new("panic-delta")?;
         let path = dir.join("d.db");
-        let db = PDb::open(&path)?;
+        let db = PDb::<Hashed>::open(&path)?;
         let mut d = Delta::new();
         d.set(PKey(1), PVal(1))?;
         arm(n);
@@ -195,7 +229,7 @@ fn a_panic_while_adding_to_a_delta_leaves_it_as_it_was() -> Result<()> {
         db.commit_transaction(d)?;
         let shown = state(&db);
         db.close()?;
-        let db = PDb::open(&path).with_context(|| format!("call {n}"))?;
+        let db = PDb::<Hashed>::open(&path).with_context(|| format!("call {n}"))?;
         ensure!(
             state(&db) == shown,
             "call {n}: {:?} != {shown:?}",

@@ -164,7 +164,8 @@ pub fn ordered(cfg: &Cfg) -> Result<()> {
     // Range scans of 100 and 10,000 keys from a random start, 1 thread.
     let start = |rng: &mut Rng, len: u64| &keys[usize::try_from(rng.below(n - len)).unwrap_or(0)];
     let mut scan_rows: Vec<(&str, [Vec<f64>; 2])> = vec![
-        ("ptvp35 ordered `range`", [vec![], vec![]]),
+        ("ptvp35 ordered `range` (clones)", [vec![], vec![]]),
+        ("ptvp35 ordered `freeze().range` (lends)", [vec![], vec![]]),
         ("redb `range`", [vec![], vec![]]),
         ("sled `range` ¹", [vec![], vec![]]),
         ("BTreeMap behind a RwLock (limit)", [vec![], vec![]]),
@@ -177,6 +178,14 @@ pub fn ordered(cfg: &Cfg) -> Result<()> {
             let r = [
                 rate(secs, seed, |rng| {
                     Ok(ordered.range(start(rng, len).clone()..).take(take).count())
+                })?,
+                rate(secs, seed, |rng| {
+                    let frozen = ordered.freeze();
+                    Ok(frozen
+                        .range::<str, _>((std::ops::Bound::Included(start(rng, len).as_str()), std::ops::Bound::Unbounded))
+                        .take(take)
+                        .map(|kv| black_box(kv))
+                        .count())
                 })?,
                 rate(secs, seed, |rng| {
                     let r = rdb.begin_read()?;
@@ -226,9 +235,9 @@ pub fn ordered(cfg: &Cfg) -> Result<()> {
         tab.row(cells);
     }
     tab.notes.push(format!(
-        "{:.1} s per run, {} repetitions, a uniformly random start key. ptvp35 and the \
-         BTreeMap hand out cloned typed values; redb and sled hand out the raw bytes (a copy, \
-         no deserialization), which flatters them. ¹ sled is not power-safe (see the commits table).",
+        "{:.1} s per run, {} repetitions, a uniformly random start key. ptvp35's `range` and the \
+         BTreeMap hand out cloned typed values, `freeze().range` lends them (no copy); redb and \
+         sled hand out the raw bytes (a copy, no deserialization). ¹ sled is not power-safe (see the commits table).",
         cfg.read_secs, cfg.reps
     ));
     tab.print();

@@ -95,6 +95,38 @@ fn commit_latency<M: MapKind<String, Val>>(
     })
 }
 
+/// Durable `set`s per second from `threads` threads for `secs`.
+fn commit_rate<M: MapKind<String, Val>>(
+    db: &DbConnection<String, Val, M>,
+    n: u64,
+    threads: u64,
+    secs: f64,
+) -> Result<f64> {
+    let t = Instant::now();
+    let done = std::thread::scope(|s| -> Result<u64> {
+        let workers: Vec<_> = (0..threads)
+            .map(|seed| {
+                s.spawn(move || -> Result<u64> {
+                    let mut rng = Rng::new(seed + 100);
+                    let mut c = 0;
+                    while t.elapsed().as_secs_f64() < secs {
+                        let i = rng.below(n);
+                        db.set(key(i), val(i, 2))?;
+                        c += 1;
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w.join().map_err(|_| anyhow::anyhow!("committer panicked"))??;
+        }
+        Ok(total)
+    })?;
+    Ok(done as f64 / t.elapsed().as_secs_f64())
+}
+
 #[allow(clippy::too_many_lines)]
 pub fn ordered(cfg: &Cfg) -> Result<()> {
     let n = cfg.bulk_keys;
@@ -271,6 +303,14 @@ pub fn ordered(cfg: &Cfg) -> Result<()> {
         }
         full[2].push(t.elapsed().as_secs_f64());
     }
+    // Durable commits/s from 1 and 4 threads, each setting random keys.
+    let mut commits: [[Vec<f64>; 2]; 2] = Default::default();
+    for _ in 0..cfg.reps {
+        for (ti, threads) in [1u64, 4].into_iter().enumerate() {
+            commits[ti][0].push(commit_rate(&hashed, n, threads, cfg.commit_secs)?);
+            commits[ti][1].push(commit_rate(&ordered, n, threads, cfg.commit_secs)?);
+        }
+    }
     let secs_lat = if cfg.quick { 1.0 } else { 3.0 };
     let iterate_h = || -> Result<()> {
         black_box(hashed.iter().count());
@@ -301,6 +341,8 @@ pub fn ordered(cfg: &Cfg) -> Result<()> {
     row(&mut tab, "bulk load, one durable transaction", &load_h, &load_o, secs);
     row(&mut tab, "open (parse and fill)", &open_h, &open_o, secs);
     row(&mut tab, "point reads/s (`get`), 1 thread", &reads[0], &reads[1], num);
+    row(&mut tab, "durable commits/s (`set`), 1 thread", &commits[0][0], &commits[0][1], num);
+    row(&mut tab, "durable commits/s (`set`), 4 threads", &commits[1][0], &commits[1][1], num);
     row(&mut tab, "full iteration (`iter`), seconds", &full[0], &full[1], secs);
     tab.row(vec![
         "full iteration of the BTreeMap limit".to_owned(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::bounds::{Key, Value};
 use crate::connection::DbConnection;
 use crate::kind::{MapKind, Ordered, Table};
-use crate::ordered::{Leaf, Leaves, OrdTable, Owned, Span};
+use crate::ordered::{Leaves, OrdTable, Owned, Root, Span};
 
 /// The pairs of a database at one instant, owned (`(K, V)`), holding no lock.
 ///
@@ -128,12 +128,11 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// ```
     #[must_use]
     pub fn freeze(&self) -> Frozen<K, V> {
-        Frozen {
-            leaves: self
-                .shared
-                .map
-                .with_all(|tables, _| OrdTable::freeze_all(tables)),
-        }
+        let (leaves, len) = self.shared.map.with_all(|tables, _| {
+            let len = tables.first().map_or(0, |t| t.len());
+            (OrdTable::freeze_all(tables), len)
+        });
+        Frozen { leaves, len }
     }
 
     /// The pairs whose keys fall in `range`, in key order, cloned, of the database as it
@@ -269,12 +268,14 @@ impl<K: Key + Ord + Borrow<str>, V: Value> DbConnection<K, V, Ordered> {
 /// database (see [`DbConnection::freeze`]). Cheap to clone; `Send` and `Sync`.
 pub struct Frozen<K, V> {
     leaves: Leaves<K, V>,
+    len: usize,
 }
 
 impl<K, V> Clone for Frozen<K, V> {
     fn clone(&self) -> Self {
         Frozen {
             leaves: Arc::clone(&self.leaves),
+            len: self.len,
         }
     }
 }
@@ -289,13 +290,13 @@ impl<K, V> Frozen<K, V> {
     /// Number of keys.
     #[must_use]
     pub fn len(&self) -> usize {
-        Span::all(&self.leaves).len(&self.leaves)
+        self.len
     }
 
     /// True if there are no keys.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
+        self.len == 0
     }
 
     /// Every pair, in key order, lent.
@@ -388,7 +389,7 @@ impl<K: Ord + Borrow<str>, V> Frozen<K, V> {
 
 /// Pairs of a [`Frozen`] state, lent, in key order; from either end.
 pub struct FrozenRange<'a, K, V> {
-    leaves: &'a [Arc<Leaf<K, V>>],
+    leaves: &'a Root<K, V>,
     span: Span,
 }
 

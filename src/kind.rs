@@ -116,6 +116,10 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     /// The first error `f` returns.
     fn visit(frozen: &Self::Frozen, f: &mut dyn FnMut(&K, &V) -> Result<()>) -> Result<()>;
 
+    /// Lets go of what a step that is kept (not reverted) moved out of the table, into
+    /// `trash` (dropped once the locks are released).
+    fn release(pos: Self::Pos, trash: &mut Trash<K, V>);
+
     /// The pairs of `frozen`, owned (in key order for the ordered tables).
     fn thaw(frozen: Self::Frozen) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send>;
 }

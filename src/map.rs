@@ -402,7 +402,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             drop(trash);
             resume_unwind(panic);
         }
-        let (undo, added, removed) = undo_of(steps);
+        let (undo, added, removed) = undo_of::<K, V, T>(steps, &mut trash);
         self.live.fetch_add(added, Ordering::Relaxed);
         self.live.fetch_sub(removed, Ordering::Relaxed);
         if let Err(undo) = send(seq, undo) {
@@ -519,19 +519,27 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
 
 /// The undo list of an applied write (moves only), and how many keys it added and
 /// removed.
-fn undo_of<K, V, P>(steps: Vec<(usize, Step<K, V, P>)>) -> (UndoList<K, V>, usize, usize) {
+fn undo_of<K, V, T: Table<K, V>>(
+    steps: Vec<ShardStep<K, V, T>>,
+    trash: &mut Trash<K, V>,
+) -> (UndoList<K, V>, usize, usize) {
     let mut undo = UndoList::default();
     let (mut added, mut removed) = (0, 0);
     for (_, step) in steps {
         match step {
-            Step::Added { hash, key, .. } => {
+            Step::Added { hash, key, at } => {
                 added += 1;
                 undo.added.push((hash, key));
+                T::release(at, trash);
             }
-            Step::Replaced { hash, key, old, .. } => undo.replaced.push((hash, key, old)),
-            Step::Removed { hash, key, old, .. } => {
+            Step::Replaced { hash, key, old, at } => {
+                undo.replaced.push((hash, key, old));
+                T::release(at, trash);
+            }
+            Step::Removed { hash, key, old, at } => {
                 removed += 1;
                 undo.replaced.push((hash, key, old));
+                T::release(at, trash);
             }
         }
     }

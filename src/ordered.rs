@@ -1,16 +1,25 @@
-//! One shard of the ordered map: the shard's pairs in key order, in leaves of at most
-//! [`LEAF`] pairs, each leaf and the list of leaves behind an `Arc`.
+//! The ordered map's table: every key of the map in key order, in a tree of two levels
+//! above the pairs. Pairs sit in leaves of at most [`LEAF`], leaves in nodes of at most
+//! [`NODE`], nodes in the root; each leaf, node and the root is behind an `Arc`, and a
+//! node (and the root) keeps, between each two children, a separator: a copy of the
+//! first key of the child after it when that child was made, no greater than any key in
+//! it and greater than every key before it. A search follows the separators (contiguous
+//! keys, few cache misses), then searches one leaf. Inserts and removals move at most a
+//! leaf, a node and the root's list, whatever the size.
 //!
-//! The `Arc`s make a copy of the shard cost one reference count (a frozen state for
-//! iterators, range scans and rebuilds, which then need no lock). A change to a shard
-//! copies only what a frozen state still shares: the list of leaves (pointers) and the one
-//! leaf it changes. With no frozen state alive nothing is copied.
+//! The `Arc`s make a copy of the whole table cost one reference count (a frozen state
+//! for iterators, range scans, backups and rebuilds, which then need no lock). A change
+//! copies only what a frozen state still shares: the root, one node and one leaf. With
+//! no frozen state alive nothing is copied.
 //!
 //! As in the hash table, every change finds its key first (user `Ord`, reading only),
-//! then makes any copy it needs (user `Clone`, before anything changes: a copy that
-//! panics leaves the original in place), and then changes the shard with moves alone; it
-//! returns where it made the change, so that [`Table::revert`] undoes it exactly without
-//! user code.
+//! then makes every copy it needs (user `Clone`: the shared parts, and the separator a
+//! split will need), and only then changes the table, with moves alone; it returns where
+//! it made the change and what it moved out, so that [`Table::revert`] undoes it exactly
+//! without user code.
+
+// Positions are (n, l, p) throughout: node, leaf, pair.
+#![allow(clippy::many_single_char_names)]
 
 use std::borrow::Borrow;
 use std::ops::Bound;
@@ -23,63 +32,135 @@ use crate::shard::{Entry, Trash};
 /// Most pairs in a leaf; a leaf that grows past it is split in two halves.
 const LEAF: usize = 64;
 
+/// Most leaves in a node; a node that grows past it is split in two halves.
+const NODE: usize = 64;
+
+/// Pairs in key order.
 pub(crate) type Leaf<K, V> = Vec<(K, Entry<V>)>;
 
-/// One shard of the ordered map (see the module's docs).
+/// Leaves in key order, and the separators between them (one fewer).
+#[derive(Debug, Clone)]
+pub(crate) struct Node<K, V> {
+    seps: Vec<K>,
+    leaves: Vec<Arc<Leaf<K, V>>>,
+}
+
+/// Nodes in key order, and the separators between them (one fewer).
+#[derive(Debug, Clone)]
+pub struct Root<K, V> {
+    seps: Vec<K>,
+    nodes: Vec<Arc<Node<K, V>>>,
+}
+
+impl<K, V> Default for Root<K, V> {
+    fn default() -> Self {
+        Root {
+            seps: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// A table's state at one instant, shared with the table.
+pub(crate) type Leaves<K, V> = Arc<Root<K, V>>;
+
+/// The ordered map's table (see the module's docs).
 #[derive(Debug)]
 pub struct OrdTable<K, V> {
-    /// Never holds an empty leaf.
-    leaves: Arc<Vec<Arc<Leaf<K, V>>>>,
+    /// Never holds an empty node or leaf.
+    root: Arc<Root<K, V>>,
     len: usize,
 }
 
 impl<K, V> Default for OrdTable<K, V> {
     fn default() -> Self {
         OrdTable {
-            leaves: Arc::new(Vec::new()),
+            root: Arc::new(Root::default()),
             len: 0,
         }
     }
 }
 
-/// Where a change was made in an ordered table.
-#[derive(Debug, Clone, Copy)]
-pub struct OrdPos {
-    leaf: usize,
-    pos: usize,
-    shape: Shape,
+/// A position: node, leaf in the node, pair in the leaf. Normalized (see [`normalize`]),
+/// positions compare as tuples.
+type At = (usize, usize, usize);
+
+/// What a change did to the tree's shape, and the separators it moved out of it.
+pub struct OrdPos<K> {
+    at: At,
+    shape: Shape<K>,
 }
 
-/// What a change did to the list of leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// Nothing.
+impl<K> std::fmt::Debug for OrdPos<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shape = match &self.shape {
+            Shape::Same => "same",
+            Shape::First => "first",
+            Shape::Split { node: false } => "leaf split",
+            Shape::Split { node: true } => "leaf and node split",
+            Shape::LeafGone { .. } => "leaf gone",
+            Shape::NodeGone { .. } => "leaf and node gone",
+        };
+        f.debug_struct("OrdPos")
+            .field("at", &self.at)
+            .field("shape", &shape)
+            .finish()
+    }
+}
+
+enum Shape<K> {
+    /// The pair alone changed.
     Same,
-    /// Added: the leaf was split in two after the insertion.
-    Split,
-    /// Added: the key made the table's first leaf. Removed: the leaf went with the key.
-    Whole,
+    /// Added: the key made the tree's first node and leaf.
+    First,
+    /// Added: the leaf was split after the insertion (and then its node, if `node`).
+    Split { node: bool },
+    /// Removed: the leaf went with the key, with this separator (`None` if it had no
+    /// neighbour).
+    LeafGone { sep: Option<K> },
+    /// Removed: the leaf went with the key, and its node with it (its only leaf), with
+    /// this separator (`None` if it had no neighbour).
+    NodeGone { sep: Option<K> },
 }
 
-type OrdStep<K, V> = Step<K, V, OrdPos>;
+type OrdStep<K, V> = Step<K, V, OrdPos<K>>;
 
-/// A shard's state at one instant, shared with the shard (see the module's docs).
-pub(crate) type Leaves<K, V> = Arc<Vec<Arc<Leaf<K, V>>>>;
+/// The child of a level whose separators are `seps` that `q` belongs to.
+fn child<K: Borrow<Q>, Q: Ord + ?Sized>(seps: &[K], q: &Q) -> usize {
+    seps.partition_point(|s| s.borrow() <= q)
+}
 
-/// Where `q` is or would go: the leaf, and the position in it (`Ok`: found).
-fn locate<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], q: &Q) -> (usize, Result<usize, usize>)
+/// Where `q` is (`Ok`) or would go (`Err`): node, leaf, and the position in the leaf.
+fn locate<K, V, Q>(root: &Root<K, V>, q: &Q) -> (usize, usize, Result<usize, usize>)
 where
     K: Borrow<Q>,
     Q: Ord + ?Sized,
 {
-    if leaves.is_empty() {
-        return (0, Err(0));
+    if root.nodes.is_empty() {
+        return (0, 0, Err(0));
     }
-    // The first leaf whose last key is not below `q`; past the end, the last leaf.
-    let i = leaves
-        .partition_point(|l| l.last().is_some_and(|(k, _)| k.borrow() < q))
-        .min(leaves.len() - 1);
-    (i, leaves[i].binary_search_by(|(k, _)| k.borrow().cmp(q)))
+    let n = child(&root.seps, q);
+    let node = &root.nodes[n];
+    let l = child(&node.seps, q);
+    (
+        n,
+        l,
+        node.leaves[l].binary_search_by(|(k, _)| k.borrow().cmp(q)),
+    )
+}
+
+/// `at`, moved to the next leaf, or the next node, if it is past the end of its own.
+fn normalize<K, V>(root: &Root<K, V>, (n, l, p): At) -> At {
+    let Some(node) = root.nodes.get(n) else {
+        return (root.nodes.len(), 0, 0);
+    };
+    if p < node.leaves[l].len() {
+        (n, l, p)
+    } else if l + 1 < node.leaves.len() {
+        (n, l + 1, 0)
+    } else {
+        (n + 1, 0, 0)
+    }
 }
 
 impl<K: Key + Ord, V: Value> OrdTable<K, V> {
@@ -89,62 +170,117 @@ impl<K: Key + Ord, V: Value> OrdTable<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        match locate(&self.leaves, q) {
-            (i, Ok(p)) => Some(&self.leaves[i][p].1),
-            (_, Err(_)) => None,
+        match locate(&self.root, q) {
+            (n, l, Ok(p)) => Some(&self.root.nodes[n].leaves[l][p].1),
+            (.., Err(_)) => None,
         }
     }
 
-    /// The shard's state now, sharing its leaves (no user code).
+    /// The table's state now, sharing everything (no user code).
     pub(crate) fn freeze(&self) -> Leaves<K, V> {
-        Arc::clone(&self.leaves)
+        Arc::clone(&self.root)
     }
 
-    /// The leaf `i`, made this table's own (copying it, user `Clone`, if a frozen state
-    /// shares it). Nothing changes if the copy panics.
-    fn leaf_mut(&mut self, i: usize) -> &mut Leaf<K, V> {
-        let leaves = Arc::make_mut(&mut self.leaves);
-        Arc::make_mut(&mut leaves[i])
+    /// The leaf at `(n, l)`, made this table's own, as are its node and the root
+    /// (copying what a frozen state shares: user `Clone`, before anything changes).
+    fn leaf_mut(&mut self, n: usize, l: usize) -> &mut Leaf<K, V> {
+        let root = Arc::make_mut(&mut self.root);
+        let node = Arc::make_mut(&mut root.nodes[n]);
+        Arc::make_mut(&mut node.leaves[l])
     }
 
-    /// Inserts `(k, e)` at `pos` of leaf `leaf` (`leaf` may be one past the last leaf only
-    /// when there is none), splitting the leaf if it grew past [`LEAF`]. Runs `Clone`
-    /// only before changing anything.
-    fn insert_at(&mut self, leaf: usize, pos: usize, k: K, e: Entry<V>) -> Shape {
-        if self.leaves.is_empty() {
-            Arc::make_mut(&mut self.leaves).push(Arc::new(vec![(k, e)]));
-            self.len += 1;
-            return Shape::Whole;
+    /// Inserts `(k, e)` at `(n, l, p)`, splitting the leaf, and then its node, if they
+    /// grow past their limits. Every `Clone` runs before the first change.
+    fn insert_at(&mut self, (n, l, p): At, k: K, e: Entry<V>) -> Shape<K> {
+        if self.root.nodes.is_empty() {
+            let root = Arc::make_mut(&mut self.root);
+            root.nodes.push(Arc::new(Node {
+                seps: Vec::new(),
+                leaves: vec![Arc::new(vec![(k, e)])],
+            }));
+            self.len = 1;
+            return Shape::First;
         }
-        // Both copies first (if shared), then the moves.
-        let leaves = Arc::make_mut(&mut self.leaves);
-        let l = Arc::make_mut(&mut leaves[leaf]);
-        l.insert(pos, (k, e));
+        // The separator a leaf split will need: the first key of the upper half.
+        let leaf = &self.root.nodes[n].leaves[l];
+        let mid = LEAF.div_ceil(2);
+        let sep = (leaf.len() >= LEAF).then(|| match p.cmp(&mid) {
+            std::cmp::Ordering::Less => leaf[mid - 1].0.clone(),
+            std::cmp::Ordering::Equal => k.clone(),
+            std::cmp::Ordering::Greater => leaf[mid].0.clone(),
+        });
+        let root = Arc::make_mut(&mut self.root);
+        let node = Arc::make_mut(&mut root.nodes[n]);
+        let leaf = Arc::make_mut(&mut node.leaves[l]);
+        // From here on, moves alone.
+        leaf.insert(p, (k, e));
         self.len += 1;
-        if l.len() <= LEAF {
+        let Some(sep) = sep else {
             return Shape::Same;
+        };
+        let upper = leaf.split_off(mid);
+        node.leaves.insert(l + 1, Arc::new(upper));
+        node.seps.insert(l, sep);
+        if node.leaves.len() <= NODE {
+            return Shape::Split { node: false };
         }
-        let upper = l.split_off(l.len() / 2);
-        leaves.insert(leaf + 1, Arc::new(upper));
-        Shape::Split
+        let half = node.leaves.len() / 2;
+        let leaves = node.leaves.split_off(half);
+        let mut seps = node.seps.split_off(half - 1);
+        let node_sep = seps.remove(0);
+        root.nodes.insert(n + 1, Arc::new(Node { seps, leaves }));
+        root.seps.insert(n, node_sep);
+        Shape::Split { node: true }
     }
 
-    /// Removes the pair at `pos` of leaf `leaf`, and the leaf if it is left empty.
-    fn remove_at(&mut self, leaf: usize, pos: usize) -> (K, Entry<V>, Shape) {
-        let leaves = Arc::make_mut(&mut self.leaves);
-        let l = Arc::make_mut(&mut leaves[leaf]);
-        let (k, e) = l.remove(pos);
+    /// Removes the pair at `(n, l, p)`, and its leaf and node if they are left empty.
+    fn remove_at(&mut self, (n, l, p): At) -> (K, Entry<V>, Shape<K>) {
+        let root = Arc::make_mut(&mut self.root);
+        let node = Arc::make_mut(&mut root.nodes[n]);
+        let leaf = Arc::make_mut(&mut node.leaves[l]);
+        let (k, e) = leaf.remove(p);
         self.len -= 1;
-        if !l.is_empty() {
+        if !leaf.is_empty() {
             return (k, e, Shape::Same);
         }
-        leaves.remove(leaf);
-        (k, e, Shape::Whole)
+        node.leaves.remove(l);
+        if !node.leaves.is_empty() {
+            let sep = take_sep(&mut node.seps, l);
+            return (k, e, Shape::LeafGone { sep });
+        }
+        // An only leaf had no separator in its node.
+        root.nodes.remove(n);
+        let sep = take_sep(&mut root.seps, n);
+        (k, e, Shape::NodeGone { sep })
     }
 }
 
+/// Takes out the separator that goes with child `i` once the child is removed: the one
+/// before it, or for the first child the one after it (`None` for an only child).
+fn take_sep<K>(seps: &mut Vec<K>, i: usize) -> Option<K> {
+    if i > 0 {
+        Some(seps.remove(i - 1))
+    } else if seps.is_empty() {
+        None
+    } else {
+        Some(seps.remove(0))
+    }
+}
+
+/// Puts back what [`take_sep`] took for child `i`.
+fn put_sep<K>(seps: &mut Vec<K>, i: usize, sep: Option<K>) {
+    if let Some(s) = sep {
+        seps.insert(i.saturating_sub(1), s);
+    }
+}
+
+/// `a`, which this table owns alone (a step made it so, under the same lock).
+fn own<T: Clone>(a: Arc<T>) -> T {
+    Arc::try_unwrap(a).unwrap_or_else(|shared| (*shared).clone())
+}
+
 impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
-    type Pos = OrdPos;
+    type Pos = OrdPos<K>;
 
     const SPREAD: bool = false;
 
@@ -161,10 +297,7 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         frozen: &Leaves<K, V>,
         f: &mut dyn FnMut(&K, &V) -> crate::error::Result<()>,
     ) -> crate::error::Result<()> {
-        frozen
-            .iter()
-            .flat_map(|l| l.iter())
-            .try_for_each(|(k, e)| f(k, &e.value))
+        pairs_of(frozen).try_for_each(|(k, e)| f(k, &e.value))
     }
 
     fn thaw(frozen: Leaves<K, V>) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send> {
@@ -173,6 +306,12 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
             leaves: frozen,
             span,
         })
+    }
+
+    fn release(pos: OrdPos<K>, trash: &mut Trash<K, V>) {
+        if let Shape::LeafGone { sep } | Shape::NodeGone { sep } = pos.shape {
+            trash.keys.extend(sep);
+        }
     }
 
     fn reserve(&mut self, _n: usize) {}
@@ -190,92 +329,117 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         K: 'a,
         V: 'a,
     {
-        self.leaves
-            .iter()
-            .flat_map(|l| l.iter().map(|(k, e)| (k, e)))
+        pairs_of(&self.root)
     }
 
     fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> OrdStep<K, V> {
-        match locate(&self.leaves, &k) {
-            (leaf, Ok(pos)) => {
+        match locate(&self.root, &k) {
+            (n, l, Ok(p)) => {
                 drop(copy);
-                let old = std::mem::replace(&mut self.leaf_mut(leaf)[pos].1, e);
+                let old = std::mem::replace(&mut self.leaf_mut(n, l)[p].1, e);
                 Step::Replaced {
                     hash,
                     key: k,
                     old,
                     at: OrdPos {
-                        leaf,
-                        pos,
+                        at: (n, l, p),
                         shape: Shape::Same,
                     },
                 }
             }
-            (leaf, Err(pos)) => {
-                let shape = self.insert_at(leaf, pos, copy, e);
+            (n, l, Err(p)) => {
+                let shape = self.insert_at((n, l, p), copy, e);
                 Step::Added {
                     hash,
                     key: k,
-                    at: OrdPos { leaf, pos, shape },
+                    at: OrdPos {
+                        at: (n, l, p),
+                        shape,
+                    },
                 }
             }
         }
     }
 
     fn remove(&mut self, hash: u64, k: K) -> Result<OrdStep<K, V>, K> {
-        let (leaf, Ok(pos)) = locate(&self.leaves, &k) else {
+        let (n, l, Ok(p)) = locate(&self.root, &k) else {
             return Err(k);
         };
-        let (key, old, shape) = self.remove_at(leaf, pos);
+        let (key, old, shape) = self.remove_at((n, l, p));
         drop(k);
         Ok(Step::Removed {
             hash,
             key,
             old,
-            at: OrdPos { leaf, pos, shape },
+            at: OrdPos {
+                at: (n, l, p),
+                shape,
+            },
         })
     }
 
     fn revert(&mut self, step: OrdStep<K, V>, trash: &mut Trash<K, V>) {
-        // Each leaf and list a step touched is this table's own by now (the step made it
-        // so, under the same lock): the `make_mut`s below copy nothing.
+        // Everything a step touched is this table's own by now (the step made it so,
+        // under the same lock): the `make_mut`s below copy nothing.
+        let root = Arc::make_mut(&mut self.root);
         match step {
             Step::Added { key, at, .. } => {
                 trash.keys.push(key);
-                let leaves = Arc::make_mut(&mut self.leaves);
-                match at.shape {
-                    Shape::Whole => {
-                        let l = leaves.remove(at.leaf);
-                        trash.keys.extend(own(l).into_iter().map(|(k, e)| {
+                let (n, l, p) = at.at;
+                if let Shape::First = at.shape {
+                    for node in root.nodes.drain(..).map(own) {
+                        for (k, e) in node.leaves.into_iter().flat_map(own) {
+                            trash.keys.push(k);
                             trash.entries.push(e);
-                            k
-                        }));
-                        self.len -= 1;
-                        return;
+                        }
                     }
-                    Shape::Split => {
-                        // The upper half goes back on the end of the leaf.
-                        let upper = own(leaves.remove(at.leaf + 1));
-                        Arc::make_mut(&mut leaves[at.leaf]).extend(upper);
-                    }
-                    Shape::Same => {}
+                    self.len = 0;
+                    return;
                 }
-                let (k, e) = Arc::make_mut(&mut leaves[at.leaf]).remove(at.pos);
+                if let Shape::Split { node: true } = at.shape {
+                    let upper = own(root.nodes.remove(n + 1));
+                    let node = Arc::make_mut(&mut root.nodes[n]);
+                    node.seps.push(root.seps.remove(n));
+                    node.seps.extend(upper.seps);
+                    node.leaves.extend(upper.leaves);
+                }
+                let node = Arc::make_mut(&mut root.nodes[n]);
+                if let Shape::Split { .. } = at.shape {
+                    trash.keys.push(node.seps.remove(l));
+                    let upper = own(node.leaves.remove(l + 1));
+                    Arc::make_mut(&mut node.leaves[l]).extend(upper);
+                }
+                let (k, e) = Arc::make_mut(&mut node.leaves[l]).remove(p);
                 trash.keys.push(k);
                 trash.entries.push(e);
                 self.len -= 1;
             }
             Step::Replaced { key, old, at, .. } => {
                 trash.keys.push(key);
-                let e = std::mem::replace(&mut self.leaf_mut(at.leaf)[at.pos].1, old);
+                let (n, l, p) = at.at;
+                let e = std::mem::replace(&mut self.leaf_mut(n, l)[p].1, old);
                 trash.entries.push(e);
             }
             Step::Removed { key, old, at, .. } => {
-                let leaves = Arc::make_mut(&mut self.leaves);
-                if at.shape == Shape::Whole {
-                    leaves.insert(at.leaf, Arc::new(vec![(key, old)]));
-                } else {
-                    Arc::make_mut(&mut leaves[at.leaf]).insert(at.pos, (key, old));
+                let (n, l, p) = at.at;
+                match at.shape {
+                    Shape::NodeGone { sep } => {
+                        let node = Node {
+                            seps: Vec::new(),
+                            leaves: vec![Arc::new(vec![(key, old)])],
+                        };
+                        root.nodes.insert(n, Arc::new(node));
+                        put_sep(&mut root.seps, n, sep);
+                    }
+                    Shape::LeafGone { sep } => {
+                        let node = Arc::make_mut(&mut root.nodes[n]);
+                        node.leaves.insert(l, Arc::new(vec![(key, old)]));
+                        put_sep(&mut node.seps, l, sep);
+                    }
+                    _ => {
+                        let node = Arc::make_mut(&mut root.nodes[n]);
+                        Arc::make_mut(&mut node.leaves[l]).insert(p, (key, old));
+                    }
                 }
                 self.len += 1;
             }
@@ -283,71 +447,67 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
     }
 
     fn put_back(&mut self, _hash: u64, k: K, e: Entry<V>, trash: &mut Trash<K, V>) -> bool {
-        match locate(&self.leaves, &k) {
-            (leaf, Ok(pos)) => {
-                let old = std::mem::replace(&mut self.leaf_mut(leaf)[pos].1, e);
+        match locate(&self.root, &k) {
+            (n, l, Ok(p)) => {
+                let old = std::mem::replace(&mut self.leaf_mut(n, l)[p].1, e);
                 trash.entries.push(old);
                 trash.keys.push(k);
                 true
             }
-            (leaf, Err(pos)) => {
-                self.insert_at(leaf, pos, k, e);
+            (n, l, Err(p)) => {
+                self.insert_at((n, l, p), k, e);
                 false
             }
         }
     }
 
     fn take_out(&mut self, _hash: u64, k: K, trash: &mut Trash<K, V>) -> bool {
-        let (leaf, Ok(pos)) = locate(&self.leaves, &k) else {
+        let (n, l, Ok(p)) = locate(&self.root, &k) else {
             trash.keys.push(k);
             return false;
         };
-        let (key, old, _) = self.remove_at(leaf, pos);
+        let (key, old, shape) = self.remove_at((n, l, p));
         trash.keys.push(key);
         trash.keys.push(k);
         trash.entries.push(old);
+        Self::release(
+            OrdPos {
+                at: (n, l, p),
+                shape,
+            },
+            trash,
+        );
         true
     }
 }
 
-/// The leaf in `l`, which this table owns alone (a step made it, under the same lock).
-fn own<K: Clone, V: Clone>(l: Arc<Leaf<K, V>>) -> Leaf<K, V> {
-    Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone())
-}
-
-/// A position among a frozen table's pairs: a leaf and a pair in it. Normalized: the
-/// pair is in the leaf, or the position is `(leaves, 0)`, past the last pair; so
-/// positions compare as tuples.
-type At = (usize, usize);
-
-/// `(leaf, pos)`, moved to the start of the next leaf if it is past the end of its own.
-fn normalize<K, V>(leaves: &[Arc<Leaf<K, V>>], (leaf, pos): At) -> At {
-    if leaf < leaves.len() && pos >= leaves[leaf].len() {
-        (leaf + 1, 0)
-    } else {
-        (leaf, pos)
-    }
+/// Every pair of a tree, in key order.
+fn pairs_of<K, V>(root: &Root<K, V>) -> impl Iterator<Item = (&K, &Entry<V>)> {
+    root.nodes
+        .iter()
+        .flat_map(|n| n.leaves.iter())
+        .flat_map(|l| l.iter().map(|(k, e)| (k, e)))
 }
 
 /// Where the pairs from the bound `b` on start, as a lower bound (`upper` false) or where
 /// they end, as an upper bound (exclusive end).
-fn position<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], b: Bound<&Q>, upper: bool) -> At
+fn position<K, V, Q>(root: &Root<K, V>, b: Bound<&Q>, upper: bool) -> At
 where
     K: Borrow<Q>,
     Q: Ord + ?Sized,
 {
     let (q, past_equal) = match b {
-        Bound::Unbounded if upper => return (leaves.len(), 0),
-        Bound::Unbounded => return (0, 0),
+        Bound::Unbounded if upper => return (root.nodes.len(), 0, 0),
+        Bound::Unbounded => return (0, 0, 0),
         // A lower bound includes an equal key; an upper bound stops after it.
         Bound::Included(q) => (q, upper),
         Bound::Excluded(q) => (q, !upper),
     };
-    let at = match locate(leaves, q) {
-        (leaf, Ok(p)) if past_equal => (leaf, p + 1),
-        (leaf, Ok(p) | Err(p)) => (leaf, p),
+    let at = match locate(root, q) {
+        (n, l, Ok(p)) if past_equal => (n, l, p + 1),
+        (n, l, Ok(p) | Err(p)) => (n, l, p),
     };
-    normalize(leaves, at)
+    normalize(root, at)
 }
 
 /// The positions from `front` (included) to `back` (excluded) of one frozen table: a walk
@@ -359,77 +519,83 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    /// Every pair of `leaves`.
-    pub(crate) fn all<K, V>(leaves: &[Arc<Leaf<K, V>>]) -> Span {
+    /// Every pair of `root`.
+    pub(crate) fn all<K, V>(root: &Root<K, V>) -> Span {
         Span {
-            front: (0, 0),
-            back: (leaves.len(), 0),
+            front: (0, 0, 0),
+            back: (root.nodes.len(), 0, 0),
         }
     }
 
-    /// The pairs of `leaves` within the bounds (empty if the start is past the end).
-    pub(crate) fn of<K, V, Q>(leaves: &[Arc<Leaf<K, V>>], start: Bound<&Q>, end: Bound<&Q>) -> Span
+    /// The pairs of `root` within the bounds (empty if the start is past the end).
+    pub(crate) fn of<K, V, Q>(root: &Root<K, V>, start: Bound<&Q>, end: Bound<&Q>) -> Span
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let front = position(leaves, start, false);
-        let back = position(leaves, end, true).max(front);
+        let front = position(root, start, false);
+        let back = position(root, end, true).max(front);
         Span { front, back }
     }
 
     /// The next pair from the front.
-    pub(crate) fn next<'a, K, V>(
-        &mut self,
-        leaves: &'a [Arc<Leaf<K, V>>],
-    ) -> Option<(&'a K, &'a V)> {
+    pub(crate) fn next<'a, K, V>(&mut self, root: &'a Root<K, V>) -> Option<(&'a K, &'a V)> {
         if self.front >= self.back {
             return None;
         }
-        let (k, e) = &leaves[self.front.0][self.front.1];
-        self.front = normalize(leaves, (self.front.0, self.front.1 + 1));
+        let (n, l, p) = self.front;
+        let (k, e) = &root.nodes[n].leaves[l][p];
+        self.front = normalize(root, (n, l, p + 1));
         Some((k, &e.value))
     }
 
     /// The next pair from the back.
-    pub(crate) fn next_back<'a, K, V>(
-        &mut self,
-        leaves: &'a [Arc<Leaf<K, V>>],
-    ) -> Option<(&'a K, &'a V)> {
+    pub(crate) fn next_back<'a, K, V>(&mut self, root: &'a Root<K, V>) -> Option<(&'a K, &'a V)> {
         if self.front >= self.back {
             return None;
         }
         self.back = match self.back {
-            (leaf, 0) => (leaf - 1, leaves[leaf - 1].len() - 1),
-            (leaf, pos) => (leaf, pos - 1),
+            (n, 0, 0) => {
+                let node = &root.nodes[n - 1];
+                let l = node.leaves.len() - 1;
+                (n - 1, l, node.leaves[l].len() - 1)
+            }
+            (n, l, 0) => (n, l - 1, root.nodes[n].leaves[l - 1].len() - 1),
+            (n, l, p) => (n, l, p - 1),
         };
-        let (k, e) = &leaves[self.back.0][self.back.1];
+        let (n, l, p) = self.back;
+        let (k, e) = &root.nodes[n].leaves[l][p];
         Some((k, &e.value))
     }
 
-    /// Keeps the first `n` pairs left from the front.
-    pub(crate) fn truncate<K, V>(&mut self, leaves: &[Arc<Leaf<K, V>>], n: usize) {
-        let mut back = self.front;
-        let mut left = n;
-        while left > 0 && back.0 < leaves.len() {
-            let step = (leaves[back.0].len() - back.1).min(left);
+    /// Keeps the first `count` pairs left from the front.
+    pub(crate) fn truncate<K, V>(&mut self, root: &Root<K, V>, count: usize) {
+        let mut at = self.front;
+        let mut left = count;
+        while left > 0 && at < self.back {
+            let (n, l, p) = at;
+            let step = (root.nodes[n].leaves[l].len() - p).min(left);
             left -= step;
-            back = normalize(leaves, (back.0, back.1 + step));
+            at = normalize(root, (n, l, p + step));
         }
-        self.back = back.min(self.back);
+        self.back = at.min(self.back);
     }
 
-    /// An upper limit of the pairs left (exact but for empty leaves, which a table never
-    /// keeps).
-    pub(crate) fn len<K, V>(&self, leaves: &[Arc<Leaf<K, V>>]) -> usize {
-        if self.front >= self.back {
-            return 0;
+    /// The pairs left (a walk over the leaves between the ends).
+    pub(crate) fn len<K, V>(&self, root: &Root<K, V>) -> usize {
+        let mut at = self.front;
+        let mut count = 0;
+        while at < self.back {
+            let (n, l, p) = at;
+            let end = if (n, l) == (self.back.0, self.back.1) {
+                self.back.2
+            } else {
+                root.nodes[n].leaves[l].len()
+            };
+            count += end - p;
+            at = normalize(root, (n, l, end));
         }
-        let whole: usize = leaves[self.front.0..self.back.0]
-            .iter()
-            .map(|l| l.len())
-            .sum();
-        whole + self.back.1 - self.front.1
+        count
     }
 }
 
@@ -447,11 +613,6 @@ impl<K: Clone, V: Clone> Iterator for Owned<K, V> {
         self.span
             .next(&self.leaves)
             .map(|(k, v)| (k.clone(), v.clone()))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.span.len(&self.leaves);
-        (n, Some(n))
     }
 }
 
@@ -478,59 +639,97 @@ mod tests {
         t.pairs().map(|(k, e)| (*k, e.value)).collect()
     }
 
+    /// The tree's invariants: sizes within limits, nothing empty, keys in order, every
+    /// separator above the child before it and not above the child after it.
+    fn check(t: &OrdTable<u32, u32>) {
+        let root = &t.root;
+        assert_eq!(root.seps.len() + 1, root.nodes.len().max(1));
+        let mut count = 0;
+        let mut last: Option<u32> = None;
+        for (n, node) in root.nodes.iter().enumerate() {
+            assert!(!node.leaves.is_empty() && node.leaves.len() <= NODE);
+            assert_eq!(node.seps.len() + 1, node.leaves.len());
+            for (l, leaf) in node.leaves.iter().enumerate() {
+                assert!(!leaf.is_empty() && leaf.len() <= LEAF);
+                let (lo, hi) = (leaf[0].0, leaf[leaf.len() - 1].0);
+                if l > 0 {
+                    assert!(node.seps[l - 1] <= lo && last.is_some_and(|x| x < node.seps[l - 1]));
+                } else if n > 0 {
+                    assert!(root.seps[n - 1] <= lo && last.is_some_and(|x| x < root.seps[n - 1]));
+                }
+                for w in leaf.windows(2) {
+                    assert!(w[0].0 < w[1].0);
+                }
+                assert!(last.is_none_or(|x| x < lo));
+                last = Some(hi);
+                count += leaf.len();
+            }
+        }
+        assert_eq!(count, t.len());
+    }
+
     #[test]
     fn pairs_stay_in_key_order_across_splits_and_removals() {
         let mut t = OrdTable::default();
         let mut model = std::collections::BTreeMap::new();
-        // A fixed pseudo-random walk over 0..500: enough to split and empty leaves.
+        // A fixed pseudo-random walk over 0..20000: enough to split nodes and empty them.
         let mut x = 12345u32;
-        for _ in 0..5000 {
+        for round in 0..60_000 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let k = (x >> 8) % 500;
-            if x & 1 == 0 {
+            let k = (x >> 8) % 20_000;
+            // Inserts first, then mostly removals.
+            let insert = if round < 30_000 {
+                !x.is_multiple_of(4)
+            } else {
+                x.is_multiple_of(4)
+            };
+            if insert {
                 t.set(0, k, k, entry(x));
                 model.insert(k, x);
             } else {
                 let _ = t.remove(0, k);
                 model.remove(&k);
             }
-            assert_eq!(t.len(), model.len());
+            if round % 5000 == 0 {
+                check(&t);
+            }
         }
+        check(&t);
+        assert!(t.root.nodes.len() > 1 || model.len() < LEAF * NODE / 2);
         let want: Vec<_> = model.into_iter().collect();
         assert_eq!(pairs(&t), want);
-        assert!(t.leaves.iter().all(|l| !l.is_empty() && l.len() <= LEAF));
     }
 
     #[test]
     fn steps_revert_exactly_in_reverse_order() {
         let mut t = OrdTable::default();
         let mut steps = Vec::new();
-        for k in 0..200 {
+        for k in 0..3000 {
             steps.push(t.set(0, k * 2, k * 2, entry(k)));
         }
+        check(&t);
         let frozen = t.freeze();
         let before = pairs(&t);
         let mut trash = Trash::default();
         let mut more = Vec::new();
-        // Inserts that split leaves, replacements, removals that empty a leaf.
-        for k in 0..70 {
+        // Inserts that split leaves and nodes, replacements, removals that empty leaves
+        // and nodes.
+        for k in 0..2500 {
             more.push(t.set(0, 1, 1, entry(1000 + k)));
             more.push(t.set(0, k * 2 + 1, k * 2 + 1, entry(k)));
         }
-        for k in 0..200 {
+        for k in 0..3000 {
             more.push(t.remove(0, k * 2).expect("present"));
         }
-        assert!(t.remove(0, 9999).is_err());
+        check(&t);
+        assert!(t.remove(0, 99_999).is_err());
         for step in more.into_iter().rev() {
             t.revert(step, &mut trash);
         }
+        check(&t);
         assert_eq!(pairs(&t), before);
-        assert_eq!(t.len(), 200);
         // The frozen state never saw any of it.
-        let seen: Vec<_> = frozen
-            .iter()
-            .flat_map(|l| l.iter().map(|(k, e)| (*k, e.value)))
-            .collect();
+        let seen: Vec<_> = pairs_of(&frozen).map(|(k, e)| (*k, e.value)).collect();
         assert_eq!(seen, before);
         for step in steps.into_iter().rev() {
             t.revert(step, &mut trash);
@@ -542,29 +741,30 @@ mod tests {
     #[test]
     fn spans_walk_from_both_ends_within_bounds() {
         let mut t = OrdTable::default();
-        // Every third key, across many leaves.
-        for k in (0..3000u32).step_by(3) {
+        // Every third key, across many leaves and nodes.
+        for k in (0..30_000u32).step_by(3) {
             t.set(0, k, k, entry(k));
         }
-        let leaves = t.freeze();
+        check(&t);
+        let root = t.freeze();
         let walk = |start: Bound<&u32>, end: Bound<&u32>| {
-            let mut span = Span::of(&leaves, start, end);
-            let n = span.len(&leaves);
+            let mut span = Span::of(&root, start, end);
+            let n = span.len(&root);
             let mut out = Vec::new();
-            while let Some((k, _)) = span.next(&leaves) {
+            while let Some((k, _)) = span.next(&root) {
                 out.push(*k);
             }
             assert_eq!(out.len(), n);
-            let mut back = Span::of(&leaves, start, end);
+            let mut back = Span::of(&root, start, end);
             let mut rev = Vec::new();
-            while let Some((k, _)) = back.next_back(&leaves) {
+            while let Some((k, _)) = back.next_back(&root) {
                 rev.push(*k);
             }
             rev.reverse();
             assert_eq!(out, rev);
             out
         };
-        let all: Vec<u32> = (0..3000).step_by(3).collect();
+        let all: Vec<u32> = (0..30_000).step_by(3).collect();
         assert_eq!(walk(Bound::Unbounded, Bound::Unbounded), all);
         assert_eq!(
             walk(Bound::Excluded(&9), Bound::Included(&21)),
@@ -579,7 +779,7 @@ mod tests {
             Vec::<u32>::new()
         );
         assert_eq!(
-            walk(Bound::Included(&5000), Bound::Unbounded),
+            walk(Bound::Included(&50_000), Bound::Unbounded),
             Vec::<u32>::new()
         );
         assert_eq!(
@@ -587,15 +787,23 @@ mod tests {
             Vec::<u32>::new()
         );
         assert_eq!(
-            walk(Bound::Excluded(&2997), Bound::Unbounded),
+            walk(Bound::Excluded(&29_997), Bound::Unbounded),
             Vec::<u32>::new()
         );
-        assert_eq!(walk(Bound::Included(&2997), Bound::Unbounded), [2997]);
+        assert_eq!(walk(Bound::Included(&29_997), Bound::Unbounded), [29_997]);
+        let middle: Vec<u32> = (9_000..=21_000).step_by(3).collect();
+        assert_eq!(
+            walk(Bound::Included(&8_999), Bound::Included(&21_000)),
+            middle
+        );
         // Mixed ends: two from the front, then the rest from the back.
-        let mut span = Span::of(&leaves, Bound::Included(&0), Bound::Excluded(&15));
-        assert_eq!(span.next(&leaves).map(|(k, _)| *k), Some(0));
-        assert_eq!(span.next_back(&leaves).map(|(k, _)| *k), Some(12));
-        assert_eq!(span.next(&leaves).map(|(k, _)| *k), Some(3));
-        assert_eq!(span.len(&leaves), 2);
+        let mut span = Span::of(&root, Bound::Included(&0), Bound::Excluded(&15));
+        assert_eq!(span.next(&root).map(|(k, _)| *k), Some(0));
+        assert_eq!(span.next_back(&root).map(|(k, _)| *k), Some(12));
+        assert_eq!(span.next(&root).map(|(k, _)| *k), Some(3));
+        assert_eq!(span.len(&root), 2);
+        let mut span = Span::all(&root);
+        span.truncate(&root, 1000);
+        assert_eq!(span.len(&root), 1000);
     }
 }

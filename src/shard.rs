@@ -214,6 +214,8 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         frozen.iter().try_for_each(|(k, v)| f(k, v))
     }
 
+    fn release(_pos: HashPos, _trash: &mut Trash<K, V>) {}
+
     fn thaw(frozen: Vec<(K, V)>) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send> {
         Box::new(frozen.into_iter())
     }

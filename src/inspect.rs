@@ -380,7 +380,7 @@ where
     let (main_meta, backup_meta) = (meta(&paths.main)?, meta(&paths.backup)?);
     let backup_is_main =
         main_meta.is_some() && main_meta.map(|m| m.id) == backup_meta.map(|m| m.id);
-    let found = Found {
+    let mut found = Found {
         main_links: main_meta.map_or(0, |m| m.links),
         backup: backup.is_some(),
         backup_data: backup.filter(|_| recover.is_some() && !backup_is_main),
@@ -390,7 +390,7 @@ where
         truncate,
         main,
     };
-    let (report, refused, data) = match plan::plan(paths, &found) {
+    let (report, refused, data) = match plan::plan(paths, &mut found) {
         Ok(plan) => (plan.report.clone(), None, &plan.data(&found)[..plan.valid]),
         Err(e) => {
             let report = RecoveryReport {

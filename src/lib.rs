@@ -184,6 +184,7 @@ mod plan;
 mod progress;
 mod recovery;
 mod shard;
+mod snapshot;
 mod storage;
 mod transaction;
 mod writer;
@@ -213,4 +214,5 @@ pub use inspect::{
     inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
 };
 pub use recovery::{Cut, RecoveryReport};
+pub use snapshot::{Entry, Snapshot};
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

@@ -69,10 +69,21 @@ Examples:
         #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
     },
-    /// Print every live key and value (in no particular order), streamed
+    /// Print every live key and value, in key order, streamed
     #[command(after_help = "\
 --format ndjson prints one {\"key\":K,\"value\":V} line per key; --format json prints one JSON
 array of such objects.
+
+Keys come out in one order, so the same data gives the same bytes whatever wrote it:
+  - by type: null < false < true < numbers < strings < arrays < objects;
+  - numbers by exact value (2 < 10 < 1e2; big integers exact), then by their text (1 < 1.0);
+  - strings by the UTF-8 bytes of their text, as Rust's String orders (\"\\u00e9\" is \"é\");
+  - arrays element by element, a prefix first; objects member by member as written,
+    each by its name, then its value.
+
+Reads the file as a stream (a first pass notes where each key's last record is, a second
+reads those records): memory grows with the live keys, not with the file. Like a read-only
+open, it takes no lock and changes no file, and shows the state recovery would produce.
 
 Examples:
   ptvp35 dump data.db > data.ndjson
@@ -85,7 +96,8 @@ Examples:
         format: Format,
     },
     /// Print the value of KEY (exit 1 if there is none)
-    #[command(after_help = format!("{KEYS}\n\nExamples:\n  ptvp35 get data.db alice\n  \
+    #[command(after_help = format!("{KEYS}\n\nReads the file as a stream and holds one record \
+        at a time, however large the file; takes no lock and changes no file.\n\nExamples:\n  ptvp35 get data.db alice\n  \
         ptvp35 get data.db '[\"tuple\", \"example\"]'"))]
     Get {
         /// The database's main file

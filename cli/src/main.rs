@@ -4,13 +4,15 @@
 mod args;
 mod json;
 mod live;
+mod order;
 mod progress;
+mod stream;
 
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use args::{Cli, Command, Format};
+use args::{Cli, Command};
 use clap::Parser;
 use json::{Json, JsonKey, Readable, ReadableKey};
 use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, RecoveryReport};
@@ -54,6 +56,25 @@ impl From<Error> for Exit {
 }
 
 fn main() -> ExitCode {
+    let code = main_inner();
+    report_peak_rss();
+    code
+}
+
+/// With `PTVP35_REPORT_PEAK_RSS=1` in the environment (hidden, for the tests that bound the
+/// tool's memory), prints the process's peak resident set size to standard error at exit,
+/// as `ptvp35: peak RSS N kB`, where the system tells it (Linux's `/proc/self/status`).
+fn report_peak_rss() {
+    if std::env::var_os("PTVP35_REPORT_PEAK_RSS").is_none_or(|v| v != "1") {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        eprintln!("ptvp35: peak RSS {}", hwm.trim());
+    }
+}
+
+fn main_inner() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -159,19 +180,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
             db.close().map_err(|e| with_hint(e, &file))?;
             w(print_recovered(out, &file, &report, keys))
         }
-        Command::Dump { file, format } => {
-            let db = live::open_read_only(&file)?;
-            dump(&db, format, out)
-        }
-        Command::Get { file, key } => {
-            let key = arg(&key, "KEY")?;
-            let db = live::open_read_only(&file)?;
-            let found = db.get_with(&key, |v| w(writeln!(out, "{}", v.get())));
-            match found {
-                Some(r) => r,
-                None => not_found(&key, &file),
-            }
-        }
+        Command::Dump { file, format } => stream::dump(&file, format, out),
+        Command::Get { file, key } => stream::get(&file, &arg(&key, "KEY")?, out),
         Command::Set {
             file,
             key,
@@ -435,46 +445,6 @@ fn print_recovered(
     writeln!(out, "{}: recovered, {keys} live keys", file.display())?;
     writeln!(out, "recovery did:")?;
     print_recovery(out, file, r, "  ")
-}
-
-fn dump(db: &Db, format: Format, out: &mut dyn Write) -> Result<(), Exit> {
-    let mut first = true;
-    let mut result = Ok(());
-    if format == Format::Json {
-        result = write!(out, "[");
-    }
-    // Written under the map's read locks, one shard at a time: no copy of the data.
-    db.for_each(|k, v| {
-        if result.is_ok() {
-            let sep = match (format, first) {
-                (Format::Ndjson, _) => "",
-                (Format::Json, true) => "\n",
-                (Format::Json, false) => ",\n",
-            };
-            first = false;
-            result = writeln_record(out, sep, k, v, format);
-        }
-    });
-    if format == Format::Json && result.is_ok() {
-        result = writeln!(out, "{}]", if first { "" } else { "\n" });
-    }
-    result.map_err(stdout_error)
-}
-
-fn writeln_record(
-    out: &mut dyn Write,
-    sep: &str,
-    k: &JsonKey,
-    v: &Json,
-    format: Format,
-) -> io::Result<()> {
-    let end = if format == Format::Ndjson { "\n" } else { "" };
-    write!(
-        out,
-        "{sep}{{\"key\":{},\"value\":{}}}{end}",
-        k.text(),
-        v.get()
-    )
 }
 
 fn compact(file: &Path, wait: Option<f64>, out: &mut dyn Write) -> Result<(), Exit> {

@@ -2,6 +2,7 @@
 //! database this test process holds open (the tool is another process); `tail --follow`
 //! sees commits and a rebuild; writes wait with `--wait`; values come from stdin or a file.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -177,4 +178,134 @@ fn tail_follow_sees_commits_and_a_rebuild() -> Result<()> {
     let _ = child.wait();
     db.close()?;
     r
+}
+
+fn side(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    s.into()
+}
+
+/// What a read-only handle shows, as `dump` prints it (keys of these tests are strings,
+/// which `dump` orders by their bytes).
+fn shown(path: &Path) -> Result<String> {
+    let db: Db = ptvp35::Options::new().read_only(true).open(path)?;
+    let mut all = Vec::new();
+    db.for_each(|k, v| all.push((k.clone(), *v)));
+    all.sort();
+    let mut out = String::new();
+    for (k, v) in &all {
+        writeln!(
+            out,
+            "{{\"key\":{},\"value\":{v}}}",
+            serde_json::to_string(k)?
+        )?;
+    }
+    Ok(out)
+}
+
+/// `get` and `dump` stream the file but must show exactly what a read-only open shows: a
+/// pending restore from the backup, a torn tail and preallocated zeros under the owner's
+/// session flag, and a database its owner has open.
+#[test]
+fn get_and_dump_show_the_state_a_read_only_open_shows() -> Result<()> {
+    let d = Dir::new("states")?;
+    // An owner with a session open: its files are a crash image when copied.
+    let live = d.0.join("live.db");
+    let db = Db::open(&live)?;
+    for i in 0..20 {
+        db.set(format!("k{i:02}"), i)?;
+    }
+    db.remove(&"k03".into())?;
+    let f = s(&live);
+    ensure!(ok(&["dump", f])? == shown(&live)?);
+    ensure!(ok(&["get", f, "k07"])?.trim() == "7");
+    ensure!(tool(&["get", f, "k03"], b"")?.status.code() == Some(1));
+
+    // The crash image, with a torn batch and zeros after the vouched-for bytes.
+    let torn = d.0.join("torn.db");
+    let mut data = std::fs::read(&live)?;
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    data.truncate(end);
+    data.extend_from_slice(b"{\"key\":\"k07\",\"value\":700}\n{\"key\":\"k08\",\"val");
+    data.extend_from_slice(&[0; 4096]);
+    std::fs::write(&torn, &data)?;
+    for suffix in [".truncate", ".truncate_flag"] {
+        std::fs::copy(side(&live, suffix), side(&torn, suffix))?;
+    }
+    let t = s(&torn);
+    ensure!(ok(&["dump", t])? == shown(&torn)?);
+    ensure!(
+        ok(&["get", t, "k07"])?.trim() == "7",
+        "an unvouched line counted"
+    );
+    db.close()?;
+
+    // A rebuild's copy flagged complete: the state is the backup's, not P's.
+    let restore = d.0.join("restore.db");
+    std::fs::write(&restore, "{\"key\":\"old\",\"value\":1}\n")?;
+    std::fs::write(
+        side(&restore, ".backup"),
+        "{\"key\":\"new\",\"value\":2}\n{\"key\":\"b\",\"value\":3}\n",
+    )?;
+    std::fs::write(side(&restore, ".recover"), b"")?;
+    let r = s(&restore);
+    ensure!(ok(&["dump", r])? == "{\"key\":\"b\",\"value\":3}\n{\"key\":\"new\",\"value\":2}\n");
+    ensure!(ok(&["dump", r])? == shown(&restore)?);
+    ensure!(ok(&["get", r, "new"])?.trim() == "2");
+    ensure!(tool(&["get", r, "old"], b"")?.status.code() == Some(1));
+    // Nothing was changed: recovery did not run.
+    ensure!(side(&restore, ".recover").exists() && side(&torn, ".truncate_flag").exists());
+    ensure!(std::fs::read(&torn)? == data);
+    Ok(())
+}
+
+/// `dump` prints keys in the documented order, the same bytes whatever order they were
+/// written in.
+#[test]
+fn dump_prints_keys_of_every_type_in_key_order() -> Result<()> {
+    let d = Dir::new("order")?;
+    let keys = [
+        "null",
+        "false",
+        "true",
+        "-2",
+        "0",
+        "1",
+        "1.0",
+        "2",
+        "10",
+        "1e2",
+        "18446744073709551616",
+        "\"\"",
+        "\"B\"",
+        "\"a\"",
+        "\"\\u00e9\"",
+        "[]",
+        "[1]",
+        "[1,2]",
+        "[2]",
+        "{}",
+        "{\"a\":1}",
+        "{\"b\":0}",
+    ];
+    let mut want = String::new();
+    for k in keys {
+        writeln!(want, "{{\"key\":{k},\"value\":0}}")?;
+    }
+    let mut dumps = Vec::new();
+    for (n, order) in [[0usize, 1], [1, 0]].iter().enumerate() {
+        let path = d.0.join(format!("o{n}.db"));
+        let mut text = String::new();
+        for half in order {
+            for k in keys.iter().skip(*half).step_by(2).rev() {
+                writeln!(text, "{{\"key\": {k}, \"value\": 0}}")?;
+            }
+        }
+        std::fs::write(&path, text)?;
+        dumps.push(ok(&["dump", s(&path)])?);
+    }
+    ensure!(dumps[0] == want, "{}", dumps[0]);
+    ensure!(dumps[1] == want, "{}", dumps[1]);
+    Ok(())
 }

@@ -211,7 +211,8 @@ pub use follow::Refreshed;
 #[doc(hidden)]
 pub use inspect::repair_on;
 pub use inspect::{
-    inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
+    inspect, inspect_unlocked, repair, BadLine, FileState, Health, Inspection, RepairReport,
+    SixFiles,
 };
 pub use recovery::{Cut, RecoveryReport};
 pub use snapshot::{Entry, Snapshot};

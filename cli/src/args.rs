@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0   success (check: the files are clean)
+  0   success (check: the files are clean, or in use by another program and consistent)
   1   check: recovery needed; get, rm: no such key; repair: refused without --yes
   2   the database is corrupt (check, and every command that opens it)
   3   any other failure: the database is locked, a file cannot be read or written
@@ -47,11 +47,20 @@ valid region that does not decode, with its line number and byte offset. A line 
 value a typed program would not read back (a number beyond f64's range such as 1e400,
 nesting deeper than the reader's limit, an object that repeats a key) counts as corrupt.
 
+On a database another program has open (its lock is held), reports the same sections
+without the lock, read as a read-only open reads (the side files, the file, the side files
+again, until two readings agree), and names the process where the system tells (Linux).
+The owner's session files (FILE.truncate, FILE.truncate_flag, preallocated zeros, a batch
+being written, FILE.backup during a rebuild) are how an open database runs, not a crash:
+the report says what recovery would do if the owner stopped at that instant.
+
 Exit codes:
-  0  clean: the files are as a clean close leaves them
-  1  recovery needed: the next open will recover, then succeed
+  0  clean: the files are as a clean close leaves them; or in use by another program,
+     with every vouched-for line a record
+  1  recovery needed: the next open will recover, then succeed (never for a database
+     in use: its owner ran recovery when it opened it)
   2  corrupt: the next open would fail (see `ptvp35 repair`)
-  3  the database is locked or a file cannot be read
+  3  a file cannot be read
 
 Examples:
   ptvp35 check data.db
@@ -97,7 +106,7 @@ Examples:
     },
     /// Print the value of KEY (exit 1 if there is none)
     #[command(after_help = format!("{KEYS}\n\nReads the file as a stream and holds one record \
-        at a time, however large the file; takes no lock and changes no file.\n\nExamples:\n  ptvp35 get data.db alice\n  \
+        at a time,\nhowever large the file; takes no lock and changes no file.\n\nExamples:\n  ptvp35 get data.db alice\n  \
         ptvp35 get data.db '[\"tuple\", \"example\"]'"))]
     Get {
         /// The database's main file
@@ -171,8 +180,9 @@ Examples:
         yes: bool,
     },
     /// Print sizes, record counts and the ratio of live to dead bytes
-    #[command(after_help = "Reads the files without changing anything.\n\n\
-        Examples:\n  ptvp35 stats data.db")]
+    #[command(after_help = "Reads the files without changing anything, with read \
+        permission only; on a database another program has open, without its lock, as \
+        `check` does.\n\nExamples:\n  ptvp35 stats data.db")]
     Stats {
         /// The database's main file
         file: PathBuf,

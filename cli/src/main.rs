@@ -306,25 +306,33 @@ fn inspect(file: &Path) -> Result<Inspection, Exit> {
 }
 
 fn check(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
-        Err(Error::Locked { .. }) => return live::in_use(file, out),
-        r => r.map_err(|e| with_hint(e, file))?,
-    };
+    let (r, in_use) = live::inspect(file)?;
     let health = r.health();
     let w = |r: io::Result<()>| r.map_err(stdout_error);
-    w(print_check(out, file, &r, health))?;
-    match health {
-        Health::Clean => Ok(()),
-        Health::NeedsRecovery => Err(Exit::Quiet(1)),
+    w(print_check(out, file, &r, health, in_use.as_deref()))?;
+    match (health, in_use) {
+        // An owner's open session is not a crash: its flag files are how it runs.
+        (Health::Clean, _) | (Health::NeedsRecovery, Some(_)) => Ok(()),
+        (Health::NeedsRecovery, None) => Err(Exit::Quiet(1)),
         _ => Err(Exit::Quiet(2)),
     }
 }
 
-fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> io::Result<()> {
-    let state = match h {
-        Health::Clean => "clean",
-        Health::NeedsRecovery => "recovery needed",
-        _ => "corrupt",
+fn print_check(
+    out: &mut dyn Write,
+    file: &Path,
+    r: &Inspection,
+    h: Health,
+    in_use: Option<&str>,
+) -> io::Result<()> {
+    let state = match (h, in_use) {
+        (Health::Clean | Health::NeedsRecovery, Some(who)) => {
+            format!("in use by {who}, consistent")
+        }
+        (_, Some(who)) => format!("corrupt (in use by {who})"),
+        (Health::Clean, None) => "clean".to_owned(),
+        (Health::NeedsRecovery, None) => "recovery needed".to_owned(),
+        _ => "corrupt".to_owned(),
     };
     writeln!(out, "{}: {state}", file.display())?;
     writeln!(out, "files:")?;
@@ -337,16 +345,38 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     if let Some(n) = r.truncate_count {
         writeln!(out, "recorded valid length (.truncate): {n} bytes")?;
     }
+    if in_use.is_some() && r.files.truncate_flag.len.is_some() {
+        writeln!(
+            out,
+            "the owner's open session: {}.truncate_flag vouches for the count and the \
+             checksummed batches after it, {} valid bytes",
+            file.display(),
+            r.valid_len
+        )?;
+    }
     if let Some(e) = &r.refused {
         writeln!(out, "recovery would refuse to open: {}", chain(e))?;
     } else {
-        writeln!(out, "recovery would:")?;
+        writeln!(
+            out,
+            "{}",
+            if in_use.is_some() {
+                "if the owner stopped now without closing, recovery would (its open session \
+                 needs none of it):"
+            } else {
+                "recovery would:"
+            }
+        )?;
         print_recovery(out, file, &r.recovery, "  ")?;
         if r.recovery.was_clean() && r.files.truncate_flag.len.is_some() {
             writeln!(
                 out,
-                "  keep every byte (the session ended without a clean close; all of it is \
-                 vouched for)"
+                "  keep every byte ({}all of it is vouched for)",
+                if in_use.is_some() {
+                    ""
+                } else {
+                    "the session ended without a clean close; "
+                }
             )?;
         }
     }
@@ -583,13 +613,13 @@ fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
-        Err(Error::Locked { .. }) => return live::in_use(file, out),
-        r => r.map_err(|e| with_hint(e, file))?,
-    };
+    let (r, in_use) = live::inspect(file)?;
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     w((|| {
-        writeln!(out, "{}", file.display())?;
+        match &in_use {
+            Some(who) => writeln!(out, "{} (in use by {who})", file.display())?,
+            None => writeln!(out, "{}", file.display())?,
+        }
         for f in r.files.iter() {
             if let Some(n) = f.len {
                 writeln!(out, "  {:<40} {n} bytes", f.path.display())?;

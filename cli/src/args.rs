@@ -27,7 +27,8 @@ A bare word that is not JSON is taken as a string: `get data.db alice` is `get d
         A database whose main file is FILE uses up to six paths: FILE, FILE.backup, \
         FILE.recover, FILE.truncate, FILE.truncate_flag and FILE.error. `check`, `stats`, \
         `dump`, `get`, `backup` and `tail` only read: they work on a database another \
-        program has open, with read permission only, and change no file. The other \
+        program has open, with read permission only, and change no file; `apply` commits \
+        what `tail` prints to another database. The other \
         commands open the database, which runs recovery first, exactly as a program \
         using the library would; `--wait SECONDS` lets them wait for a database in use.",
     after_help = EXIT_CODES
@@ -206,10 +207,11 @@ Prints every live key as a {\"key\":K,\"value\":V} line, then with --follow each
 the owner commits from then on ({\"key\":K} for a removal), only whole checksummed batches,
 one transaction never split, flushed batch by batch. When the owner rebuilds (or closes and
 reopens) the file, tail reads it again and prints what differs: a set for each key that is new
-or changed, a removal for each key that went. Applying the lines in order (`ptvp35 set`, or
-any program) reproduces the database.
+or changed, a removal for each key that went. Applying the lines in order (`ptvp35 apply`,
+or any program) reproduces the database.
 
 Examples:
+  ptvp35 tail data.db --follow | ptvp35 apply replica.db
   ptvp35 tail data.db --follow | while read -r line; do echo \"$line\"; done
   ptvp35 tail data.db --follow --interval 0.05")]
     Tail {
@@ -224,6 +226,32 @@ Examples:
         /// With --follow, stop after SECONDS (for scripts and tests)
         #[arg(long, value_name = "SECONDS")]
         stop_after: Option<f64>,
+    },
+    /// Commit NDJSON records read from standard input (what `tail` prints) to FILE
+    #[command(after_help = "\
+Reads {\"key\":K,\"value\":V} lines (set) and {\"key\":K} lines (remove) from standard input
+until it ends, and commits them to FILE (created if there is none), durably: a line, then
+every whole line that arrived with it, as one transaction. `tail` writes each batch at
+once, so a transaction of the source normally arrives, and is committed, whole; after each
+commit FILE holds the source's state after some prefix of its records. Blank lines are
+skipped; a batch's \"ck\" field (in a database file) is ignored; any other field, a line
+that is not a record, or a key or value a program would not read back stops it (exit 64)
+with the line's number, the groups before it committed. Holds FILE's lock from start to
+end (`--wait SECONDS` waits for it); prints a summary at the end.
+
+Examples:
+  ptvp35 tail data.db --follow | ptvp35 apply replica.db
+  ptvp35 tail data.db --follow | jq -c 'select(.key | startswith(\"user:\"))' | ptvp35 apply users.db
+  ptvp35 tail data.db --follow | ssh backup-host ptvp35 apply /srv/replica.db
+  ptvp35 dump old.db | ptvp35 apply new.db
+
+See docs/feed.md for a change feed end to end.")]
+    Apply {
+        /// The database's main file (created if there is none)
+        file: PathBuf,
+        /// Wait up to SECONDS for a database another program has open
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
 }
 

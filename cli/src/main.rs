@@ -1,6 +1,7 @@
 //! `ptvp35`: look inside, check, recover, repair, compact and edit the database files of
 //! the `ptvp35` crate (and of the Python library that writes the same format).
 
+mod apply;
 mod args;
 mod json;
 mod live;
@@ -214,6 +215,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
         Command::Repair { file, yes } => repair(&file, yes, out),
         Command::Stats { file } => stats(&file, out),
         Command::Backup { file, dest } => live::backup(&file, &dest, out),
+        Command::Apply { file, wait } => apply::apply(&file, wait, out),
         Command::Tail {
             file,
             follow,

@@ -382,3 +382,179 @@ fn check_and_stats_report_fully_on_a_database_in_use() -> Result<()> {
     ensure!(closed.starts_with(&format!("{f}: clean")), "{closed}");
     Ok(())
 }
+
+/// A pipeline's process that is killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Result<Child> {
+    Ok(Child(cmd.spawn().with_context(|| format!("{cmd:?}"))?))
+}
+
+fn tail_follow(path: &Path) -> Result<Child> {
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_ptvp35"))
+            .args(["tail", s(path), "--follow", "--interval", "0.02"])
+            .stdout(Stdio::piped()),
+    )
+}
+
+fn apply_from(path: &Path, feed: impl Into<Stdio>) -> Result<Child> {
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_ptvp35"))
+            .args(["apply", s(path)])
+            .stdin(feed)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+}
+
+/// Waits until `dump` of `path` prints `want` (the database may not exist yet).
+fn converges(path: &Path, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tool(&["dump", s(path)], b"")?;
+        if out.status.success() && out.stdout == want.as_bytes() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} never became\n{want}\nit is\n{}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ends a pipeline: kills its `tail`, so that `apply` reads the end of its input, commits
+/// and exits 0.
+fn finish(mut tail: Child, mut apply: Child) -> Result<String> {
+    let _ = tail.0.kill();
+    let _ = tail.0.wait();
+    let child = std::mem::replace(&mut apply.0, Command::new("true").spawn()?);
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "apply: {}: {stderr}", out.status);
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `docs/feed.md`, run: `ptvp35 tail A --follow | ptvp35 apply B` while a writer commits to
+/// A (sets, removals, a transaction, a rebuild), and the same through `jq --unbuffered`
+/// keeping some keys, where `jq` is installed; B ends equal to A.
+#[test]
+fn a_change_feed_from_tail_into_apply_replicates_the_database() -> Result<()> {
+    let d = Dir::new("feed")?;
+    let (a, b, c) = (d.0.join("a.db"), d.0.join("b.db"), d.0.join("c.db"));
+    let db = Db::open(&a)?;
+    db.set("before".into(), 0)?;
+    db.set("user:0".into(), 0)?;
+
+    let mut tail = tail_follow(&a)?;
+    let apply = apply_from(&b, tail.0.stdout.take().context("stdout")?)?;
+    let has_jq = Command::new("jq").arg("--version").output().is_ok();
+    let filtered = if has_jq {
+        let mut tail = tail_follow(&a)?;
+        let mut jq = spawn(
+            Command::new("jq")
+                .args(["--unbuffered", "-c", "select(.key | startswith(\"user:\"))"])
+                .stdin(tail.0.stdout.take().context("stdout")?)
+                .stdout(Stdio::piped()),
+        )?;
+        let apply = apply_from(&c, jq.0.stdout.take().context("stdout")?)?;
+        Some((tail, jq, apply))
+    } else {
+        eprintln!("jq is not installed: the jq leg of the feed is not run");
+        None
+    };
+
+    for i in 0..200 {
+        db.set(format!("k{}", i % 37), i)?;
+        if i % 5 == 0 {
+            db.remove(&format!("k{}", (i * 7) % 37))?;
+            db.set(format!("user:{}", i % 11), i)?;
+        }
+    }
+    let tx = db.transaction();
+    tx.set_nowait("t1".into(), 1)?;
+    tx.set_nowait("t2".into(), 2)?;
+    tx.remove_nowait("before".into())?;
+    tx.remove_nowait("user:0".into())?;
+    tx.commit()?;
+    db.compact()?;
+    db.set("last".into(), 999)?;
+
+    let want = ok(&["dump", s(&a)])?;
+    converges(&b, &want)?;
+    if let Some((tail, jq, apply)) = filtered {
+        let mut users = String::new();
+        for l in want.lines().filter(|l| l.starts_with("{\"key\":\"user:")) {
+            users.push_str(l);
+            users.push('\n');
+        }
+        converges(&c, &users)?;
+        drop(jq);
+        finish(tail, apply)?;
+    }
+    db.close()?;
+    let summary = finish(tail, apply)?;
+    ensure!(summary.contains("b.db: applied "), "{summary}");
+    ensure!(ok(&["dump", s(&b)])? == want);
+    ensure!(ok(&["check", s(&b)])?.contains(": clean"));
+    Ok(())
+}
+
+/// `apply` commits what it reads; a bad line stops it with the line's number, and no line
+/// of its group is committed.
+#[test]
+fn apply_commits_records_and_stops_at_a_bad_line() -> Result<()> {
+    let d = Dir::new("apply")?;
+    let path = d.0.join("b.db");
+    let f = s(&path);
+    let out = tool(
+        &["apply", f],
+        b"{\"key\":\"a\",\"value\":1}\n\n{\"key\": \"b\", \"value\": [1, 2]}\n{\"key\":\"a\"}\n",
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8(out.stdout)?;
+    ensure!(
+        summary.contains("applied 2 sets and 1 removals in 1 commits"),
+        "{summary}"
+    );
+    ensure!(ok(&["dump", f])? == "{\"key\":\"b\",\"value\":[1, 2]}\n");
+    for (input, why) in [
+        (
+            &b"{\"key\":\"c\",\"value\":1}\n{\"key\":\"d\",\"valeu\":1}\n"[..],
+            "unknown field",
+        ),
+        (
+            b"{\"key\":\"c\",\"value\":1}\n{\"key\":\"d\",\"value\":1e400}\n",
+            "read back",
+        ),
+        (b"{\"key\":\"c\",\"value\":1}\n[\"d\", 1]\n", "not a record"),
+    ] {
+        let out = tool(&["apply", f], input)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(64), "{stderr}");
+        ensure!(
+            stderr.contains("line 2") && stderr.contains(why),
+            "{stderr}"
+        );
+        ensure!(
+            ok(&["dump", f])? == "{\"key\":\"b\",\"value\":[1, 2]}\n",
+            "c was committed"
+        );
+    }
+    Ok(())
+}

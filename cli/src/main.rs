@@ -356,6 +356,18 @@ fn print_check(
             r.valid_len
         )?;
     }
+    if in_use.is_some() && r.files.backup.len.is_some() {
+        writeln!(
+            out,
+            "the owner is rebuilding the file: {}.backup is the new copy{}",
+            file.display(),
+            if r.files.recover.len.is_some() {
+                ", flagged complete by .recover and about to replace it"
+            } else {
+                ", not yet complete"
+            }
+        )?;
+    }
     if let Some(e) = &r.refused {
         writeln!(out, "recovery would refuse to open: {}", chain(e))?;
     } else {

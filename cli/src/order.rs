@@ -10,56 +10,11 @@
 //!   written, each member by its name, then its value.
 //! - Two keys that tie on all of the above (only numbers written differently) by their
 //!   canonical text, so that no two different keys tie.
-
-use std::cmp::Ordering;
+//!
+//! Each key becomes one byte string ([`sort_key`]) whose byte order is that order, so
+//! that `dump` holds one compact string per live key and a `BTreeMap` does the sorting.
 
 use crate::json::JsonKey;
-
-/// One piece of a key, in the order the key's text holds it: comparing two keys' pieces
-/// one by one compares the keys as the module says (a nested array ends with `Close`,
-/// which sorts first, so a prefix sorts before what extends it).
-#[derive(Debug, PartialEq, Eq)]
-enum Piece {
-    Close,
-    Null,
-    False,
-    True,
-    Number(Decimal),
-    String(Vec<u8>),
-    Array,
-    Object,
-}
-
-impl Piece {
-    fn rank(&self) -> u8 {
-        match self {
-            Piece::Close => 0,
-            Piece::Null => 1,
-            Piece::False => 2,
-            Piece::True => 3,
-            Piece::Number(_) => 4,
-            Piece::String(_) => 5,
-            Piece::Array => 6,
-            Piece::Object => 7,
-        }
-    }
-}
-
-impl Ord for Piece {
-    fn cmp(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (Piece::Number(a), Piece::Number(b)) => a.cmp(b),
-            (Piece::String(a), Piece::String(b)) => a.cmp(b),
-            _ => self.rank().cmp(&other.rank()),
-        }
-    }
-}
-
-impl PartialOrd for Piece {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// A JSON number as sign, significant digits and the power of ten of the first digit:
 /// the value is `0.DIGITS × 10^point`, negated if `negative`. Zero has no digits.
@@ -110,98 +65,72 @@ impl Decimal {
             point,
         }
     }
-
-    fn sign(&self) -> i8 {
-        match (self.digits.is_empty(), self.negative) {
-            (true, _) => 0,
-            (false, true) => -1,
-            (false, false) => 1,
-        }
-    }
 }
 
-impl Ord for Decimal {
-    fn cmp(&self, other: &Self) -> Ordering {
-        let by_sign = self.sign().cmp(&other.sign());
-        if by_sign != Ordering::Equal || self.sign() == 0 {
-            return by_sign;
+/// The byte string that sorts `key` (see the module): a byte per piece of the key in the
+/// order its text holds it (a nested array or object ends with a byte that sorts before
+/// any value, so a prefix sorts first), numbers and strings encoded so that their bytes
+/// sort as they do, then a 0 byte and the canonical text, which breaks ties. Two keys are
+/// equal exactly when their sort keys are.
+pub(crate) fn sort_key(key: &JsonKey) -> Box<[u8]> {
+    let canonical = key.canonical();
+    let mut out = Vec::with_capacity(canonical.len() * 2 + 8);
+    pieces(canonical, &mut out);
+    out.push(0);
+    out.extend_from_slice(canonical.as_bytes());
+    out.into_boxed_slice()
+}
+
+const CLOSE: u8 = 1;
+const NULL: u8 = 2;
+const FALSE: u8 = 3;
+const TRUE: u8 = 4;
+const NUMBER: u8 = 5;
+const STRING: u8 = 6;
+const ARRAY: u8 = 7;
+const OBJECT: u8 = 8;
+
+impl Decimal {
+    /// A class byte (negative, zero, positive), then for the magnitude the power of ten
+    /// (8 bytes, big-endian, sign bit flipped) and the digits ended by a 0 byte; every
+    /// byte of a negative number's magnitude inverted, so that a larger one sorts first.
+    fn encode(&self, out: &mut Vec<u8>) {
+        if self.digits.is_empty() {
+            out.push(2);
+            return;
         }
-        // Both of one sign: compare magnitudes, then turn the result for negatives.
-        let magnitude = self
-            .point
-            .cmp(&other.point)
-            .then_with(|| self.digits.cmp(&other.digits));
+        out.push(if self.negative { 1 } else { 3 });
+        let start = out.len();
+        #[allow(clippy::cast_sign_loss)] // the two's complement bits, on purpose
+        let point = (self.point as u64) ^ (1 << 63);
+        out.extend_from_slice(&point.to_be_bytes());
+        out.extend_from_slice(&self.digits);
+        out.push(0);
         if self.negative {
-            magnitude.reverse()
-        } else {
-            magnitude
+            for b in &mut out[start..] {
+                *b = !*b;
+            }
         }
     }
 }
 
-impl PartialOrd for Decimal {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// A key with what it sorts by.
-#[derive(Debug)]
-pub(crate) struct Sorted {
-    pieces: Vec<Piece>,
-    canonical: Box<str>,
-}
-
-impl Sorted {
-    pub(crate) fn new(key: &JsonKey) -> Sorted {
-        let canonical = key.canonical();
-        Sorted {
-            pieces: pieces(canonical),
-            canonical: canonical.into(),
-        }
-    }
-}
-
-impl PartialEq for Sorted {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Sorted {}
-
-impl Ord for Sorted {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.pieces
-            .cmp(&other.pieces)
-            .then_with(|| self.canonical.cmp(&other.canonical))
-    }
-}
-
-impl PartialOrd for Sorted {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// The pieces of the valid JSON text `text`, read without recursion.
-fn pieces(text: &str) -> Vec<Piece> {
+/// Appends the pieces of the valid JSON text `text` to `out`, read without recursion.
+fn pieces(text: &str, out: &mut Vec<u8>) {
     let b = text.as_bytes();
-    let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' => i += 1,
             b'[' => {
-                out.push(Piece::Array);
+                out.push(ARRAY);
                 i += 1;
             }
             b'{' => {
-                out.push(Piece::Object);
+                out.push(OBJECT);
                 i += 1;
             }
             b']' | b'}' => {
-                out.push(Piece::Close);
+                out.push(CLOSE);
                 i += 1;
             }
             b'"' => {
@@ -209,19 +138,28 @@ fn pieces(text: &str) -> Vec<Piece> {
                 while j < b.len() && b[j] != b'"' {
                     j += if b[j] == b'\\' { 2 } else { 1 };
                 }
-                out.push(Piece::String(unescape(&text[i + 1..j.min(b.len())])));
+                out.push(STRING);
+                // A 0 byte becomes 0 255 and the string ends with 0 0: a prefix sorts
+                // first, and the bytes compare as the strings' bytes do.
+                for c in unescape(&text[i + 1..j.min(b.len())]) {
+                    out.push(c);
+                    if c == 0 {
+                        out.push(255);
+                    }
+                }
+                out.extend_from_slice(&[0, 0]);
                 i = j + 1;
             }
             b'n' => {
-                out.push(Piece::Null);
+                out.push(NULL);
                 i += 4;
             }
             b't' => {
-                out.push(Piece::True);
+                out.push(TRUE);
                 i += 4;
             }
             b'f' => {
-                out.push(Piece::False);
+                out.push(FALSE);
                 i += 5;
             }
             _ => {
@@ -233,12 +171,12 @@ fn pieces(text: &str) -> Vec<Piece> {
                 if i == start {
                     i += 1; // not JSON; the canonical text decides
                 } else {
-                    out.push(Piece::Number(Decimal::parse(&text[start..i])));
+                    out.push(NUMBER);
+                    Decimal::parse(&text[start..i]).encode(out);
                 }
             }
         }
     }
-    out
 }
 
 /// The bytes of the text a JSON string's body (between its quotes) decodes to, in UTF-8;
@@ -307,9 +245,10 @@ fn push_wtf8(out: &mut Vec<u8>, c: u32) {
 mod tests {
     use super::*;
     use crate::json::parse_arg;
+    use std::cmp::Ordering;
 
-    fn sorted(s: &str) -> Sorted {
-        Sorted::new(&JsonKey::new(parse_arg(s, "KEY").expect("json")))
+    fn sorted(s: &str) -> Box<[u8]> {
+        sort_key(&JsonKey::new(parse_arg(s, "KEY").expect("json")))
     }
 
     #[test]
@@ -354,14 +293,19 @@ mod tests {
             "{\"a\":2}",
             "{\"b\":0}",
         ];
-        let keys: Vec<Sorted> = order.iter().map(|s| sorted(s)).collect();
+        let keys: Vec<Box<[u8]>> = order.iter().map(|s| sorted(s)).collect();
         for (i, a) in keys.iter().enumerate() {
             for (j, b) in keys.iter().enumerate() {
                 assert_eq!(a.cmp(b), i.cmp(&j), "{} vs {}", order[i], order[j]);
             }
         }
-        // One key, two spellings: a tie, as the keys are equal.
+        // One key, two spellings: one sort key, as the keys are equal.
         assert_eq!(sorted("\"\\u00e9\"").cmp(&sorted("é")), Ordering::Equal);
         assert_eq!(sorted("-0").cmp(&sorted("0")), Ordering::Less, "by text");
+        assert!(sorted("\"a\"") < sorted("\"a\\u0000\""));
+        assert!(sorted("\"a\\u0000\"") < sorted("\"a\\u0001\""));
+        assert!(sorted("[\"a\"]") < sorted("[\"a\",null]"));
+        assert!(sorted("-10") < sorted("-9.5") && sorted("-9.5") < sorted("-9"));
+        assert!(sorted("-1e-5") < sorted("0") && sorted("0") < sorted("1e-5"));
     }
 }

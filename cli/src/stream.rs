@@ -2,7 +2,7 @@
 //! read-only open would show, no lock, no file changed) instead of loading the database,
 //! so that `get` holds one record and `dump` the live keys, however large the file.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 
 use crate::args::Format;
 use crate::json::{Json, JsonKey};
-use crate::order::Sorted;
+use crate::order::sort_key;
 use crate::{exists, no_database, not_found, stdout_error, with_hint, Exit};
 
 fn snapshot(file: &Path) -> Result<Snapshot, Exit> {
@@ -52,30 +52,30 @@ pub(crate) fn get(file: &Path, key: &JsonKey, out: &mut dyn Write) -> Result<(),
     writeln!(out, "{}", value.get()).map_err(stdout_error)
 }
 
-/// `ptvp35 dump FILE`: a first pass maps each key to its last record, then the live keys
-/// are sorted (see `order`) and their records read one by one.
+/// `ptvp35 dump FILE`: a first pass maps each key, in key order (see `order`), to its
+/// last record, then the live keys' records are read one by one.
 pub(crate) fn dump(file: &Path, format: Format, out: &mut dyn Write) -> Result<(), Exit> {
     let mut snap = snapshot(file)?;
-    let mut live: HashMap<JsonKey, (u64, u64)> = HashMap::new();
-    snap.for_each::<JsonKey, IgnoredAny>(|e| match e.value {
-        Some(_) => {
-            live.insert(e.key, (e.offset, e.len));
-        }
-        None => {
-            live.remove(&e.key);
+    // Each live key's sort key (which is also its identity) and its last record: the
+    // map sorts and holds one compact string per key, nothing of the values.
+    let mut live: BTreeMap<Box<[u8]>, (u64, u64)> = BTreeMap::new();
+    snap.for_each::<JsonKey, IgnoredAny>(|e| {
+        let key = sort_key(&e.key);
+        match e.value {
+            Some(_) => {
+                live.insert(key, (e.offset, e.len));
+            }
+            None => {
+                live.remove(&key);
+            }
         }
     })
     .map_err(|e| with_hint(e, file))?;
-    let mut keys: Vec<(Sorted, u64, u64)> = live
-        .into_iter()
-        .map(|(k, (offset, len))| (Sorted::new(&k), offset, len))
-        .collect();
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     if format == Format::Json {
         w(write!(out, "["))?;
     }
-    for (i, (_, offset, len)) in keys.iter().enumerate() {
+    for (i, (offset, len)) in live.values().enumerate() {
         let e = snap
             .read_entry::<JsonKey, Json>(*offset, *len)
             .map_err(|e| with_hint(e, file))?;
@@ -96,7 +96,7 @@ pub(crate) fn dump(file: &Path, format: Format, out: &mut dyn Write) -> Result<(
         w(writeln!(
             out,
             "{}]",
-            if keys.is_empty() { "" } else { "\n" }
+            if live.is_empty() { "" } else { "\n" }
         ))?;
     }
     Ok(())

@@ -43,7 +43,7 @@ pub(crate) fn apply(file: &Path, wait: Option<f64>, out: &mut dyn Write) -> Resu
     let mut eof = false;
     while !eof {
         // A line (waiting for it), then every whole line that arrived with it: `tail`
-        // writes each batch at once, so a batch normally lands in one group. The group
+        // flushes after each batch, so a batch normally lands in one group. The group
         // is parsed whole before any of it is applied, so a bad line commits none of it.
         let mut group: Vec<(JsonKey, Option<Json>)> = Vec::new();
         loop {

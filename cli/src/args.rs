@@ -231,8 +231,9 @@ Examples:
     #[command(after_help = "\
 Reads {\"key\":K,\"value\":V} lines (set) and {\"key\":K} lines (remove) from standard input
 until it ends, and commits them to FILE (created if there is none), durably: a line, then
-every whole line that arrived with it, as one transaction. `tail` writes each batch at
-once, so a transaction of the source normally arrives, and is committed, whole; after each
+every whole line that arrived with it, as one transaction. `tail` flushes its output
+after each batch, so a transaction of the source normally arrives, and is committed, whole
+(a filter between them must not hold lines back: `jq --unbuffered`); after each
 commit FILE holds the source's state after some prefix of its records. Blank lines are
 skipped; a batch's \"ck\" field (in a database file) is ignored; any other field, a line
 that is not a record, or a key or value a program would not read back stops it (exit 64)
@@ -241,7 +242,8 @@ end (`--wait SECONDS` waits for it); prints a summary at the end.
 
 Examples:
   ptvp35 tail data.db --follow | ptvp35 apply replica.db
-  ptvp35 tail data.db --follow | jq -c 'select(.key | startswith(\"user:\"))' | ptvp35 apply users.db
+  ptvp35 tail data.db --follow \\
+    | jq --unbuffered -c 'select(.key | startswith(\"user:\"))' | ptvp35 apply users.db
   ptvp35 tail data.db --follow | ssh backup-host ptvp35 apply /srv/replica.db
   ptvp35 dump old.db | ptvp35 apply new.db
 

@@ -27,7 +27,7 @@ use crate::recovery::RecoveryReport;
 use crate::storage::{wrap, Paths};
 
 /// How many times a reader reads the files again when they changed while it read them.
-const ATTEMPTS: usize = 64;
+pub(crate) const ATTEMPTS: usize = 64;
 
 /// What one [`DbConnection::refresh`] brought in.
 ///
@@ -89,15 +89,15 @@ struct View {
 
 /// What identifies a state of the six files, except the bytes of `P` and `P.backup`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Side {
-    main: Option<FileMeta>,
-    backup: Option<FileMeta>,
-    recover: bool,
-    truncate: Option<Vec<u8>>,
-    flag: bool,
+pub(crate) struct Side {
+    pub(crate) main: Option<FileMeta>,
+    pub(crate) backup: Option<FileMeta>,
+    pub(crate) recover: bool,
+    pub(crate) truncate: Option<Vec<u8>>,
+    pub(crate) flag: bool,
 }
 
-fn side(fs: &dyn Fs, paths: &Paths) -> Result<Side> {
+pub(crate) fn side(fs: &dyn Fs, paths: &Paths) -> Result<Side> {
     let exists = |p: &Path| wrap("stat", p, fs.exists(p));
     Ok(Side {
         main: wrap("stat", &paths.main, fs.meta(&paths.main))?,
@@ -121,7 +121,7 @@ impl Side {
     }
 }
 
-fn changing(paths: &Paths) -> Error {
+pub(crate) fn changing(paths: &Paths) -> Error {
     Error::io(
         "read",
         &paths.main,
@@ -130,7 +130,7 @@ fn changing(paths: &Paths) -> Error {
 }
 
 /// Gathers [`Found`] with reads only, between two equal readings of the side files.
-fn gather(fs: &dyn Fs, paths: &Paths) -> Result<(Side, Found)> {
+pub(crate) fn gather(fs: &dyn Fs, paths: &Paths) -> Result<(Side, Found)> {
     for _ in 0..ATTEMPTS {
         let before = side(fs, paths)?;
         let main = wrap("read", &paths.main, fs.read(&paths.main))?;
@@ -168,7 +168,7 @@ fn read_view(fs: &dyn Fs, paths: &Paths) -> Result<(Vec<u8>, View, RecoveryRepor
             path: paths.main.clone(),
         });
     }
-    let plan = plan::plan(paths, &found)?;
+    let plan = plan::plan(paths, &mut found)?;
     let data = plan.data(&found);
     let read_len = data.len() as u64;
     // The chain the plan reached, to go on from its end (only with the owner's flag).

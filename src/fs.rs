@@ -30,6 +30,22 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// What the filesystem reports (a directory in the file's place is an error).
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 
+    /// Opens `path` for reading only (read permission is enough), or `None` if there is
+    /// no file. The file is read with [`FsFile::read_at`] and may be locked with
+    /// [`FsFile::try_lock`]; writing through it fails. The default opens it with
+    /// [`Fs::open`] without `create`.
+    ///
+    /// # Errors
+    ///
+    /// What the filesystem reports.
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn FsFile>>> {
+        match self.open(path, false) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads the file at `path` from byte `offset` to its end (nothing if it is shorter),
     /// or `None` if there is none. Opens the file for reading only. The default reads the
     /// whole file with [`Fs::read`] and drops the bytes before `offset`.
@@ -203,6 +219,14 @@ impl Fs for RealFs {
                 f.read_to_end(&mut buf)?;
                 Ok(Some(buf))
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn FsFile>>> {
+        match File::open(path) {
+            Ok(file) => Ok(Some(Box::new(RealFile { file }))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, Record};
 use crate::error::{Error, Result};
+use crate::follow;
 use crate::fs::{Fs, FsFile, RealFs};
 use crate::plan::{self, Found};
 use crate::recovery::{self, RecoveryReport};
@@ -358,22 +358,15 @@ where
         read(&names.truncate_flag)?,
         read(&names.error)?,
     );
-    let state = |path: &PathBuf, bytes: &Option<Vec<u8>>| FileState {
-        path: path.clone(),
-        len: bytes.as_ref().map(|b| b.len() as u64),
+    let len = |bytes: &Option<Vec<u8>>| bytes.as_ref().map(|b| b.len() as u64);
+    let lens = SixFiles {
+        main: len(&main),
+        backup: len(&backup),
+        recover: len(&recover),
+        truncate: len(&truncate),
+        truncate_flag: len(&flag),
+        error: len(&error),
     };
-    let files = SixFiles {
-        main: state(&names.main, &main),
-        backup: state(&names.backup, &backup),
-        recover: state(&names.recover, &recover),
-        truncate: state(&names.truncate, &truncate),
-        truncate_flag: state(&names.truncate_flag, &flag),
-        error: state(&names.error, &error),
-    };
-    let truncate_count = truncate
-        .as_deref()
-        .and_then(|b| storage::parse_count(&paths.truncate, b).ok())
-        .map(|c| c.valid);
 
     // The decisions of `recovery::open_and_recover`, taken without acting on them.
     let meta = |p: &Path| wrap("stat", p, fs.meta(p));
@@ -390,7 +383,113 @@ where
         truncate,
         main,
     };
-    let (report, refused, data) = match plan::plan(paths, &found) {
+    Ok(inspection::<K, V>(paths, &lens, found))
+}
+
+/// Like [`inspect`], but takes no lock: for a database another program has open (where
+/// [`inspect`] returns [`Error::Locked`]), or any other.
+///
+/// It reads the files as a [read-only open](crate::Options::read_only) does: the side
+/// files, then `P` (and `P.backup` where `P.recover` vouches for it), then the side files
+/// again, and keeps the reading only if both agree, so the report describes one state
+/// the owner's writes went through, never half of a rebuild. Changes no file; read
+/// permission is enough. The sizes of `P.backup` (while the owner rebuilds) and
+/// `P.error` are read beside that state.
+///
+/// While an owner has the database open, its session's files are there: `P.truncate`
+/// and `P.truncate_flag`, maybe preallocated zeros after the data, maybe a batch being
+/// written, and during a rebuild `P.backup`. [`Inspection::recovery`] then says what
+/// recovery would do if the owner stopped at that instant without closing, and
+/// [`Inspection::health`] says [`Health::NeedsRecovery`] for them: only a caller that
+/// knows the owner is running (as `ptvp35 check` does, from the lock) can tell an open
+/// session from a crash's leftovers.
+///
+/// Blocks while the files are read; holds `P` in memory while it runs.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] if neither `P` nor `P.backup` exists; [`Error::Io`] if a file
+/// cannot be read, or the files kept changing while they were read.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-unlocked-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("u.db");
+/// use ptvp35::{inspect, inspect_unlocked, DbConnection, Error};
+///
+/// let db = DbConnection::<String, i64>::open(&path)?;
+/// db.set("a".into(), 1)?;
+/// assert!(matches!(inspect::<String, i64>(&path), Err(Error::Locked { .. })));
+/// let report = inspect_unlocked::<String, i64>(&path)?;
+/// assert_eq!((report.live_keys, report.bad_lines.len()), (1, 0));
+/// assert!(report.files.truncate_flag.len.is_some()); // the owner's session flag
+/// # db.close()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn inspect_unlocked<K, V>(path: impl AsRef<Path>) -> Result<Inspection>
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let fs = &RealFs;
+    let paths = Paths::resolve(fs, path.as_ref())?;
+    let (_, found) = follow::gather(fs, &paths)?;
+    if found.main.is_none() && !found.backup {
+        return Err(Error::NotFound {
+            path: paths.main.clone(),
+        });
+    }
+    let size = |p: &Path| -> Result<Option<u64>> {
+        match wrap("open", p, fs.open_read(p))? {
+            Some(mut f) => Ok(Some(wrap("stat", p, f.len())?)),
+            None => Ok(None),
+        }
+    };
+    let on = |yes: bool, p: &Path| if yes { size(p) } else { Ok(None) };
+    let lens = SixFiles {
+        main: found.main.as_ref().map(|b| b.len() as u64),
+        backup: match &found.backup_data {
+            Some(b) => Some(b.len() as u64),
+            None => on(found.backup, &paths.backup)?,
+        },
+        recover: on(found.recover, &paths.recover)?,
+        truncate: found.truncate.as_ref().map(|b| b.len() as u64),
+        truncate_flag: on(found.flag, &paths.truncate_flag)?,
+        error: size(&paths.error)?,
+    };
+    Ok(inspection::<K, V>(&paths, &lens, found))
+}
+
+/// The report on `found`, the files as read (`lens`: their sizes).
+fn inspection<K, V>(paths: &Paths, lens: &SixFiles<Option<u64>>, mut found: Found) -> Inspection
+where
+    K: DeserializeOwned + Eq + Hash,
+    V: DeserializeOwned,
+{
+    let names = SixFiles::of(&paths.main);
+    let state = |path: &PathBuf, len: Option<u64>| FileState {
+        path: path.clone(),
+        len,
+    };
+    let files = SixFiles {
+        main: state(&names.main, lens.main),
+        backup: state(&names.backup, lens.backup),
+        recover: state(&names.recover, lens.recover),
+        truncate: state(&names.truncate, lens.truncate),
+        truncate_flag: state(&names.truncate_flag, lens.truncate_flag),
+        error: state(&names.error, lens.error),
+    };
+    let truncate_count = found
+        .truncate
+        .as_deref()
+        .and_then(|b| storage::parse_count(&paths.truncate, b).ok())
+        .map(|c| c.valid);
+    let (report, refused, data) = match plan::plan(paths, &mut found) {
         Ok(plan) => (plan.report.clone(), None, &plan.data(&found)[..plan.valid]),
         Err(e) => {
             let report = RecoveryReport {
@@ -414,22 +513,28 @@ where
         bad_lines: Vec::new(),
     };
     scan::<K, V>(data, &mut out);
-    Ok(out)
+    out
 }
 
-/// Takes the database's lock on `P` for the caller's scope; `None` if `P` cannot be opened
-/// for writing (a read-only copy), which nobody can be writing either.
+/// Takes the database's lock on `P` for the caller's scope, through a handle opened for
+/// reading (read permission is enough to take an advisory lock, and to find an owner's),
+/// and makes sure `P` still names the locked file; `None` if `P` went away meanwhile.
 fn lock(fs: &dyn Fs, paths: &Paths) -> Result<Option<Box<dyn FsFile>>> {
-    match storage::open_locked(fs, &paths.main, false) {
-        Ok(Some(f)) => Ok(Some(f)),
-        Ok(None) => Err(Error::Locked {
-            path: paths.main.clone(),
-        }),
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
-            Ok(None)
+    let p = &paths.main;
+    for _ in 0..8 {
+        let Some(mut file) = wrap("open", p, fs.open_read(p))? else {
+            return Ok(None);
+        };
+        if !wrap("lock", p, file.try_lock())? {
+            return Err(Error::Locked { path: p.clone() });
         }
-        Err(e) => Err(e),
+        let locked = wrap("stat", p, file.meta())?.id;
+        if wrap("stat", p, fs.meta(p))?.map(|m| m.id) == Some(locked) {
+            return Ok(Some(file));
+        }
+        // Renamed over between the open and the lock: lock the file the name holds now.
     }
+    Err(Error::Locked { path: p.clone() })
 }
 
 /// Calls `f(line_number, offset, line)` for every line of `data`; `line` has no `\n`, and

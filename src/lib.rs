@@ -233,6 +233,7 @@ mod plan;
 mod progress;
 mod recovery;
 mod shard;
+mod snapshot;
 mod storage;
 mod transaction;
 mod writer;
@@ -259,9 +260,11 @@ pub use follow::Refreshed;
 #[doc(hidden)]
 pub use inspect::repair_on;
 pub use inspect::{
-    inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
+    inspect, inspect_unlocked, repair, BadLine, FileState, Health, Inspection, RepairReport,
+    SixFiles,
 };
 pub use iter::{Frozen, FrozenRange, Iter};
 pub use kind::{Hashed, MapKind, Ordered};
 pub use recovery::{Cut, RecoveryReport};
+pub use snapshot::{Entry, Snapshot};
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

@@ -4,23 +4,62 @@
 //!
 //! The step names (V0–V4) are those of `docs/recovery.md`, "Open (recovery)".
 
+use std::ops::Range;
+
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::recovery::{Cut, RecoveryReport};
 use crate::storage::{self, Count, Paths};
 
-/// The six files as found, read without changing anything.
+/// The bytes of a file as the plan reads them: held in memory (`Vec<u8>`), or read piece
+/// by piece from an open file (a reader that streams the valid region, `snapshot`).
+pub(crate) trait Bytes {
+    /// How many bytes there are.
+    fn size(&self) -> usize;
+
+    /// Calls `f` with the bytes of `range`, in order, in one or more pieces.
+    ///
+    /// # Errors
+    ///
+    /// A read that fails.
+    fn pieces(&mut self, range: Range<usize>, f: &mut dyn FnMut(&[u8])) -> Result<()>;
+
+    /// [`Chain::valid_end`] of these bytes from `from` on.
+    ///
+    /// # Errors
+    ///
+    /// A read that fails.
+    fn valid_end(&mut self, chain: Chain, from: usize) -> Result<(usize, Chain)>;
+}
+
+impl Bytes for Vec<u8> {
+    fn size(&self) -> usize {
+        self.len()
+    }
+
+    fn pieces(&mut self, range: Range<usize>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        f(&self[range]);
+        Ok(())
+    }
+
+    fn valid_end(&mut self, chain: Chain, from: usize) -> Result<(usize, Chain)> {
+        Ok(chain.valid_end(self, from))
+    }
+}
+
+/// The six files as found, read without changing anything: `D` holds the bytes of `P`
+/// and of `P.backup` (in memory by default).
 #[derive(Debug, Default)]
 #[allow(clippy::struct_excessive_bools)] // one per file: whether it exists
-pub(crate) struct Found {
+pub(crate) struct Found<D = Vec<u8>> {
     /// The bytes of `P`, or `None` if there is no `P`.
-    pub(crate) main: Option<Vec<u8>>,
+    pub(crate) main: Option<D>,
     /// Hard links of `P` (names it has).
     pub(crate) main_links: u64,
     /// Whether `P.backup` exists.
     pub(crate) backup: bool,
     /// The bytes of `P.backup`, read when `P.recover` vouches for it (`None` otherwise).
-    pub(crate) backup_data: Option<Vec<u8>>,
+    pub(crate) backup_data: Option<D>,
     /// `P.backup` and `P` are one file (a rename cut after it linked the target).
     pub(crate) backup_is_main: bool,
     /// Whether `P.recover` exists.
@@ -94,7 +133,7 @@ pub(crate) fn check_names(paths: &Paths, main: bool, backup: bool, recover: bool
 ///
 /// The refusals of recovery: V0, a main file with other hard links, a count that no
 /// crash of the protocol leaves (V4), and a count that may be in characters.
-pub(crate) fn plan(paths: &Paths, found: &Found) -> Result<Plan> {
+pub(crate) fn plan<D: Bytes + Default>(paths: &Paths, found: &mut Found<D>) -> Result<Plan> {
     check_names(paths, found.main.is_some(), found.backup, found.recover)?;
     let mut report = RecoveryReport {
         created: found.main.is_none(),
@@ -135,17 +174,28 @@ pub(crate) fn plan(paths: &Paths, found: &Found) -> Result<Plan> {
         valid: 0,
         report,
     };
-    let data = plan.data(found);
-    plan.valid = data.len();
+    let mut empty = D::default();
+    let data = match plan.restore {
+        Restore::Rename => found.backup_data.as_mut(),
+        _ => found.main.as_mut(),
+    }
+    .unwrap_or(&mut empty);
+    let size = data.size();
+    plan.valid = size;
     if flag {
         // V4: bytes after the count are kept only in whole batches whose checksum holds.
         let count = read_count(paths, found.truncate.as_deref(), data)?;
-        let from = usize::try_from(count.valid).unwrap_or(data.len());
-        let (valid, chain) = Chain::after_count(count.salt, data, from).valid_end(data, from);
+        let from = usize::try_from(count.valid).unwrap_or(size);
+        // A legacy chain (salt 0) also covers the bytes before the count.
+        let mut chain = Chain::new(count.salt);
+        if count.salt == 0 {
+            data.pieces(0..from, &mut |b| chain.extend(b))?;
+        }
+        let (valid, chain) = data.valid_end(chain, from)?;
         plan.valid = valid;
-        if plan.valid < data.len() {
+        if plan.valid < size {
             refuse_character_count(paths, data, count)?;
-            note_cut(&mut plan.report, plan.valid, &data[plan.valid..]);
+            note_cut(&mut plan.report, plan.valid, data)?;
         }
         plan.count = Some(count);
         plan.chain = Some(chain);
@@ -154,7 +204,7 @@ pub(crate) fn plan(paths: &Paths, found: &Found) -> Result<Plan> {
 }
 
 /// Checks the count of `P.truncate` against `data`; a flag must vouch for a sane count.
-fn read_count(paths: &Paths, bytes: Option<&[u8]>, data: &[u8]) -> Result<Count> {
+fn read_count(paths: &Paths, bytes: Option<&[u8]>, data: &mut dyn Bytes) -> Result<Count> {
     let bad = |reason: String| Error::BadSideFile {
         path: paths.truncate.clone(),
         reason,
@@ -164,15 +214,19 @@ fn read_count(paths: &Paths, bytes: Option<&[u8]>, data: &[u8]) -> Result<Count>
     let count = storage::parse_count(&paths.truncate, bytes)?;
     let valid = usize::try_from(count.valid)
         .ok()
-        .filter(|&c| c <= data.len())
+        .filter(|&c| c <= data.size())
         .ok_or_else(|| {
             bad(format!(
                 "records {} valid bytes but the main file holds only {}",
                 count.valid,
-                data.len()
+                data.size()
             ))
         })?;
-    if valid > 0 && data[valid - 1] != b'\n' {
+    let mut last = b'\n';
+    if valid > 0 {
+        data.pieces(valid - 1..valid, &mut |b| last = b[0])?;
+    }
+    if last != b'\n' {
         return Err(bad(format!(
             "count {valid} does not end a line of the main file"
         )));
@@ -184,9 +238,14 @@ fn read_count(paths: &Paths, bytes: Option<&[u8]>, data: &[u8]) -> Result<Count>
 /// characters, not bytes. Where the text before the count is ASCII the two agree; where
 /// it is not, the bytes after the count may be whole, synced records, and cutting them
 /// would lose them without a word. Refuse instead, as `docs/format.md` promises.
-fn refuse_character_count(paths: &Paths, data: &[u8], count: Count) -> Result<()> {
+fn refuse_character_count(paths: &Paths, data: &mut dyn Bytes, count: Count) -> Result<()> {
     let at = usize::try_from(count.valid).unwrap_or(usize::MAX);
-    if count.salt != 0 || data[..at.min(data.len())].is_ascii() {
+    if count.salt != 0 {
+        return Ok(());
+    }
+    let mut ascii = true;
+    data.pieces(0..at.min(data.size()), &mut |b| ascii &= b.is_ascii())?;
+    if ascii {
         return Ok(());
     }
     Err(Error::BadSideFile {
@@ -200,14 +259,24 @@ fn refuse_character_count(paths: &Paths, data: &[u8], count: Count) -> Result<()
     })
 }
 
-/// Records in `report` what cutting `cut` (the bytes of `P` from offset `valid` on) means:
-/// the data bytes in it, and the zero padding after them.
-fn note_cut(report: &mut RecoveryReport, valid: usize, cut: &[u8]) {
-    let data_len = cut.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+/// Records in `report` what cutting the bytes of `P` from offset `valid` on means: the
+/// data bytes in them, and the zero padding after them.
+fn note_cut(report: &mut RecoveryReport, valid: usize, data: &mut dyn Bytes) -> Result<()> {
+    let size = data.size();
+    let mut at = valid;
+    let mut data_end = valid;
+    data.pieces(valid..size, &mut |b| {
+        if let Some(i) = b.iter().rposition(|&x| x != 0) {
+            data_end = at + i + 1;
+        }
+        at += b.len();
+    })?;
+    let data_len = data_end - valid;
     if data_len > 0 {
         report.cut = Some(Cut::new(valid as u64, data_len as u64));
     }
-    report.padding = (cut.len() - data_len) as u64;
+    report.padding = (size - data_end) as u64;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -229,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_clean_file_is_kept_whole() -> Result<()> {
-        let p = plan(&paths(), &found(b"{\"key\":1,\"value\":1}\n"))?;
+        let p = plan(&paths(), &mut found(b"{\"key\":1,\"value\":1}\n"))?;
         assert_eq!(
             (p.restore, p.discard_backup, p.valid),
             (Restore::No, false, 20)
@@ -244,16 +313,19 @@ mod tests {
         f.recover = true;
         f.backup = true;
         f.backup_data = Some(b"new\n".to_vec());
-        let p = plan(&paths(), &f)?;
+        let p = plan(&paths(), &mut f)?;
         assert_eq!((p.restore, p.data(&f)), (Restore::Rename, &b"new\n"[..]));
         f.backup_is_main = true;
         f.main_links = 2;
-        assert_eq!(plan(&paths(), &f)?.restore, Restore::DropName);
+        assert_eq!(plan(&paths(), &mut f)?.restore, Restore::DropName);
         f.backup = false;
         f.main_links = 1;
-        assert_eq!(plan(&paths(), &f)?.restore, Restore::Done);
+        assert_eq!(plan(&paths(), &mut f)?.restore, Restore::Done);
         f.main = None;
-        assert!(matches!(plan(&paths(), &f), Err(Error::BadSideFile { .. })));
+        assert!(matches!(
+            plan(&paths(), &mut f),
+            Err(Error::BadSideFile { .. })
+        ));
         Ok(())
     }
 
@@ -262,11 +334,11 @@ mod tests {
         let mut f = found(b"{\"key\":1,\"value\":1}\n{\"key\":2,\0\0\0");
         f.flag = true;
         f.truncate = Some(Count { valid: 20, salt: 5 }.to_bytes().to_vec());
-        let p = plan(&paths(), &f)?;
+        let p = plan(&paths(), &mut f)?;
         assert_eq!(p.valid, 20);
         assert_eq!((p.report.cut, p.report.padding), (Some(Cut::new(20, 9)), 3));
         f.truncate = Some(Count { valid: 21, salt: 5 }.to_bytes().to_vec());
-        assert!(plan(&paths(), &f).is_err(), "a count inside a line");
+        assert!(plan(&paths(), &mut f).is_err(), "a count inside a line");
         Ok(())
     }
 }

@@ -129,7 +129,7 @@ pub(crate) fn open_and_recover(fs: &dyn Fs, paths: &Paths) -> Result<Recovered> 
     if !existed {
         found.main = None;
     }
-    let plan = plan::plan(paths, &found)?;
+    let plan = plan::plan(paths, &mut found)?;
 
     match plan.restore {
         Restore::Rename => {

@@ -418,3 +418,70 @@ fn a_refreshing_reader_never_sees_part_of_a_transaction() -> Result<()> {
     owner.close()?;
     Ok(())
 }
+
+/// A `Snapshot` opened while the owner commits transactions and rebuilds the file streams
+/// one state: never part of a transaction, never older than one it saw before, and in
+/// the end equal to the owner's.
+#[test]
+fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Ok(());
+    }
+    let dir = TempDir::new("readers-snapshot")?;
+    let path = dir.join("d.db");
+    let owner = Options::new()
+        .compact_floor(16 << 10)
+        .open::<u32, u32>(&path)?;
+    owner.set(1, 0)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let state = |path: &Path| -> Result<BTreeMap<u32, u32>> {
+        let mut snap = ptvp35::Snapshot::open(path)?;
+        let mut map = BTreeMap::new();
+        snap.for_each::<u32, u32>(|e| match e.value {
+            Some(v) => {
+                map.insert(e.key, v);
+            }
+            None => {
+                map.remove(&e.key);
+            }
+        })?;
+        Ok(map)
+    };
+    let mut checks = 0u32;
+    std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(|| -> Result<()> {
+            let r = (|| -> Result<()> {
+                for i in 1..=1_000u32 {
+                    let tx = owner.transaction();
+                    tx.set_nowait(1, i)?;
+                    tx.set_nowait(1_000_003, i)?;
+                    tx.set_nowait(i % 97 + 10, i)?; // dead records, so rebuilds happen
+                    tx.commit()?;
+                }
+                Ok(())
+            })();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        });
+        let mut last = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let map = state(&path)?;
+            let (a, b) = (map.get(&1).copied(), map.get(&1_000_003).copied());
+            ensure!(a == b || b.is_none() && a == Some(0), "split: {a:?} {b:?}");
+            let a = a.unwrap_or_default();
+            ensure!(a >= last, "went back from {last} to {a}");
+            last = a;
+            checks += 1;
+        }
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(())
+    })?;
+    let want: BTreeMap<u32, u32> = owner.snapshot().into_iter().collect();
+    ensure!(state(&path)? == want, "the last snapshot differs");
+    println!("{checks} snapshots, {} rebuilds", owner.stats().rebuilds);
+    owner.close()?;
+    ensure!(state(&path)? == want, "after the close");
+    Ok(())
+}

@@ -34,6 +34,11 @@ impl JsonKey {
     pub(crate) fn text(&self) -> &str {
         self.text.get()
     }
+
+    /// The form it compares and hashes by.
+    pub(crate) fn canonical(&self) -> &str {
+        &self.canonical
+    }
 }
 
 impl PartialEq for JsonKey {

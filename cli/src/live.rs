@@ -1,12 +1,14 @@
-//! Commands beside a running owner: read-only opens, `backup`, `tail`, waiting for the
-//! lock, and arguments read from standard input or a file.
+//! Commands beside a running owner: read-only opens, `check` and `stats` without the
+//! lock, `backup`, `tail`, waiting for the lock, and arguments read from standard input
+//! or a file.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ptvp35::{Error, Options};
+use ptvp35::{Error, Inspection, Options};
 
+use crate::json::{Readable, ReadableKey};
 use crate::{exists, no_database, stdout_error, with_hint, Db, Exit};
 
 /// Opens the database read-only: no lock, no recovery, no file changed.
@@ -58,19 +60,25 @@ pub(crate) fn arg_text(text: &str, what: &str) -> Result<String, Exit> {
     Ok(s)
 }
 
-/// `check` and `stats` on a database another program has open: what a reader sees.
-pub(crate) fn in_use(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let db = open_read_only(file)?;
-    let st = db.stats();
-    writeln!(
-        out,
-        "{}: in use (another program has it open and owns its recovery)\n\
-         what a reader sees now: {} live keys, {} valid bytes (whole batches vouched for)",
-        file.display(),
-        st.live_keys,
-        st.file_len
-    )
-    .map_err(stdout_error)
+/// The report of `check` and `stats`: under the database's lock when it is free; when
+/// another program has it open, without the lock, read as a read-only open reads (no file
+/// changed either way). Returns the report and, for a database in use, who has it open
+/// (`process PID (name)` where the system tells).
+pub(crate) fn inspect(file: &Path) -> Result<(Inspection, Option<String>), Exit> {
+    match ptvp35::inspect::<ReadableKey, Readable>(file) {
+        Err(Error::Locked { path }) => {
+            let r = ptvp35::inspect_unlocked::<ReadableKey, Readable>(file)
+                .map_err(|e| with_hint(e, file))?;
+            let holders = lock_holders(&path);
+            let who = if holders.is_empty() {
+                "another program".to_owned()
+            } else {
+                format!("process {}", holders.join(", "))
+            };
+            Ok((r, Some(who)))
+        }
+        r => Ok((r.map_err(|e| with_hint(e, file))?, None)),
+    }
 }
 
 /// `ptvp35 backup FILE DEST`.

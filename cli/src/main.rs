@@ -1,16 +1,19 @@
 //! `ptvp35`: look inside, check, recover, repair, compact and edit the database files of
 //! the `ptvp35` crate (and of the Python library that writes the same format).
 
+mod apply;
 mod args;
 mod json;
 mod live;
+mod order;
 mod progress;
+mod stream;
 
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use args::{Cli, Command, Format};
+use args::{Cli, Command};
 use clap::Parser;
 use json::{Json, JsonKey, Readable, ReadableKey};
 use ptvp35::{BadLine, DbConnection, Error, Health, Inspection, RecoveryReport};
@@ -54,6 +57,25 @@ impl From<Error> for Exit {
 }
 
 fn main() -> ExitCode {
+    let code = main_inner();
+    report_peak_rss();
+    code
+}
+
+/// With `PTVP35_REPORT_PEAK_RSS=1` in the environment (hidden, for the tests that bound the
+/// tool's memory), prints the process's peak resident set size to standard error at exit,
+/// as `ptvp35: peak RSS N kB`, where the system tells it (Linux's `/proc/self/status`).
+fn report_peak_rss() {
+    if std::env::var_os("PTVP35_REPORT_PEAK_RSS").is_none_or(|v| v != "1") {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        eprintln!("ptvp35: peak RSS {}", hwm.trim());
+    }
+}
+
+fn main_inner() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -159,19 +181,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
             db.close().map_err(|e| with_hint(e, &file))?;
             w(print_recovered(out, &file, &report, keys))
         }
-        Command::Dump { file, format } => {
-            let db = live::open_read_only(&file)?;
-            dump(&db, format, out)
-        }
-        Command::Get { file, key } => {
-            let key = arg(&key, "KEY")?;
-            let db = live::open_read_only(&file)?;
-            let found = db.get_with(&key, |v| w(writeln!(out, "{}", v.get())));
-            match found {
-                Some(r) => r,
-                None => not_found(&key, &file),
-            }
-        }
+        Command::Dump { file, format } => stream::dump(&file, format, out),
+        Command::Get { file, key } => stream::get(&file, &arg(&key, "KEY")?, out),
         Command::Set {
             file,
             key,
@@ -204,6 +215,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Exit> {
         Command::Repair { file, yes } => repair(&file, yes, out),
         Command::Stats { file } => stats(&file, out),
         Command::Backup { file, dest } => live::backup(&file, &dest, out),
+        Command::Apply { file, wait } => apply::apply(&file, wait, out),
         Command::Tail {
             file,
             follow,
@@ -296,25 +308,33 @@ fn inspect(file: &Path) -> Result<Inspection, Exit> {
 }
 
 fn check(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
-        Err(Error::Locked { .. }) => return live::in_use(file, out),
-        r => r.map_err(|e| with_hint(e, file))?,
-    };
+    let (r, in_use) = live::inspect(file)?;
     let health = r.health();
     let w = |r: io::Result<()>| r.map_err(stdout_error);
-    w(print_check(out, file, &r, health))?;
-    match health {
-        Health::Clean => Ok(()),
-        Health::NeedsRecovery => Err(Exit::Quiet(1)),
+    w(print_check(out, file, &r, health, in_use.as_deref()))?;
+    match (health, in_use) {
+        // An owner's open session is not a crash: its flag files are how it runs.
+        (Health::Clean, _) | (Health::NeedsRecovery, Some(_)) => Ok(()),
+        (Health::NeedsRecovery, None) => Err(Exit::Quiet(1)),
         _ => Err(Exit::Quiet(2)),
     }
 }
 
-fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> io::Result<()> {
-    let state = match h {
-        Health::Clean => "clean",
-        Health::NeedsRecovery => "recovery needed",
-        _ => "corrupt",
+fn print_check(
+    out: &mut dyn Write,
+    file: &Path,
+    r: &Inspection,
+    h: Health,
+    in_use: Option<&str>,
+) -> io::Result<()> {
+    let state = match (h, in_use) {
+        (Health::Clean | Health::NeedsRecovery, Some(who)) => {
+            format!("in use by {who}, consistent")
+        }
+        (_, Some(who)) => format!("corrupt (in use by {who})"),
+        (Health::Clean, None) => "clean".to_owned(),
+        (Health::NeedsRecovery, None) => "recovery needed".to_owned(),
+        _ => "corrupt".to_owned(),
     };
     writeln!(out, "{}: {state}", file.display())?;
     writeln!(out, "files:")?;
@@ -327,16 +347,50 @@ fn print_check(out: &mut dyn Write, file: &Path, r: &Inspection, h: Health) -> i
     if let Some(n) = r.truncate_count {
         writeln!(out, "recorded valid length (.truncate): {n} bytes")?;
     }
+    if in_use.is_some() && r.files.truncate_flag.len.is_some() {
+        writeln!(
+            out,
+            "the owner's open session: {}.truncate_flag vouches for the count and the \
+             checksummed batches after it, {} valid bytes",
+            file.display(),
+            r.valid_len
+        )?;
+    }
+    if in_use.is_some() && r.files.backup.len.is_some() {
+        writeln!(
+            out,
+            "the owner is rebuilding the file: {}.backup is the new copy{}",
+            file.display(),
+            if r.files.recover.len.is_some() {
+                ", flagged complete by .recover and about to replace it"
+            } else {
+                ", not yet complete"
+            }
+        )?;
+    }
     if let Some(e) = &r.refused {
         writeln!(out, "recovery would refuse to open: {}", chain(e))?;
     } else {
-        writeln!(out, "recovery would:")?;
+        writeln!(
+            out,
+            "{}",
+            if in_use.is_some() {
+                "if the owner stopped now without closing, recovery would (its open session \
+                 needs none of it):"
+            } else {
+                "recovery would:"
+            }
+        )?;
         print_recovery(out, file, &r.recovery, "  ")?;
         if r.recovery.was_clean() && r.files.truncate_flag.len.is_some() {
             writeln!(
                 out,
-                "  keep every byte (the session ended without a clean close; all of it is \
-                 vouched for)"
+                "  keep every byte ({}all of it is vouched for)",
+                if in_use.is_some() {
+                    ""
+                } else {
+                    "the session ended without a clean close; "
+                }
             )?;
         }
     }
@@ -435,46 +489,6 @@ fn print_recovered(
     writeln!(out, "{}: recovered, {keys} live keys", file.display())?;
     writeln!(out, "recovery did:")?;
     print_recovery(out, file, r, "  ")
-}
-
-fn dump(db: &Db, format: Format, out: &mut dyn Write) -> Result<(), Exit> {
-    let mut first = true;
-    let mut result = Ok(());
-    if format == Format::Json {
-        result = write!(out, "[");
-    }
-    // Written under the map's read locks, one shard at a time: no copy of the data.
-    db.for_each(|k, v| {
-        if result.is_ok() {
-            let sep = match (format, first) {
-                (Format::Ndjson, _) => "",
-                (Format::Json, true) => "\n",
-                (Format::Json, false) => ",\n",
-            };
-            first = false;
-            result = writeln_record(out, sep, k, v, format);
-        }
-    });
-    if format == Format::Json && result.is_ok() {
-        result = writeln!(out, "{}]", if first { "" } else { "\n" });
-    }
-    result.map_err(stdout_error)
-}
-
-fn writeln_record(
-    out: &mut dyn Write,
-    sep: &str,
-    k: &JsonKey,
-    v: &Json,
-    format: Format,
-) -> io::Result<()> {
-    let end = if format == Format::Ndjson { "\n" } else { "" };
-    write!(
-        out,
-        "{sep}{{\"key\":{},\"value\":{}}}{end}",
-        k.text(),
-        v.get()
-    )
 }
 
 fn compact(file: &Path, wait: Option<f64>, out: &mut dyn Write) -> Result<(), Exit> {
@@ -613,13 +627,13 @@ fn not_a_database(file: &Path, plan: &Inspection) -> Exit {
 }
 
 fn stats(file: &Path, out: &mut dyn Write) -> Result<(), Exit> {
-    let r = match ptvp35::inspect::<ReadableKey, Readable>(file) {
-        Err(Error::Locked { .. }) => return live::in_use(file, out),
-        r => r.map_err(|e| with_hint(e, file))?,
-    };
+    let (r, in_use) = live::inspect(file)?;
     let w = |r: io::Result<()>| r.map_err(stdout_error);
     w((|| {
-        writeln!(out, "{}", file.display())?;
+        match &in_use {
+            Some(who) => writeln!(out, "{} (in use by {who})", file.display())?,
+            None => writeln!(out, "{}", file.display())?,
+        }
         for f in r.files.iter() {
             if let Some(n) = f.len {
                 writeln!(out, "  {:<40} {n} bytes", f.path.display())?;

@@ -108,7 +108,8 @@ fn side(p: &Path, suffix: &str) -> PathBuf {
 fn help_lists_every_subcommand_and_the_exit_codes() -> Result<()> {
     let top = run(&["--help"])?.expect(0)?;
     for sub in [
-        "check", "recover", "dump", "get", "set", "rm", "compact", "repair", "stats",
+        "check", "recover", "dump", "get", "set", "rm", "compact", "repair", "stats", "backup",
+        "tail", "apply",
     ] {
         ensure!(top.stdout.contains(sub), "{sub} missing from --help");
         let h = run(&[sub, "--help"])?.expect(0)?;
@@ -120,6 +121,11 @@ fn help_lists_every_subcommand_and_the_exit_codes() -> Result<()> {
     ensure!(top.stdout.contains("Exit codes:") && top.stdout.contains("64"));
     let check = run(&["check", "--help"])?.expect(0)?;
     ensure!(check.stdout.contains("1  recovery needed") && check.stdout.contains("2  corrupt"));
+    let dump = run(&["dump", "--help"])?.expect(0)?;
+    ensure!(
+        dump.stdout.contains("key order") && !dump.stdout.contains("no particular order"),
+        "dump --help does not state the order"
+    );
     let bad = run(&["frobnicate"])?.expect(64)?;
     ensure!(bad.stderr.contains("unrecognized subcommand"));
     run(&["get"])?.expect(64)?;

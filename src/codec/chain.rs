@@ -28,16 +28,6 @@ impl Chain {
         Chain(Xxh3::with_seed(salt))
     }
 
-    /// The chain that vouches for the bytes of `data` after `count`, for a count written
-    /// with `salt`: a legacy chain (salt 0) also covers the bytes before the count.
-    pub(crate) fn after_count(salt: u64, data: &[u8], count: usize) -> Self {
-        let mut chain = Chain::new(salt);
-        if salt == 0 {
-            chain.extend(&data[..count]);
-        }
-        chain
-    }
-
     /// Takes in bytes appended to the file.
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
@@ -70,6 +60,45 @@ impl Chain {
             }
         }
         accepted
+    }
+}
+
+/// [`Chain::valid_end`] for a file read line by line instead of held whole: fed each
+/// complete line in file order from the count on, it finds the same end and chain.
+#[derive(Debug)]
+pub(crate) struct Validator {
+    chain: Chain,
+    accepted: (usize, Chain),
+}
+
+impl Validator {
+    /// Goes on from offset `from`; `chain` has taken in everything before it.
+    pub(crate) fn new(chain: Chain, from: usize) -> Self {
+        Validator {
+            accepted: (from, chain.clone()),
+            chain,
+        }
+    }
+
+    /// Takes in the complete line at `offset` (`line` without its `\n`).
+    pub(crate) fn line(&mut self, offset: usize, line: &[u8]) {
+        if let Some((digits_at, ck)) = codec::batch_tail(line) {
+            self.chain.extend(&line[..digits_at]);
+            let holds = self.chain.0.digest() == ck;
+            self.chain.extend(&line[digits_at..]);
+            self.chain.extend(b"\n");
+            if holds {
+                self.accepted = (offset + line.len() + 1, self.chain.clone());
+            }
+        } else {
+            self.chain.extend(line);
+            self.chain.extend(b"\n");
+        }
+    }
+
+    /// The end of the last whole batch whose checksum holds, and the chain after it.
+    pub(crate) fn finish(self) -> (usize, Chain) {
+        self.accepted
     }
 }
 
@@ -122,6 +151,29 @@ mod tests {
     }
 
     #[test]
+    fn the_line_by_line_validator_agrees_with_valid_end() {
+        let mut chain = Chain::new(9);
+        let mut data = b"{\"key\":0,\"value\":0}\n".to_vec();
+        let from = data.len();
+        for i in 1..6 {
+            let lines = format!("{{\"key\":{i},\"value\":{i}}}\n{{\"key\":{i}}}\n");
+            data.extend(batch(&mut chain, lines.as_bytes()));
+        }
+        data.extend_from_slice(b"{\"key\":9,\"value\":9,\"ck\":\"0000000000000000\"}\n");
+        for cut in from..=data.len() {
+            let part = &data[..cut];
+            let whole = Chain::new(9).valid_end(part, from);
+            let mut v = Validator::new(Chain::new(9), from);
+            for l in codec::lines(part, from).filter(|l| l.complete) {
+                v.line(l.offset, l.bytes);
+            }
+            let lined = v.finish();
+            assert_eq!(whole.0, lined.0, "cut at {cut}");
+            assert_eq!(whole.1 .0.digest(), lined.1 .0.digest(), "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn another_salt_never_validates_the_same_bytes() {
         // The same bytes after the same prefix: a rebuilt `P` equal to a prefix of the
         // old one, whose old batches are stale blocks now.
@@ -139,7 +191,8 @@ mod tests {
         let mut data = prefix.clone();
         data.extend(batch(&mut chain, b"{\"key\":2,\"value\":2}\n"));
         let from = prefix.len();
-        let chain = Chain::after_count(0, &data, from);
+        let mut chain = Chain::new(0);
+        chain.extend(&data[..from]);
         assert_eq!(chain.valid_end(&data, from).0, data.len());
     }
 }

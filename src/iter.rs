@@ -111,6 +111,8 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// # fn main() -> anyhow::Result<()> {
     /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-freeze-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir)?;
+    /// use std::ops::Bound;
+    ///
     /// let db = ptvp35::Options::new().open_ordered::<String, u64>(dir.join("d.db"))?;
     /// for (k, v) in [("apple", 3), ("banana", 5), ("cherry", 7)] {
     ///     db.set_nowait(k.into(), v)?;
@@ -118,7 +120,8 @@ impl<K: Key + Ord, V: Value> DbConnection<K, V, Ordered> {
     /// db.commit()?;
     /// let frozen = db.freeze();
     /// db.set("apple".into(), 100)?; // not in `frozen`
-    /// let total: u64 = frozen.range::<str, _>(..="banana").map(|(_, v)| *v).sum();
+    /// let upto = (Bound::Unbounded, Bound::Included("banana"));
+    /// let total: u64 = frozen.range::<str, _>(upto).map(|(_, v)| *v).sum();
     /// assert_eq!(total, 8);
     /// assert_eq!(frozen.get("apple"), Some(&3));
     /// # db.close()?;

@@ -52,7 +52,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> Tracker<K, V> for DbConnection<K, V, M>
 /// /// Works on a database and on any transaction view alike.
 /// fn deposit(conn: &dyn VirtualConnection<String, i64>, amount: i64) -> ptvp35::Result<()> {
 ///     let mut delta = ptvp35::Delta::new();
-///     let balance = conn.get("balance").unwrap_or(0);
+///     let balance = conn.get(&"balance".to_string()).unwrap_or(0);
 ///     delta.set("balance".into(), balance + amount)?;
 ///     conn.submit_transaction(delta)
 /// }

@@ -495,8 +495,8 @@ fn a_change_feed_from_tail_into_apply_replicates_the_database() -> Result<()> {
     let tx = db.transaction();
     tx.set_nowait("t1".into(), 1)?;
     tx.set_nowait("t2".into(), 2)?;
-    tx.remove_nowait("before".into())?;
-    tx.remove_nowait("user:0".into())?;
+    tx.remove_nowait("before")?;
+    tx.remove_nowait("user:0")?;
     tx.commit()?;
     db.compact()?;
     db.set("last".into(), 999)?;

@@ -19,7 +19,8 @@ use crate::ordered::{Leaves, OrdTable, Owned, Root, Span};
 /// [`range`](DbConnection::range) and [`scan_prefix`](DbConnection::scan_prefix). It sees
 /// one consistent state: every transaction whole or not at all, whatever writers do
 /// meanwhile; a `get`, `set` or transaction inside a loop over it neither deadlocks nor
-/// changes what it yields. Each pair is cloned as it is yielded, with no lock held.
+/// changes what it yields. The ordered map's pairs are cloned as they are yielded, with no
+/// lock held; the hash map's were cloned when the iterator was made.
 pub struct Iter<K, V> {
     inner: Box<dyn DoubleEndedIterator<Item = (K, V)> + Send>,
 }

@@ -151,7 +151,7 @@ fn variants(fs: &SimFs, cfg: &Exploration, rng: &mut Rng) -> Vec<(String, SimFs)
 }
 
 /// The trace labels of a run of `steps` that nothing interrupts, each step run to
-/// quiescence ([`run_steps_settled`]): the same on every run, whatever the load.
+/// quiescence ([`run_steps_settled`](crate::run_steps_settled)): the same on every run, whatever the load.
 ///
 /// # Errors
 ///
@@ -209,7 +209,7 @@ pub fn first_difference(a: &[String], b: &[String]) -> Option<String> {
 
 /// Crashes every run of `steps` at each operation boundary in turn and checks every
 /// resulting disk state (see [`Exploration`]). Each run takes its steps to quiescence
-/// ([`run_steps_settled`]), so that run `n` makes the first `n` operations of the full
+/// ([`run_steps_settled`](crate::run_steps_settled)), so that run `n` makes the first `n` operations of the full
 /// run, the same ones, whatever the machine's load.
 ///
 /// # Errors
@@ -387,7 +387,7 @@ pub fn crash_recovery_as<M: Kind>(
 /// between them, a clean close at the end) of single-key writes and removals, waited and
 /// not, multi-key transactions (deltas, a large one among them, nested guards dropped,
 /// rolled back and panicking, `transact`), and a rebuild in the middle of each session,
-/// followed by a step that [`run_steps_settled`] runs during its copy and two that do not
+/// followed by a step that [`run_steps_settled`](crate::run_steps_settled) runs during its copy and two that do not
 /// wait, which it queues during the rebuild's last steps (one batch of two transactions).
 #[must_use]
 pub fn standard_workload() -> Vec<Step> {

@@ -109,6 +109,31 @@ pub(crate) fn side(fs: &dyn Fs, paths: &Paths) -> Result<Side> {
 }
 
 impl Side {
+    /// Whether `P.backup` and `P` are one file (a rename cut after it linked the target).
+    pub(crate) fn backup_is_main(&self) -> bool {
+        self.main.is_some() && self.main.map(|m| m.id) == self.backup.map(|m| m.id)
+    }
+
+    /// Whether recovery would read `P.backup`: `P.recover` vouches for it, and it is not
+    /// `P` itself.
+    pub(crate) fn reads_backup(&self) -> bool {
+        self.recover && self.backup.is_some() && !self.backup_is_main()
+    }
+
+    /// What recovery's plan takes, from these side files and the contents read.
+    pub(crate) fn found<D>(&self, main: Option<D>, backup_data: Option<D>) -> Found<D> {
+        Found {
+            main,
+            main_links: self.main.map_or(0, |m| m.links),
+            backup: self.backup.is_some(),
+            backup_data,
+            backup_is_main: self.backup_is_main(),
+            recover: self.recover,
+            truncate: self.truncate.clone(),
+            flag: self.flag,
+        }
+    }
+
     /// Whether a view read under `self` still stands under `other`. `P.backup` counts only
     /// while `P.recover` vouches for it: a rebuild writing it changes nothing a reader
     /// shows until then.
@@ -134,9 +159,7 @@ pub(crate) fn gather(fs: &dyn Fs, paths: &Paths) -> Result<(Side, Found)> {
     for _ in 0..ATTEMPTS {
         let before = side(fs, paths)?;
         let main = wrap("read", &paths.main, fs.read(&paths.main))?;
-        let backup_is_main =
-            before.main.is_some() && before.main.map(|m| m.id) == before.backup.map(|m| m.id);
-        let backup_data = if before.recover && before.backup.is_some() && !backup_is_main {
+        let backup_data = if before.reads_backup() {
             wrap("read", &paths.backup, fs.read(&paths.backup))?
         } else {
             None
@@ -145,16 +168,7 @@ pub(crate) fn gather(fs: &dyn Fs, paths: &Paths) -> Result<(Side, Found)> {
         if before != after || main.is_some() != before.main.is_some() {
             continue;
         }
-        let found = Found {
-            main,
-            main_links: before.main.map_or(0, |m| m.links),
-            backup: before.backup.is_some(),
-            backup_data,
-            backup_is_main,
-            recover: before.recover,
-            truncate: before.truncate.clone(),
-            flag: before.flag,
-        };
+        let found = before.found(main, backup_data);
         return Ok((before, found));
     }
     Err(changing(paths))

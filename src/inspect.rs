@@ -795,21 +795,7 @@ mod tests {
     use crate::DbConnection;
     use anyhow::Result;
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(name: &str) -> std::io::Result<Self> {
-            let d =
-                std::env::temp_dir().join(format!("ptvp35-check-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d)?;
-            Ok(Dir(d))
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::Dir;
 
     fn side(p: &Path, suffix: &str) -> PathBuf {
         let mut s = p.as_os_str().to_os_string();
@@ -846,7 +832,7 @@ mod tests {
 
     #[test]
     fn inspection_predicts_every_recovery_branch() -> Result<()> {
-        let d = Dir::new("branches")?;
+        let d = Dir::new("check-branches")?;
         // Clean.
         let p = image(&d.0, "clean.db", 20)?;
         let r = predicted_matches_open(&p)?;
@@ -888,7 +874,7 @@ mod tests {
 
     #[test]
     fn a_flag_without_its_count_is_refused_like_open() -> Result<()> {
-        let d = Dir::new("refused")?;
+        let d = Dir::new("check-refused")?;
         let p = image(&d.0, "r.db", 2)?;
         std::fs::write(side(&p, ".truncate_flag"), b"")?;
         let r = inspect::<u32, String>(&p)?;
@@ -907,7 +893,7 @@ mod tests {
 
     #[test]
     fn inspect_changes_nothing_and_respects_the_lock() -> Result<()> {
-        let d = Dir::new("lock")?;
+        let d = Dir::new("check-lock")?;
         let p = image(&d.0, "l.db", 4)?;
         let mut data = std::fs::read(&p)?;
         data.extend_from_slice(b"garbage\n");
@@ -941,7 +927,7 @@ mod tests {
     /// `P.error` and left it empty.
     #[test]
     fn repair_refuses_a_file_in_which_nothing_is_a_record() -> Result<()> {
-        let d = Dir::new("notadb")?;
+        let d = Dir::new("check-notadb")?;
         let p = d.0.join("passwd");
         let text = "root:x:0:0:root:/root:/bin/bash\n\ndaemon:x:1:1::/usr/sbin:/bin/sh\n";
         std::fs::write(&p, text)?;
@@ -984,7 +970,7 @@ mod tests {
 
     #[test]
     fn repair_moves_bad_lines_and_keeps_the_rest_in_order() -> Result<()> {
-        let d = Dir::new("repair")?;
+        let d = Dir::new("check-repair")?;
         let p = d.0.join("r.db");
         let text = "{\"key\":1,\"value\":\"a\"}\n{\"key\":2,\"value\":NaN}\n\
                     {\"key\":1,\"value\":\"b\"}\n\u{0}\u{0}\n{\"key\":3}\n{\"key\":4,\"value\":\"t\"}";

@@ -238,6 +238,8 @@ mod recovery;
 mod shard;
 mod snapshot;
 mod storage;
+#[cfg(test)]
+mod test_dir;
 mod transaction;
 mod writer;
 

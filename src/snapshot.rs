@@ -13,7 +13,7 @@ use crate::codec::{self, chain::Chain, chain::Validator, Record};
 use crate::error::{Error, Result};
 use crate::follow::{changing, side, ATTEMPTS};
 use crate::fs::{Fs, FsFile, RealFs};
-use crate::plan::{self, Bytes, Found, Restore};
+use crate::plan::{self, Bytes, Restore};
 use crate::recovery::RecoveryReport;
 use crate::storage::{wrap, Paths};
 
@@ -287,9 +287,7 @@ impl Snapshot {
             let Ok(main) = open_same(fs, &paths.main, before.main.map(|m| m.id))? else {
                 continue;
             };
-            let backup_is_main =
-                before.main.is_some() && before.main.map(|m| m.id) == before.backup.map(|m| m.id);
-            let backup_data = if before.recover && before.backup.is_some() && !backup_is_main {
+            let backup_data = if before.reads_backup() {
                 match open_same(fs, &paths.backup, before.backup.map(|m| m.id))? {
                     Ok(b) => b,
                     Err(()) => continue,
@@ -297,16 +295,7 @@ impl Snapshot {
             } else {
                 None
             };
-            let mut found = Found {
-                main,
-                main_links: before.main.map_or(0, |m| m.links),
-                backup: before.backup.is_some(),
-                backup_data,
-                backup_is_main,
-                recover: before.recover,
-                truncate: before.truncate.clone(),
-                flag: before.flag,
-            };
+            let mut found = before.found(main, backup_data);
             if found.main.is_none() && found.backup_data.is_none() && !found.recover {
                 return Err(Error::NotFound {
                     path: paths.main.clone(),
@@ -531,24 +520,11 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(name: &str) -> std::io::Result<Self> {
-            let d = std::env::temp_dir().join(format!("ptvp35-snap-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d)?;
-            Ok(Dir(d))
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::Dir;
 
     #[test]
     fn lines_cross_chunks_and_long_lines_come_whole() -> anyhow::Result<()> {
-        let d = Dir::new("lines")?;
+        let d = Dir::new("snap-lines")?;
         let p = d.0.join("l");
         let mut data = Vec::new();
         let long = "x".repeat(3 * CHUNK + 17);

@@ -483,37 +483,25 @@ fn seed() -> anyhow::Result<u64> {
 
 #[test]
 fn sigkill_mid_commit_loses_no_acknowledged_transfer() -> anyhow::Result<()> {
-    let rounds = rounds()?;
-    let seed = seed()?;
-    println!(
-        "kill test: {rounds} rounds, seed {seed} (PTVP35_KILL_SEED={seed} replays the delays)"
-    );
-    let root = std::env::temp_dir().join(format!("ptvp35-kill-{}-{seed}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (dir, scratch) = (root.join("live"), root.join("scratch"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::create_dir_all(&scratch)?;
-    let result = run_rounds(&dir, &scratch, rounds, seed, false);
-    match &result {
-        Ok(()) => std::fs::remove_dir_all(&root)?,
-        Err(_) => println!("files kept in {}", root.display()),
-    }
-    result
+    kill_test("kill", rounds()?, false)
 }
 
 /// The same with children that keep the ordered map (fewer rounds: the protocol is the
 /// same, the map's copy for a rebuild is not).
 #[test]
 fn sigkill_mid_commit_with_the_ordered_map_loses_no_acknowledged_transfer() -> anyhow::Result<()> {
-    let rounds = rounds()?.div_ceil(3);
+    kill_test("kill-ordered", rounds()?.div_ceil(3), true)
+}
+
+fn kill_test(name: &str, rounds: u64, ordered: bool) -> anyhow::Result<()> {
     let seed = seed()?;
-    println!("ordered kill test: {rounds} rounds, seed {seed}");
-    let root = std::env::temp_dir().join(format!("ptvp35-kill-ord-{}-{seed}", std::process::id()));
+    println!("{name}: {rounds} rounds, seed {seed} (PTVP35_KILL_SEED={seed} replays the delays)");
+    let root = std::env::temp_dir().join(format!("ptvp35-{name}-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let (dir, scratch) = (root.join("live"), root.join("scratch"));
     std::fs::create_dir_all(&dir)?;
     std::fs::create_dir_all(&scratch)?;
-    let result = run_rounds(&dir, &scratch, rounds, seed, true);
+    let result = run_rounds(&dir, &scratch, rounds, seed, ordered);
     match &result {
         Ok(()) => std::fs::remove_dir_all(&root)?,
         Err(_) => println!("files kept in {}", root.display()),

@@ -16,11 +16,7 @@ fn main() -> anyhow::Result<()> {
     setup.set("alice".into(), 100)?;
     setup.set("bob".into(), 50)?;
     db.commit_transaction(setup)?;
-    println!(
-        "setup: alice={:?} bob={:?}",
-        db.get("alice"),
-        db.get("bob")
-    );
+    println!("setup: alice={:?} bob={:?}", db.get("alice"), db.get("bob"));
 
     // A guard: reads its own writes, submits when dropped.
     {
@@ -86,10 +82,7 @@ fn main() -> anyhow::Result<()> {
             });
         }
     });
-    let (a, b) = (
-        db.get("alice").unwrap_or(0),
-        db.get("bob").unwrap_or(0),
-    );
+    let (a, b) = (db.get("alice").unwrap_or(0), db.get("bob").unwrap_or(0));
     println!(
         "after 100 concurrent transfers: alice={a} bob={b} total={}",
         a + b

@@ -19,7 +19,7 @@ use crate::delta::Delta;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
 use crate::kind::{Find, Hashed, MapKind, Ordered, Table};
-use crate::map::{Map, ReadSet, Refusal, UndoList};
+use crate::map::{Change, Map, ReadSet, Refusal, UndoList};
 use crate::progress::Tracking;
 use crate::recovery::{self, RecoveryReport};
 use crate::storage::{self, Paths};
@@ -335,7 +335,9 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         if T::CHEAP_FREEZE {
             // A consistent state, in key order, copied with no lock held.
-            let (frozen, seq) = self.map.with_all(|tables, seq| (T::freeze_all(tables), seq));
+            let (frozen, seq) = self
+                .map
+                .with_all(|tables, seq| (T::freeze_all(tables), seq));
             let mut buf = Vec::with_capacity(1 << 20);
             T::visit(&frozen, &mut |k, v| {
                 codec::encode_set(k, v, &mut buf)?;
@@ -439,7 +441,8 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
         let fs = Arc::clone(&opts.fs);
         let paths = Paths::resolve(&*fs, path)?;
         let mut rec = recovery::open_and_recover(&*fs, &paths)?;
-        let (map, records) = crate::load::load::<K, V, M::Table>(&rec.data, &paths.main, opts.parse_threads)?;
+        let (map, records) =
+            crate::load::load::<K, V, M::Table>(&rec.data, &paths.main, opts.parse_threads)?;
         let len = rec.data.len() as u64;
         drop(rec.data);
         let chain = storage::start_session(&*fs, &paths, &mut *rec.file, len, rec.has_flag)?;
@@ -576,7 +579,9 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
         Q: Hash + Eq + ?Sized,
         M::Table: Find<K, V, Q>,
     {
-        self.shared.map.read_borrowed(key, |e| e.map(|e| f(&e.value)))
+        self.shared
+            .map
+            .read_borrowed(key, |e| e.map(|e| f(&e.value)))
     }
 
     pub(crate) fn get_versioned(&self, key: &K) -> (Option<V>, Option<u64>) {
@@ -770,7 +775,8 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     fn set_nowait_seq(&self, key: K, value: V) -> Result<u64> {
         let mut line = Vec::with_capacity(64);
         codec::encode_set(&key, &value, &mut line)?;
-        self.submit(vec![(key, Some(value))], line, 1, None)
+        let change = Change::new(key, Some(value));
+        self.submit(vec![change], line, 1, None)
     }
 
     /// Removes `key` and returns once the removal is durable.
@@ -834,7 +840,8 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     fn remove_nowait_seq(&self, key: K) -> Result<u64> {
         let mut line = Vec::with_capacity(32);
         codec::encode_remove(&key, &mut line)?;
-        self.submit(vec![(key, None)], line, 1, None)
+        let change = Change::new(key, None);
+        self.submit(vec![change], line, 1, None)
     }
 
     /// Blocks until every change submitted before this call is durable.
@@ -984,7 +991,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// check, number, apply and send it.
     fn submit(
         &self,
-        changes: Vec<(K, Option<V>)>,
+        changes: Vec<Change<K, V>>,
         data: Vec<u8>,
         records: u64,
         reads: Option<&ReadSet<K>>,

@@ -212,10 +212,10 @@ pub use error::{Error, Result};
 pub use follow::Refreshed;
 #[doc(hidden)]
 pub use inspect::repair_on;
-pub use iter::Iter;
-pub use kind::{Hashed, MapKind, Ordered};
 pub use inspect::{
     inspect, repair, BadLine, FileState, Health, Inspection, RepairReport, SixFiles,
 };
+pub use iter::Iter;
+pub use kind::{Hashed, MapKind, Ordered};
 pub use recovery::{Cut, RecoveryReport};
 pub use transaction::{Transaction, TransactionView, VirtualConnection};

@@ -38,18 +38,17 @@ pub(crate) fn load<K: Key, V: Value, T: Table<K, V>>(
     let mut map = Map::new();
     let chunks = split_lines(data, threads);
     let parsed: Vec<Result<Sorted<K, V>>> = {
-        let map = &map;
         if chunks.len() == 1 {
             // On this thread, but a panic in user code (`Deserialize`, `Hash`) is an
             // open error all the same.
-            let parsed = catch_unwind(AssertUnwindSafe(|| parse_chunk(data, 0, path, map)));
+            let parsed = catch_unwind(AssertUnwindSafe(|| parse_chunk(data, 0, path)));
             vec![parsed.unwrap_or_else(|_| Err(panicked(path)))]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = chunks
                     .iter()
                     .map(|&(start, end)| {
-                        s.spawn(move || parse_chunk(&data[start..end], start, path, map))
+                        s.spawn(move || parse_chunk(&data[start..end], start, path))
                     })
                     .collect();
                 handles
@@ -118,16 +117,11 @@ fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
     out
 }
 
-fn parse_chunk<K: Key, V: Value, T: Table<K, V>>(
-    chunk: &[u8],
-    base: usize,
-    path: &Path,
-    map: &Map<K, V, T>,
-) -> Result<Sorted<K, V>> {
+fn parse_chunk<K: Key, V: Value>(chunk: &[u8], base: usize, path: &Path) -> Result<Sorted<K, V>> {
     let mut out = Sorted::new();
     for (line_no, line) in (1u64..).zip(codec::lines(chunk, 0)) {
         match codec::decode(line.bytes) {
-            Ok(Some(r)) => out.push(map, r),
+            Ok(Some(r)) => out.push(r),
             Ok(None) => {}
             Err(reason) => {
                 return Err(Error::Corrupt {

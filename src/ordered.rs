@@ -18,7 +18,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::bounds::{Key, Value};
-use crate::kind::{Step, Table};
+use crate::kind::{Applied, Revert, Table};
 use crate::shard::{Entry, Trash};
 
 /// Most pairs in a leaf; a leaf that grows past it is split in two halves.
@@ -61,8 +61,6 @@ enum Shape {
     /// Added: the key made the table's first leaf. Removed: the leaf went with the key.
     Whole,
 }
-
-type OrdStep<K, V> = Step<K, V, OrdPos>;
 
 /// A shard's state at one instant, shared with the shard (see the module's docs).
 pub(crate) type Frozen<K, V> = Arc<Vec<Arc<Leaf<K, V>>>>;
@@ -183,65 +181,45 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
     fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Entry<V>)>
     where
         K: 'a,
-        V: 'a {
-        self.leaves.iter().flat_map(|l| l.iter().map(|(k, e)| (k, e)))
+        V: 'a,
+    {
+        self.leaves
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, e)| (k, e)))
     }
 
-    fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> OrdStep<K, V> {
+    fn set(&mut self, _hash: u64, k: K, e: Entry<V>) -> Applied<K, V, OrdPos> {
         match locate(&self.leaves, &k) {
             (leaf, Ok(pos)) => {
-                drop(copy);
                 let old = std::mem::replace(&mut self.leaf_mut(leaf)[pos].1, e);
-                Step::Replaced {
-                    hash,
-                    key: k,
-                    old,
-                    at: OrdPos {
-                        leaf,
-                        pos,
-                        shape: Shape::Same,
-                    },
-                }
+                let at = OrdPos {
+                    leaf,
+                    pos,
+                    shape: Shape::Same,
+                };
+                Applied::Replaced(at, k, old)
             }
             (leaf, Err(pos)) => {
-                let shape = self.insert_at(leaf, pos, copy, e);
-                Step::Added {
-                    hash,
-                    key: k,
-                    at: OrdPos {
-                        leaf,
-                        pos,
-                        shape,
-                    },
-                }
+                let shape = self.insert_at(leaf, pos, k, e);
+                Applied::Added(OrdPos { leaf, pos, shape })
             }
         }
     }
 
-    fn remove(&mut self, hash: u64, k: K) -> Result<OrdStep<K, V>, K> {
+    fn remove(&mut self, _hash: u64, k: K) -> Result<(OrdPos, K, Entry<V>), K> {
         let (leaf, Ok(pos)) = locate(&self.leaves, &k) else {
             return Err(k);
         };
         let (key, old, shape) = self.remove_at(leaf, pos);
         drop(k);
-        Ok(Step::Removed {
-            hash,
-            key,
-            old,
-            at: OrdPos {
-                leaf,
-                pos,
-                shape,
-            },
-        })
+        Ok((OrdPos { leaf, pos, shape }, key, old))
     }
 
-    fn revert(&mut self, step: OrdStep<K, V>, trash: &mut Trash<K, V>) {
+    fn revert(&mut self, step: Revert<K, V, OrdPos>, trash: &mut Trash<K, V>) {
         // Each leaf and list a step touched is this table's own by now (the step made it
         // so, under the same lock): the `make_mut`s below copy nothing.
         match step {
-            Step::Added { key, at, .. } => {
-                trash.keys.push(key);
+            Revert::Added(at) => {
                 let leaves = Arc::make_mut(&mut self.leaves);
                 match at.shape {
                     Shape::Whole => {
@@ -265,12 +243,12 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
                 trash.entries.push(e);
                 self.len -= 1;
             }
-            Step::Replaced { key, old, at, .. } => {
+            Revert::Replaced(at, key, old) => {
                 trash.keys.push(key);
                 let e = std::mem::replace(&mut self.leaf_mut(at.leaf)[at.pos].1, old);
                 trash.entries.push(e);
             }
-            Step::Removed { key, old, at, .. } => {
+            Revert::Removed(at, key, old) => {
                 let leaves = Arc::make_mut(&mut self.leaves);
                 if at.shape == Shape::Whole {
                     leaves.insert(at.leaf, Arc::new(vec![(key, old)]));
@@ -307,6 +285,32 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         trash.keys.push(k);
         trash.entries.push(old);
         true
+    }
+
+    fn take_out_since(&mut self, since: u64, trash: &mut Trash<K, V>, removed: &mut usize) {
+        let mut i = 0;
+        while i < self.leaves.len() {
+            if !self.leaves[i].iter().any(|(_, e)| e.version >= since) {
+                i += 1;
+                continue;
+            }
+            // The one user code: a copy of the leaf if a frozen state shares it, made
+            // before this leaf changes.
+            let l = self.leaf_mut(i);
+            let before = l.len();
+            for (k, e) in l.extract_if(.., |(_, e)| e.version >= since) {
+                trash.keys.push(k);
+                trash.entries.push(e);
+                *removed += 1;
+            }
+            let (gone, empty) = (before - l.len(), l.is_empty());
+            self.len -= gone;
+            if empty {
+                Arc::make_mut(&mut self.leaves).remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -404,7 +408,13 @@ impl<K: Ord, V> Merge<K, V> {
             self.heap.clear();
             return None;
         }
-        match normalize(&self.shards[s], Cursor { pos: c.pos + 1, ..c }) {
+        match normalize(
+            &self.shards[s],
+            Cursor {
+                pos: c.pos + 1,
+                ..c
+            },
+        ) {
             Some(next) => self.heap[0] = (s, next),
             None => {
                 self.heap.swap_remove(0);
@@ -452,6 +462,18 @@ mod tests {
         t.pairs().map(|(k, e)| (*k, e.value)).collect()
     }
 
+    fn set(t: &mut OrdTable<u32, u32>, k: u32, v: u32) -> Revert<u32, u32, OrdPos> {
+        match t.set(0, k, entry(v)) {
+            Applied::Added(at) => Revert::Added(at),
+            Applied::Replaced(at, k, old) => Revert::Replaced(at, k, old),
+        }
+    }
+
+    fn remove(t: &mut OrdTable<u32, u32>, k: u32) -> Revert<u32, u32, OrdPos> {
+        let (at, k, old) = t.remove(0, k).expect("present");
+        Revert::Removed(at, k, old)
+    }
+
     #[test]
     fn pairs_stay_in_key_order_across_splits_and_removals() {
         let mut t = OrdTable::default();
@@ -462,7 +484,7 @@ mod tests {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let k = (x >> 8) % 500;
             if x & 1 == 0 {
-                t.set(0, k, k, entry(x));
+                let _ = t.set(0, k, entry(x));
                 model.insert(k, x);
             } else {
                 let _ = t.remove(0, k);
@@ -480,7 +502,7 @@ mod tests {
         let mut t = OrdTable::default();
         let mut steps = Vec::new();
         for k in 0..200 {
-            steps.push(t.set(0, k * 2, k * 2, entry(k)));
+            steps.push(set(&mut t, k * 2, k));
         }
         let frozen = t.freeze();
         let before = pairs(&t);
@@ -488,11 +510,11 @@ mod tests {
         let mut more = Vec::new();
         // Inserts that split leaves, replacements, removals that empty a leaf.
         for k in 0..70 {
-            more.push(t.set(0, 1, 1, entry(1000 + k)));
-            more.push(t.set(0, k * 2 + 1, k * 2 + 1, entry(k)));
+            more.push(set(&mut t, 1, 1000 + k));
+            more.push(set(&mut t, k * 2 + 1, k));
         }
         for k in 0..200 {
-            more.push(t.remove(0, k * 2).expect("present"));
+            more.push(remove(&mut t, k * 2));
         }
         assert!(t.remove(0, 9999).is_err());
         for step in more.into_iter().rev() {
@@ -501,7 +523,10 @@ mod tests {
         assert_eq!(pairs(&t), before);
         assert_eq!(t.len(), 200);
         // The frozen state never saw any of it.
-        let seen: Vec<_> = frozen.iter().flat_map(|l| l.iter().map(|(k, e)| (*k, e.value))).collect();
+        let seen: Vec<_> = frozen
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, e)| (*k, e.value)))
+            .collect();
         assert_eq!(seen, before);
         for step in steps.into_iter().rev() {
             t.revert(step, &mut trash);
@@ -511,10 +536,34 @@ mod tests {
     }
 
     #[test]
+    fn take_out_since_takes_the_newer_versions_and_empty_leaves() {
+        let mut t = OrdTable::default();
+        for k in 0..300u32 {
+            let version = if (100..200).contains(&k) || k % 7 == 0 {
+                9
+            } else {
+                1
+            };
+            let _ = t.set(0, k, Entry { value: k, version });
+        }
+        let frozen = t.freeze();
+        let (mut trash, mut removed) = (Trash::default(), 0);
+        t.take_out_since(5, &mut trash, &mut removed);
+        let want: Vec<_> = (0..300)
+            .filter(|k| !(100..200).contains(k) && k % 7 != 0)
+            .map(|k| (k, k))
+            .collect();
+        assert_eq!(pairs(&t), want);
+        assert_eq!((t.len(), removed), (want.len(), 300 - want.len()));
+        assert!(t.leaves.iter().all(|l| !l.is_empty()));
+        assert_eq!(frozen.iter().map(|l| l.len()).sum::<usize>(), 300);
+    }
+
+    #[test]
     fn a_merge_yields_every_shard_in_key_order_within_bounds() {
         let mut shards: Vec<OrdTable<u32, u32>> = (0..5).map(|_| OrdTable::default()).collect();
         for k in 0..1000u32 {
-            shards[(k * 7 % 5) as usize].set(0, k, k, entry(k));
+            let _ = shards[(k * 7 % 5) as usize].set(0, k, entry(k));
         }
         let frozen = || shards.iter().map(OrdTable::freeze).collect::<Vec<_>>();
         let collect = |mut m: Merge<u32, u32>| {
@@ -524,11 +573,23 @@ mod tests {
             }
             out
         };
-        let all = collect(Merge::new(frozen(), Bound::<&u32>::Unbounded, Bound::Unbounded));
+        let all = collect(Merge::new(
+            frozen(),
+            Bound::<&u32>::Unbounded,
+            Bound::Unbounded,
+        ));
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        let some = collect(Merge::new(frozen(), Bound::Excluded(&10), Bound::Included(20)));
+        let some = collect(Merge::new(
+            frozen(),
+            Bound::Excluded(&10),
+            Bound::Included(20),
+        ));
         assert_eq!(some, (11..=20).collect::<Vec<_>>());
-        let none = collect(Merge::new(frozen(), Bound::Included(&2000), Bound::Unbounded));
+        let none = collect(Merge::new(
+            frozen(),
+            Bound::Included(&2000),
+            Bound::Unbounded,
+        ));
         assert!(none.is_empty());
     }
 }

@@ -358,10 +358,10 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
     }
 
     /// Waits for what this view submitted before, then for `h`.
-    fn after_submitted(&self, h: CommitHandle) -> Result<CommitHandle> {
+    fn after_submitted(&self, h: CommitHandle) -> CommitHandle {
         match self.submitted.lock().take() {
-            Some(earlier) => Ok(h.or_later(earlier)),
-            None => Ok(h),
+            Some(earlier) => h.or_later(earlier),
+            None => h,
         }
     }
 
@@ -386,7 +386,7 @@ impl<'p, K: Key, V: Value> TransactionView<'p, K, V> {
         let mut own = std::mem::take(&mut *self.delta.lock());
         own.merge(delta);
         let h = p.submit_transaction_request(own)?;
-        self.after_submitted(h)
+        Ok(self.after_submitted(h))
     }
 
     /// Submits this view's delta down to the database and waits until it is durable.

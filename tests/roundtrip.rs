@@ -71,10 +71,7 @@ fn some_none_is_refused_and_none_keeps_its_meaning() -> Result<()> {
     db.set("some".into(), Some(Some(1)))?;
     db.set("x".into(), Some(Some(2)))?;
     is_refused(db.set("x".into(), Some(None)), "value")?;
-    ensure!(
-        db.get("x") == Some(Some(Some(2))),
-        "the map changed"
-    );
+    ensure!(db.get("x") == Some(Some(Some(2))), "the map changed");
     let mut d = Delta::new();
     d.set("y".into(), Some(Some(3)))?;
     is_refused(d.set("z".into(), Some(None)), "value")?;

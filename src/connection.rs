@@ -378,6 +378,17 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
     }
 }
 
+/// Most keys in one transaction of [`DbConnection::extend`]: about 10 MB of records of
+/// 150 bytes, enough that the per-transaction costs vanish and small enough that the
+/// writer thread writes one chunk while the caller prepares the next.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(ptvp35::EXTEND_CHUNK, 65_536);
+/// ```
+pub const EXTEND_CHUNK: usize = 1 << 16;
+
 /// An open database: an in-memory map of `K` to `V`, kept durable in an NDJSON file.
 ///
 /// Reads (`get`, `len`, ...) take a shared lock on the map and never touch the disk.
@@ -957,6 +968,63 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// ```
     pub fn commit_transaction(&self, delta: Delta<K, V>) -> Result<()> {
         self.submit_transaction_request(delta)?.wait()
+    }
+
+    /// Sets every pair of `items` and returns once all of them are durable: the bulk load.
+    ///
+    /// The pairs go in as transactions of up to 65,536 keys each (see [`EXTEND_CHUNK`]),
+    /// each serialized, applied and queued while the writer thread writes the one before.
+    /// Each chunk is atomic, the whole is not: a reader may see the first chunks before
+    /// the last, and after a crash the database holds some prefix of the chunks. Memory
+    /// stays near the size of the loaded map, where one [`Delta`] of every pair also
+    /// holds every record line and a second copy of every pair until it is applied. For
+    /// all-or-nothing, build one [`Delta`] and [`commit_transaction`] it.
+    ///
+    /// [`commit_transaction`]: Self::commit_transaction
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if a pair cannot be stored: the chunks before it are
+    /// submitted (and become durable), the chunk it was in is dropped, and nothing after
+    /// it is read. Otherwise as [`commit_transaction`](Self::commit_transaction).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-extend-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let db = ptvp35::DbConnection::<String, u64>::open(dir.join("d.db"))?;
+    /// db.extend((0..100_000u64).map(|i| (format!("key{i}"), i)))?; // all durable now
+    /// assert_eq!(db.len(), 100_000);
+    /// assert_eq!(db.get("key123"), Some(123));
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn extend<I: IntoIterator<Item = (K, V)>>(&self, items: I) -> Result<()> {
+        let mut last: Option<CommitHandle> = None;
+        let mut delta = Delta::new();
+        let mut bytes_per_chunk = 0;
+        for (k, v) in items {
+            delta.set(k, v)?;
+            if delta.len() >= EXTEND_CHUNK {
+                let next = Delta::with_capacity(EXTEND_CHUNK, bytes_per_chunk);
+                let full = std::mem::replace(&mut delta, next);
+                bytes_per_chunk = bytes_per_chunk.max(full.lines_len());
+                let h = self.submit_transaction_request(full)?;
+                last = Some(match last {
+                    Some(earlier) => h.or_later(earlier),
+                    None => h,
+                });
+            }
+        }
+        let h = self.submit_transaction_request(delta)?;
+        match last {
+            Some(earlier) => h.or_later(earlier).wait(),
+            None => h.wait(),
+        }
     }
 
     pub(crate) fn handle(&self, seq: u64) -> CommitHandle {

@@ -249,6 +249,11 @@ impl<K: Key, V: Value> Delta<K, V> {
         self.slots.is_empty()
     }
 
+    /// Bytes of record lines held (those of replaced changes too).
+    pub(crate) fn lines_len(&self) -> usize {
+        self.lines.len()
+    }
+
     /// Drops every change.
     pub fn clear(&mut self) {
         self.slots.clear();

@@ -526,8 +526,9 @@ fn child(args: &[String]) -> Result<ChildOut> {
     Ok(serde_json::from_str(line)?)
 }
 
-const BULK_KINDS: [Kind; 7] = [
+const BULK_KINDS: [Kind; 8] = [
     Kind::Ptvp35,
+    Kind::Ptvp35Extend,
     Kind::Redb,
     Kind::Sqlite,
     Kind::PickledbFsync,

@@ -67,7 +67,7 @@ impl Default for Options {
             compact_ratio: 2.0,
             compact_floor: 1 << 20,
             transact_attempts: 100,
-            parse_threads: 2,
+            parse_threads: default_parse_threads(),
             preallocate: true,
             read_only: false,
             fs: Arc::new(RealFs),
@@ -127,7 +127,10 @@ impl Options {
         self
     }
 
-    /// Threads that parse the file at open (1 disables the split).
+    /// Threads that parse the file at open and fill the map (1 disables the split); by
+    /// default the cores this process may use ([`std::thread::available_parallelism`]),
+    /// at most [`MAX_DEFAULT_PARSE_THREADS`]. A file is split into parts of at least
+    /// about 1 MiB, so a small file is read on one thread whatever this says.
     #[must_use]
     pub fn parse_threads(mut self, threads: usize) -> Self {
         self.parse_threads = threads.clamp(1, 64);
@@ -376,6 +379,22 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
     fn live_keys(&self) -> u64 {
         self.map.len() as u64
     }
+}
+
+/// The most threads an open uses by default to parse the file and fill the map: past
+/// about eight, memory bandwidth and the final join, not parsing, bound an open.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(ptvp35::MAX_DEFAULT_PARSE_THREADS, 8);
+/// ```
+pub const MAX_DEFAULT_PARSE_THREADS: usize = 8;
+
+fn default_parse_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .clamp(1, MAX_DEFAULT_PARSE_THREADS)
 }
 
 /// Most keys in one transaction of [`DbConnection::extend`]: about 10 MB of records of

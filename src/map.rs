@@ -142,6 +142,36 @@ impl ShardSet {
     }
 }
 
+/// Applies `chunks` (records in file order) to `shards`, the shards from `base` on; returns
+/// how many keys it added less how many it removed.
+fn fill_part<K: Key, V: Value, T: Table<K, V>>(
+    shards: &mut [Padded<T>],
+    base: usize,
+    chunks: Vec<HashedRecords<K, V>>,
+) -> isize {
+    let mut n: isize = 0;
+    let mut trash = Trash::default();
+    for (hash, r) in chunks.into_iter().flatten() {
+        let shard = shards[shard_index(hash) - base].0.get_mut();
+        match r {
+            Record::Set(k, value) => {
+                if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
+                    n += 1;
+                }
+            }
+            Record::Remove(k) => {
+                if shard.take_out(hash, k, &mut trash) {
+                    n -= 1;
+                }
+            }
+        }
+        // Drop what was replaced now, not all at the end.
+        trash.keys.clear();
+        trash.entries.clear();
+    }
+    n
+}
+
 /// What one applied change did, enough to revert it with what `submit` keeps aside (the
 /// replaced entries): the guard it was made under and where in the table.
 #[derive(Debug)]
@@ -154,29 +184,39 @@ enum Done<P> {
 /// A write larger than this is applied shard by shard, and its shards are grown once.
 const BULK: usize = 1024;
 
-/// The map is filled at open in this many parts, each on its own thread.
-const LOAD_PARTS: usize = 2;
-
 /// Records parsed from one chunk of the file, sorted by the part of the map their keys
-/// belong to, with how many fall in each shard (to size the shards before filling them).
+/// belong to (one part per load thread), with how many fall in each shard (to size the
+/// shards before filling them).
 pub(crate) struct Sorted<K, V> {
-    parts: [Vec<Record<K, V>>; LOAD_PARTS],
+    /// Each record with its key's hash (computed once, on the parsing thread).
+    parts: Vec<HashedRecords<K, V>>,
     per_shard: Vec<usize>,
 }
 
+/// Records of one chunk for one part of the map, each with its key's hash.
+type HashedRecords<K, V> = Vec<(u64, Record<K, V>)>;
+
+/// The first shard of part `p` of `n`: shard `i` is in part `i * n / SHARDS`.
+fn part_start(p: usize, n: usize) -> usize {
+    (p * SHARDS).div_ceil(n)
+}
+
 impl<K: Key, V: Value> Sorted<K, V> {
-    pub(crate) fn new() -> Self {
+    /// For a map filled in `parts` parts (1 to [`SHARDS`]).
+    pub(crate) fn new(parts: usize) -> Self {
         Sorted {
-            parts: [Vec::new(), Vec::new()],
+            parts: (0..parts.clamp(1, SHARDS)).map(|_| Vec::new()).collect(),
             per_shard: vec![0; SHARDS],
         }
     }
 
     /// Adds the next record of the chunk (runs the user's `Hash`).
     pub(crate) fn push(&mut self, r: Record<K, V>) {
-        let i = shard_index(hash_key(r.key()));
+        let hash = hash_key(r.key());
+        let i = shard_index(hash);
         self.per_shard[i] += 1;
-        self.parts[i * LOAD_PARTS / SHARDS].push(r);
+        let n = self.parts.len();
+        self.parts[i * n / SHARDS].push((hash, r));
     }
 
     /// Records sorted so far.
@@ -201,73 +241,60 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     }
 
     /// Fills the map at open (it is not shared yet: no locks are taken) from the file's
-    /// chunks, in file order, each sorted by [`Sorted::push`]. Each part of the shards is
-    /// filled on its own thread; a key always lives in the same part, so the last record
-    /// of each key wins, as in a sequential read.
+    /// chunks, in file order, each sorted by [`Sorted::push`] into the same number of
+    /// parts. Each part of the shards is filled on its own thread; a key always lives in
+    /// the same part, so the last record of each key wins, as in a sequential read.
     ///
     /// # Errors
     ///
     /// `Err(())` if filling a part panicked (in the user's `Hash`, `Eq` or `Drop`): the
     /// map is then incomplete and must not be used.
     pub(crate) fn fill(&mut self, chunks: Vec<Sorted<K, V>>) -> Result<(), ()> {
+        let n = chunks.first().map_or(1, |c| c.parts.len());
         let mut per_shard = vec![0usize; SHARDS];
-        let mut halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS] = [Vec::new(), Vec::new()];
+        let mut parts: Vec<Vec<HashedRecords<K, V>>> = (0..n).map(|_| Vec::new()).collect();
         for chunk in chunks {
-            for (n, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
-                *n += c;
+            for (total, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
+                *total += c;
             }
-            let [lo, hi] = chunk.parts;
-            halves[0].push(lo);
-            halves[1].push(hi);
-        }
-        self.load(halves, &per_shard)
-    }
-
-    fn load(
-        &mut self,
-        halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS],
-        per_shard: &[usize],
-    ) -> Result<(), ()> {
-        for (s, n) in self.shards.iter_mut().zip(per_shard) {
-            s.0.get_mut().reserve(*n);
-        }
-        let (lo, hi) = self.shards.split_at_mut(SHARDS / 2);
-        let [lo_recs, hi_recs] = halves;
-        let apply = |shards: &mut [Padded<T>], base: usize, chunks: Vec<Vec<Record<K, V>>>| {
-            let mut n: isize = 0;
-            let mut trash = Trash::default();
-            for r in chunks.into_iter().flatten() {
-                let hash = hash_key(r.key());
-                let shard = shards[shard_index(hash) - base].0.get_mut();
-                match r {
-                    Record::Set(k, value) => {
-                        if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
-                            n += 1;
-                        }
-                    }
-                    Record::Remove(k) => {
-                        if shard.take_out(hash, k, &mut trash) {
-                            n -= 1;
-                        }
-                    }
-                }
-                // Drop what was replaced now, not all at the end.
-                trash.keys.clear();
-                trash.entries.clear();
+            for (all, part) in parts.iter_mut().zip(chunk.parts) {
+                all.push(part);
             }
-            n
-        };
-        let (a, b) = std::thread::scope(|s| {
-            let other =
-                s.spawn(|| catch_unwind(AssertUnwindSafe(|| apply(hi, SHARDS / 2, hi_recs))));
-            let a = catch_unwind(AssertUnwindSafe(|| apply(lo, 0, lo_recs)));
-            (a, other.join())
+        }
+        for (s, k) in self.shards.iter_mut().zip(&per_shard) {
+            s.0.get_mut().reserve(*k);
+        }
+        // Each part's shards, split off in order.
+        let mut rest: &mut [Padded<T>] = &mut self.shards;
+        let mut jobs = Vec::with_capacity(n);
+        for (p, records) in parts.into_iter().enumerate() {
+            let (mine, later) = rest.split_at_mut(part_start(p + 1, n) - part_start(p, n));
+            rest = later;
+            jobs.push((part_start(p, n), mine, records));
+        }
+        let counts: Vec<Option<isize>> = std::thread::scope(|s| {
+            let mut jobs = jobs.into_iter();
+            let first = jobs.next();
+            let others: Vec<_> = jobs
+                .map(|(base, shards, records)| {
+                    s.spawn(move || {
+                        catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
+                    })
+                })
+                .collect();
+            let mine = first.and_then(|(base, shards, records)| {
+                catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
+            });
+            std::iter::once(mine)
+                .chain(others.into_iter().map(|h| h.join().ok().flatten()))
+                .collect()
         });
-        let (Ok(a), Ok(Ok(b))) = (a, b) else {
-            return Err(());
-        };
+        let mut live: isize = 0;
+        for c in counts {
+            live += c.ok_or(())?;
+        }
         self.live
-            .store(usize::try_from(a + b).unwrap_or(0), Ordering::Relaxed);
+            .store(usize::try_from(live).unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 

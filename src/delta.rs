@@ -2,24 +2,26 @@
 //! unit.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::{self, HashMap};
-use std::hash::Hash;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash};
 
 use crate::bounds::{Key, Value};
 use crate::codec;
 use crate::error::Result;
+use crate::map::{hash_key, Change};
+use crate::shard::PassThrough;
 
-/// One pending change: the new value (`None` removes the key) and where its record line
-/// is in the delta's buffer.
+/// One pending change, hashed, and where its record line is in the delta's buffer.
 #[derive(Debug, Clone)]
-pub(crate) struct Change<V> {
-    pub(crate) value: Option<V>,
+struct Slot<K, V> {
+    change: Change<K, V>,
     start: usize,
     len: usize,
+    /// The next slot whose key has the same 64-bit hash (nearly never one), or `NONE`.
+    next: usize,
 }
 
-/// Seeded fast hashing of keys (foldhash, a random seed per map).
-type KeyHashing = foldhash::fast::RandomState;
+const NONE: usize = usize::MAX;
 
 /// Changes to many keys that are applied together and written as one unit: after any
 /// crash, all of them are in the database or none.
@@ -50,7 +52,12 @@ type KeyHashing = foldhash::fast::RandomState;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Delta<K, V> {
-    changes: HashMap<K, Change<V>, KeyHashing>,
+    /// Every changed key, in the order first changed; a later change to a key replaces
+    /// its slot's contents. A plain vector: entering the map moves each change once, and
+    /// nothing is rehashed as it grows.
+    slots: Vec<Slot<K, V>>,
+    /// Each key's hash (computed once, and used again by the map) to its first slot.
+    index: HashMap<u64, usize, BuildHasherDefault<PassThrough>>,
     /// Every record line added, in order; one buffer instead of one allocation per line.
     /// Bytes that no change points to (replaced by a later change, or left by a panic in
     /// the user's `Serialize`, `Hash` or `Eq` half-way through an addition) are never
@@ -61,7 +68,8 @@ pub struct Delta<K, V> {
 impl<K, V> Default for Delta<K, V> {
     fn default() -> Self {
         Delta {
-            changes: HashMap::with_hasher(KeyHashing::default()),
+            slots: Vec::new(),
+            index: HashMap::default(),
             lines: Vec::new(),
         }
     }
@@ -79,7 +87,8 @@ impl<K: Key, V: Value> Delta<K, V> {
     #[must_use]
     pub fn with_capacity(keys: usize, bytes: usize) -> Self {
         Delta {
-            changes: HashMap::with_capacity_and_hasher(keys, KeyHashing::default()),
+            slots: Vec::with_capacity(keys),
+            index: HashMap::with_capacity_and_hasher(keys, BuildHasherDefault::default()),
             lines: Vec::with_capacity(bytes),
         }
     }
@@ -98,9 +107,57 @@ impl<K: Key, V: Value> Delta<K, V> {
         Ok(())
     }
 
+    /// Records the change whose line starts at `start` (runs the user's `Hash` and `Eq`:
+    /// a panic there leaves the slots as they were).
     fn put(&mut self, key: K, value: Option<V>, start: usize) {
         let len = self.lines.len() - start;
-        self.changes.insert(key, Change { value, start, len });
+        let hash = hash_key(&key);
+        let change = Change { hash, key, value };
+        self.add(change, start, len);
+    }
+
+    /// Adds `change` (its line at `start`, `len` bytes), replacing the change of the same
+    /// key if there is one (runs the user's `Eq`).
+    fn add(&mut self, change: Change<K, V>, start: usize, len: usize) {
+        let first = self.index.get(&change.hash).copied().unwrap_or(NONE);
+        let mut at = first;
+        while at != NONE {
+            let slot = &mut self.slots[at];
+            if slot.change.key == change.key {
+                let old = std::mem::replace(&mut slot.change.value, change.value);
+                (slot.start, slot.len) = (start, len);
+                // The replaced value and the second copy of the key drop last.
+                drop(old);
+                drop(change.key);
+                return;
+            }
+            at = slot.next;
+        }
+        let hash = change.hash;
+        self.slots.push(Slot {
+            change,
+            start,
+            len,
+            next: first,
+        });
+        self.index.insert(hash, self.slots.len() - 1);
+    }
+
+    /// The slot of the key that borrows as `q` (runs the user's `Hash` and `Eq`).
+    fn find<Q>(&self, q: &Q) -> Option<&Slot<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut at = *self.index.get(&hash_key(q))?;
+        while at != NONE {
+            let slot = &self.slots[at];
+            if slot.change.key.borrow() == q {
+                return Some(slot);
+            }
+            at = slot.next;
+        }
+        None
     }
 
     /// Removes `key` in this delta.
@@ -128,68 +185,79 @@ impl<K: Key, V: Value> Delta<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.changes.get(key).map(|c| c.value.as_ref())
+        self.find(key).map(|s| s.change.value.as_ref())
     }
 
     /// Moves every change of `other` into this delta; `other`'s win where both touch a key.
     pub fn merge(&mut self, other: Delta<K, V>) {
-        if self.changes.is_empty() {
+        if self.slots.is_empty() {
             *self = other;
             return;
         }
         let base = self.lines.len();
         self.lines.extend_from_slice(&other.lines);
-        for (k, mut c) in other.changes {
-            c.start += base;
-            self.changes.insert(k, c);
+        self.slots.reserve(other.slots.len());
+        for slot in other.slots {
+            self.add(slot.change, base + slot.start, slot.len);
         }
     }
 
-    /// Splits the delta into its changes and the record lines of exactly those changes
-    /// (one line per key), ready to be applied and written as one unit.
+    /// Splits the delta into its changes, hashed, and the record lines of exactly those
+    /// changes (one line per key), ready to be applied and written as one unit.
     ///
     /// The buffer is used as it is only if the changes' lines fill it exactly; otherwise
     /// (a replaced change, or a panic in user code that left bytes no change points to)
     /// the lines are copied out change by change. Runs no user code.
-    pub(crate) fn into_parts(self) -> (Vec<(K, Option<V>)>, Vec<u8>) {
-        let live: usize = self.changes.values().map(|c| c.len).sum();
-        let lines = if live == self.lines.len() {
-            self.lines
+    pub(crate) fn into_parts(self) -> (Vec<Change<K, V>>, Vec<u8>) {
+        let Delta {
+            slots,
+            index,
+            lines,
+        } = self;
+        drop(index);
+        let live: usize = slots.iter().map(|s| s.len).sum();
+        let lines = if live == lines.len() {
+            lines
         } else {
             let mut live = Vec::with_capacity(live);
-            for c in self.changes.values() {
-                live.extend_from_slice(&self.lines[c.start..c.start + c.len]);
+            for s in &slots {
+                live.extend_from_slice(&lines[s.start..s.start + s.len]);
             }
             live
         };
-        let changes = self
-            .changes
-            .into_iter()
-            .map(|(k, c)| (k, c.value))
-            .collect();
+        let changes = slots.into_iter().map(|s| s.change).collect();
         (changes, lines)
     }
 
-    /// The changed keys and what each becomes (`None`: removed), in no particular order.
+    /// The changed keys and what each becomes (`None`: removed), in the order each key
+    /// was first changed.
     pub fn iter(&self) -> impl Iterator<Item = (&K, Option<&V>)> + '_ {
-        self.changes.iter().map(|(k, c)| (k, c.value.as_ref()))
+        self.slots
+            .iter()
+            .map(|s| (&s.change.key, s.change.value.as_ref()))
     }
 
     /// Number of keys this delta changes.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.changes.len()
+        self.slots.len()
     }
 
     /// True if this delta changes nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.slots.is_empty()
+    }
+
+    /// Bytes of record lines held (those of replaced changes too).
+    pub(crate) fn lines_len(&self) -> usize {
+        self.lines.len()
     }
 
     /// Drops every change.
     pub fn clear(&mut self) {
-        self.changes.clear();
+        self.slots.clear();
+        self.index.clear();
         self.lines.clear();
     }
 }
@@ -199,19 +267,19 @@ impl<K, V> IntoIterator for Delta<K, V> {
     type IntoIter = IntoIter<K, V>;
 
     fn into_iter(self) -> IntoIter<K, V> {
-        IntoIter(self.changes.into_iter())
+        IntoIter(self.slots.into_iter())
     }
 }
 
 /// The changes of a [`Delta`], by value: each key and what it becomes (`None`: removed).
 #[derive(Debug)]
-pub struct IntoIter<K, V>(hash_map::IntoIter<K, Change<V>>);
+pub struct IntoIter<K, V>(std::vec::IntoIter<Slot<K, V>>);
 
 impl<K, V> Iterator for IntoIter<K, V> {
     type Item = (K, Option<V>);
 
     fn next(&mut self) -> Option<(K, Option<V>)> {
-        self.0.next().map(|(k, c)| (k, c.value))
+        self.0.next().map(|s| (s.change.key, s.change.value))
     }
 }
 
@@ -278,6 +346,7 @@ mod tests {
         assert_eq!(d.get("a"), Some(Some(&1.0)));
         let (changes, bytes) = d.into_parts();
         assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].hash, hash_key("a"));
         assert_eq!(bytes, b"{\"key\":\"a\",\"value\":1.0}\n");
         Ok(())
     }

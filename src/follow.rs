@@ -21,6 +21,7 @@ use crate::connection::{Core, DbConnection};
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs};
 use crate::kind::MapKind;
+use crate::map::Change;
 use crate::plan::{self, Found, Restore};
 use crate::progress::Tracking;
 use crate::recovery::RecoveryReport;
@@ -453,6 +454,10 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             on_change(k, v.as_ref());
         }
         let sh = &self.shared;
+        let changes = changes
+            .into_iter()
+            .map(|(k, v)| Change::new(k, v))
+            .collect();
         if let Ok(seq) = sh.map.submit(changes, None, |_, _| Ok(())) {
             sh.tracking.progress.advance(seq);
         }

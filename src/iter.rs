@@ -88,6 +88,8 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// # }
     /// ```
     #[must_use]
+    // `for x in &db` would hide that the loop works on a copy taken when it starts.
+    #[allow(clippy::iter_without_into_iter)]
     pub fn iter(&self) -> Iter<K, V> {
         let frozen = self
             .shared

@@ -82,20 +82,29 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
         K: 'a,
         V: 'a;
 
-    /// Sets `k` (`copy` is a second copy, made before any lock) to `e`.
-    fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> Step<K, V, Self::Pos>;
+    /// Sets `k` to `e`. A panic (user `Eq` or `Ord`) comes before anything changes.
+    fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, Self::Pos>;
 
-    /// Removes `k`; `Err(k)` if it was absent.
-    fn remove(&mut self, hash: u64, k: K) -> std::result::Result<Step<K, V, Self::Pos>, K>;
+    /// Removes `k`: where, the table's copy of the key and its entry; `Err(k)` if it was
+    /// absent. A panic (user `Eq` or `Ord`) comes before anything changes.
+    #[allow(clippy::type_complexity)] // three plain parts, named at the one call
+    fn remove(&mut self, hash: u64, k: K) -> std::result::Result<(Self::Pos, K, Entry<V>), K>;
 
     /// Reverts `step`, the last change to this table not reverted yet. No user code.
-    fn revert(&mut self, step: Step<K, V, Self::Pos>, trash: &mut Trash<K, V>);
+    fn revert(&mut self, step: Revert<K, V, Self::Pos>, trash: &mut Trash<K, V>);
 
     /// Puts `e` back as the entry of `k` (undo of a later write). Whether `k` was there.
     fn put_back(&mut self, hash: u64, k: K, e: Entry<V>, trash: &mut Trash<K, V>) -> bool;
 
-    /// Takes `k` out (undo of a later write that added it). Whether it was there.
+    /// Takes `k` out (a removal read from the file at open). Whether it was there.
     fn take_out(&mut self, hash: u64, k: K, trash: &mut Trash<K, V>) -> bool;
+
+    /// Takes out every pair whose version is `since` or later (undo of the writes from
+    /// `since` on that added keys, once the entries they replaced are back), counting them
+    /// in `removed` as it goes. Runs no user code but `Clone`, for the ordered table's
+    /// leaves that a frozen state shares; a panic there leaves the rest of the table as
+    /// it is.
+    fn take_out_since(&mut self, since: u64, trash: &mut Trash<K, V>, removed: &mut usize);
 
     /// Whether [`freeze_all`](Table::freeze_all) costs no copy: a rebuild then copies the
     /// map from a frozen state, in key order, holding no lock.
@@ -153,23 +162,24 @@ where
     }
 }
 
-/// How to revert one change (see [`Table`]); `at` is where the table made it.
+/// What [`Table::set`] did, and where (`P`).
 #[derive(Debug)]
-pub enum Step<K, V, P> {
-    /// A key was added; `key` is the caller's copy of it.
-    Added { hash: u64, key: K, at: P },
-    /// The key's entry was replaced; `key` is the caller's copy.
-    Replaced {
-        hash: u64,
-        key: K,
-        old: Entry<V>,
-        at: P,
-    },
-    /// The key was removed; `key` is the table's copy.
-    Removed {
-        hash: u64,
-        key: K,
-        old: Entry<V>,
-        at: P,
-    },
+pub enum Applied<K, V, P> {
+    /// The key was added; the table holds the caller's key.
+    Added(P),
+    /// The key's entry was replaced: the caller's key (not needed) and the old entry.
+    Replaced(P, K, Entry<V>),
+}
+
+/// How to revert one change (see [`Table`]), at the place `P` where the table made it,
+/// with what the change took out for the two kinds that took something out.
+#[derive(Debug)]
+pub enum Revert<K, V, P> {
+    /// A key was added.
+    Added(P),
+    /// The key's entry was replaced by another: `K` is any copy of the key, `Entry` the
+    /// old entry.
+    Replaced(P, K, Entry<V>),
+    /// The key was removed: the table's key and its entry.
+    Removed(P, K, Entry<V>),
 }

@@ -258,7 +258,9 @@ pub use fs::{FileMeta, Fs, FsFile, RealFs};
 pub use codec::bench_encode_set;
 
 pub use bounds::{Key, Value};
-pub use connection::{CommitHandle, DbConnection, Options, Stats};
+pub use connection::{
+    CommitHandle, DbConnection, Options, Stats, EXTEND_CHUNK, MAX_DEFAULT_PARSE_THREADS,
+};
 pub use delta::{Delta, IntoIter};
 pub use error::{Error, Result};
 pub use follow::Refreshed;

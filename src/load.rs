@@ -38,18 +38,22 @@ pub(crate) fn load<K: Key, V: Value, T: Table<K, V>>(
     let mut map = Map::new();
     let chunks = split_lines(data, threads);
     let parsed: Vec<Result<Sorted<K, V>>> = {
-        let map = &map;
         if chunks.len() == 1 {
             // On this thread, but a panic in user code (`Deserialize`, `Hash`) is an
             // open error all the same.
-            let parsed = catch_unwind(AssertUnwindSafe(|| parse_chunk(data, 0, path, map)));
+            let parsed = catch_unwind(AssertUnwindSafe(|| {
+                parse_chunk::<K, V, T>(data, 0, path, 1)
+            }));
             vec![parsed.unwrap_or_else(|_| Err(panicked(path)))]
         } else {
             std::thread::scope(|s| {
+                let parts = chunks.len();
                 let handles: Vec<_> = chunks
                     .iter()
                     .map(|&(start, end)| {
-                        s.spawn(move || parse_chunk(&data[start..end], start, path, map))
+                        s.spawn(move || {
+                            parse_chunk::<K, V, T>(&data[start..end], start, path, parts)
+                        })
                     })
                     .collect();
                 handles
@@ -99,9 +103,10 @@ fn renumber(e: Error, lines_before: u64) -> Error {
     }
 }
 
-/// Splits `data` into up to `n` ranges that end on line boundaries.
+/// Splits `data` into up to `n` ranges that end on line boundaries, of at least about
+/// 1 MiB each (a thread costs more than parsing less).
 fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
-    let n = if data.len() < (1 << 20) { 1 } else { n.max(1) };
+    let n = n.clamp(1, (data.len() >> 20).max(1));
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
     for i in 1..n {
@@ -118,16 +123,17 @@ fn split_lines(data: &[u8], n: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// Parses one chunk, sorted for a map filled in `parts` parts.
 fn parse_chunk<K: Key, V: Value, T: Table<K, V>>(
     chunk: &[u8],
     base: usize,
     path: &Path,
-    map: &Map<K, V, T>,
+    parts: usize,
 ) -> Result<Sorted<K, V>> {
-    let mut out = Sorted::new();
+    let mut out = Sorted::new::<T>(parts);
     for (line_no, line) in (1u64..).zip(codec::lines(chunk, 0)) {
         match codec::decode(line.bytes) {
-            Ok(Some(r)) => out.push(map, r),
+            Ok(Some(r)) => out.push(r),
             Ok(None) => {}
             Err(reason) => {
                 return Err(Error::Corrupt {

@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::bounds::{Key, Value};
 use crate::codec::Record;
-use crate::kind::{Find, Step, Table};
+use crate::kind::{Applied, Find, Revert, Table};
 pub(crate) use crate::shard::Entry;
 use crate::shard::{Shard, Trash};
 
@@ -25,35 +25,66 @@ pub(crate) const SHARDS: usize = 256;
 /// Keys a `transact` closure read, with the version it saw (`None`: absent).
 pub(crate) type ReadSet<K> = HashMap<K, Option<u64>>;
 
-/// What undoes one write once other writes may have followed it: the keys it added (to
-/// take out) and the entries it replaced or removed (to put back), each with its hash. A
-/// write touches each key once, so the order does not matter.
+/// What undoes one write once other writes may have followed it: its number, the shards
+/// where it added keys, and the entries it replaced or removed (to put back), each with
+/// its key's hash. The keys it added are found by their version, which is the write's
+/// number: once every later write is undone and the old entries are back, an entry of
+/// that version or later is one that a write being undone added (see [`Map::undo`]).
+/// Nothing is copied to build it: the old entries and keys move out of the map.
 #[derive(Debug)]
 pub(crate) struct UndoList<K, V> {
-    added: Vec<(u64, K)>,
+    seq: u64,
+    added_in: ShardSet,
     replaced: Vec<(u64, K, Entry<V>)>,
 }
 
 impl<K, V> Default for UndoList<K, V> {
     fn default() -> Self {
         UndoList {
-            added: Vec::new(),
+            seq: 0,
+            added_in: ShardSet::default(),
             replaced: Vec::new(),
         }
     }
 }
 
-/// foldhash with a random seed per map: several times faster than the standard `SipHash`
-/// on short keys, and seeded so that chosen keys cannot be made to collide without it.
+/// One change to one key, hashed (the user's `Hash` has run): `None` removes the key.
+#[derive(Debug, Clone)]
+pub(crate) struct Change<K, V> {
+    pub(crate) hash: u64,
+    pub(crate) key: K,
+    pub(crate) value: Option<V>,
+}
+
+impl<K: std::hash::Hash, V> Change<K, V> {
+    /// `key` to become `value` (`None`: removed), hashed (runs the user's `Hash`).
+    pub(crate) fn new(key: K, value: Option<V>) -> Self {
+        Change {
+            hash: hash_key(&key),
+            key,
+            value,
+        }
+    }
+}
+
+/// foldhash, seeded at random once per process: several times faster than the standard
+/// `SipHash` on short keys, and seeded so that chosen keys cannot be made to collide
+/// without the seed. One seed for every map and every [`Delta`](crate::Delta), so that a
+/// key hashed in a delta is not hashed again when the delta enters the map.
 type KeyHashing = foldhash::fast::RandomState;
+
+static KEY_HASHING: std::sync::OnceLock<KeyHashing> = std::sync::OnceLock::new();
+
+/// The hash of `k` for every map and delta of this process (runs the user's `Hash`); its
+/// top bits choose the shard.
+pub(crate) fn hash_key<Q: std::hash::Hash + ?Sized>(k: &Q) -> u64 {
+    KEY_HASHING.get_or_init(KeyHashing::default).hash_one(k)
+}
 
 /// A shard's lock on a cache line of its own, so that readers of different shards do not
 /// slow each other down.
 #[repr(align(128))]
 struct Padded<T>(RwLock<T>);
-
-/// A change made in the shard at the given index, and how to revert it.
-type ShardStep<K, V, T> = (usize, Step<K, V, <T as Table<K, V>>::Pos>);
 
 /// Why a submission did not go in.
 #[derive(Debug)]
@@ -75,14 +106,13 @@ struct Order {
 
 pub(crate) struct Map<K, V, T = Shard<K, V>> {
     shards: Box<[Padded<T>]>,
-    hasher: KeyHashing,
     order: Mutex<Order>,
     live: AtomicUsize,
     _pairs: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
 /// A set of shard indices, iterated in ascending order (the order locks are taken in).
-#[derive(Default)]
+#[derive(Default, Debug, Clone, Copy)]
 struct ShardSet([u64; SHARDS / 64]);
 
 impl ShardSet {
@@ -90,43 +120,107 @@ impl ShardSet {
         self.0[i / 64] |= 1 << (i % 64);
     }
 
-    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..SHARDS).filter(|&i| self.0[i / 64] & (1 << (i % 64)) != 0)
-    }
-}
-
-/// One change, prepared before any lock: the user's `Hash` and `Clone` have run.
-struct Prepared<K, V> {
-    hash: u64,
-    key: K,
-    /// For a set: the second copy of the key (one in the map, one in the undo list).
-    copy: Option<K>,
-    value: Option<V>,
-}
-
-/// The map is filled at open in this many parts, each on its own thread.
-const LOAD_PARTS: usize = 2;
-
-/// Records parsed from one chunk of the file, sorted by the part of the map their keys
-/// belong to, with how many fall in each shard (to size the shards before filling them).
-pub(crate) struct Sorted<K, V> {
-    parts: [Vec<Record<K, V>>; LOAD_PARTS],
-    per_shard: Vec<usize>,
-}
-
-impl<K: Key, V: Value> Sorted<K, V> {
-    pub(crate) fn new() -> Self {
-        Sorted {
-            parts: [Vec::new(), Vec::new()],
-            per_shard: vec![0; SHARDS],
+    fn union(&mut self, other: &ShardSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
         }
     }
 
-    /// Adds the next record of the chunk (runs the user's `Hash`).
-    pub(crate) fn push<T: Table<K, V>>(&mut self, map: &Map<K, V, T>, r: Record<K, V>) {
-        let i = map.shard_of(r.key());
+    /// Ascending; skips empty words, so a set of a few shards costs a few steps.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+        })
+    }
+}
+
+/// Applies `chunks` (records in file order) to `shards`, the shards from `base` on; returns
+/// how many keys it added less how many it removed.
+fn fill_part<K: Key, V: Value, T: Table<K, V>>(
+    shards: &mut [Padded<T>],
+    base: usize,
+    chunks: Vec<HashedRecords<K, V>>,
+) -> isize {
+    let mut n: isize = 0;
+    let mut trash = Trash::default();
+    for (hash, r) in chunks.into_iter().flatten() {
+        let shard = shards[shard_index(hash) - base].0.get_mut();
+        match r {
+            Record::Set(k, value) => {
+                if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
+                    n += 1;
+                }
+            }
+            Record::Remove(k) => {
+                if shard.take_out(hash, k, &mut trash) {
+                    n -= 1;
+                }
+            }
+        }
+        // Drop what was replaced now, not all at the end.
+        trash.keys.clear();
+        trash.entries.clear();
+    }
+    n
+}
+
+/// What one applied change did, enough to revert it with what `submit` keeps aside (the
+/// replaced entries): the guard it was made under and where in the table.
+#[derive(Debug)]
+enum Done<P> {
+    Added(u32, P),
+    Replaced(u32, P),
+    Removed(u32, P),
+}
+
+/// A write larger than this is applied shard by shard, and its shards are grown once.
+const BULK: usize = 1024;
+
+/// Records parsed from one chunk of the file, sorted by the part of the map their keys
+/// belong to (one part per load thread), with how many fall in each shard (to size the
+/// shards before filling them).
+pub(crate) struct Sorted<K, V> {
+    /// Each record with its key's hash (computed once, on the parsing thread).
+    parts: Vec<HashedRecords<K, V>>,
+    per_shard: Vec<usize>,
+    /// Whether keys spread over the shards ([`Table::SPREAD`]); else all go to the first.
+    spread: bool,
+}
+
+/// Records of one chunk for one part of the map, each with its key's hash.
+type HashedRecords<K, V> = Vec<(u64, Record<K, V>)>;
+
+/// The first shard of part `p` of `n`: shard `i` is in part `i * n / SHARDS`.
+fn part_start(p: usize, n: usize) -> usize {
+    (p * SHARDS).div_ceil(n)
+}
+
+impl<K: Key, V: Value> Sorted<K, V> {
+    /// For a map of tables `T` filled in `parts` parts (1 to [`SHARDS`]).
+    pub(crate) fn new<T: Table<K, V>>(parts: usize) -> Self {
+        Sorted {
+            parts: (0..parts.clamp(1, SHARDS)).map(|_| Vec::new()).collect(),
+            per_shard: vec![0; SHARDS],
+            spread: T::SPREAD,
+        }
+    }
+
+    /// Adds the next record of the chunk (runs the user's `Hash`, for a map whose keys
+    /// spread over its shards).
+    pub(crate) fn push(&mut self, r: Record<K, V>) {
+        let hash = if self.spread { hash_key(r.key()) } else { 0 };
+        let i = shard_index(hash);
         self.per_shard[i] += 1;
-        self.parts[i * LOAD_PARTS / SHARDS].push(r);
+        let n = self.parts.len();
+        self.parts[i * n / SHARDS].push((hash, r));
     }
 
     /// Records sorted so far.
@@ -141,7 +235,6 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             shards: (0..SHARDS)
                 .map(|_| Padded(RwLock::new(T::default())))
                 .collect(),
-            hasher: KeyHashing::default(),
             order: Mutex::new(Order {
                 seq: 0,
                 refuse: false,
@@ -152,87 +245,68 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     }
 
     /// Fills the map at open (it is not shared yet: no locks are taken) from the file's
-    /// chunks, in file order, each sorted by [`Sorted::push`]. Each part of the shards is
-    /// filled on its own thread; a key always lives in the same part, so the last record
-    /// of each key wins, as in a sequential read.
+    /// chunks, in file order, each sorted by [`Sorted::push`] into the same number of
+    /// parts. Each part of the shards is filled on its own thread; a key always lives in
+    /// the same part, so the last record of each key wins, as in a sequential read.
     ///
     /// # Errors
     ///
     /// `Err(())` if filling a part panicked (in the user's `Hash`, `Eq` or `Drop`): the
     /// map is then incomplete and must not be used.
     pub(crate) fn fill(&mut self, chunks: Vec<Sorted<K, V>>) -> Result<(), ()> {
+        let n = chunks.first().map_or(1, |c| c.parts.len());
         let mut per_shard = vec![0usize; SHARDS];
-        let mut halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS] = [Vec::new(), Vec::new()];
+        let mut parts: Vec<Vec<HashedRecords<K, V>>> = (0..n).map(|_| Vec::new()).collect();
         for chunk in chunks {
-            for (n, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
-                *n += c;
+            for (total, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
+                *total += c;
             }
-            let [lo, hi] = chunk.parts;
-            halves[0].push(lo);
-            halves[1].push(hi);
-        }
-        self.load(halves, &per_shard)
-    }
-
-    fn load(
-        &mut self,
-        halves: [Vec<Vec<Record<K, V>>>; LOAD_PARTS],
-        per_shard: &[usize],
-    ) -> Result<(), ()> {
-        let hasher = &self.hasher;
-        for (s, n) in self.shards.iter_mut().zip(per_shard) {
-            s.0.get_mut().reserve(*n);
-        }
-        let (lo, hi) = self.shards.split_at_mut(SHARDS / 2);
-        let [lo_recs, hi_recs] = halves;
-        let apply = |shards: &mut [Padded<T>], base: usize, chunks: Vec<Vec<Record<K, V>>>| {
-            let mut n: isize = 0;
-            let mut trash = Trash::default();
-            for r in chunks.into_iter().flatten() {
-                let hash = if T::SPREAD {
-                    hasher.hash_one(r.key())
-                } else {
-                    0
-                };
-                let shard = shards[shard_index(hash) - base].0.get_mut();
-                match r {
-                    Record::Set(k, value) => {
-                        if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
-                            n += 1;
-                        }
-                    }
-                    Record::Remove(k) => {
-                        if shard.take_out(hash, k, &mut trash) {
-                            n -= 1;
-                        }
-                    }
-                }
-                // Drop what was replaced now, not all at the end.
-                trash.keys.clear();
-                trash.entries.clear();
+            for (all, part) in parts.iter_mut().zip(chunk.parts) {
+                all.push(part);
             }
-            n
-        };
-        let (a, b) = std::thread::scope(|s| {
-            let other =
-                s.spawn(|| catch_unwind(AssertUnwindSafe(|| apply(hi, SHARDS / 2, hi_recs))));
-            let a = catch_unwind(AssertUnwindSafe(|| apply(lo, 0, lo_recs)));
-            (a, other.join())
+        }
+        for (s, k) in self.shards.iter_mut().zip(&per_shard) {
+            s.0.get_mut().reserve(*k);
+        }
+        // Each part's shards, split off in order.
+        let mut rest: &mut [Padded<T>] = &mut self.shards;
+        let mut jobs = Vec::with_capacity(n);
+        for (p, records) in parts.into_iter().enumerate() {
+            let (mine, later) = rest.split_at_mut(part_start(p + 1, n) - part_start(p, n));
+            rest = later;
+            jobs.push((part_start(p, n), mine, records));
+        }
+        let counts: Vec<Option<isize>> = std::thread::scope(|s| {
+            let mut jobs = jobs.into_iter();
+            let first = jobs.next();
+            let others: Vec<_> = jobs
+                .map(|(base, shards, records)| {
+                    s.spawn(move || {
+                        catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
+                    })
+                })
+                .collect();
+            let mine = first.and_then(|(base, shards, records)| {
+                catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
+            });
+            std::iter::once(mine)
+                .chain(others.into_iter().map(|h| h.join().ok().flatten()))
+                .collect()
         });
-        let (Ok(a), Ok(Ok(b))) = (a, b) else {
-            return Err(());
-        };
+        let mut live: isize = 0;
+        for c in counts {
+            live += c.ok_or(())?;
+        }
         self.live
-            .store(usize::try_from(a + b).unwrap_or(0), Ordering::Relaxed);
+            .store(usize::try_from(live).unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 
     /// The hash of `k` (runs the user's `Hash`); its top bits choose the shard. For a
-    /// table that keeps every key in one shard ([`Table::SPREAD`] false), 0, and no user
-    /// code runs.
-    pub(crate) fn hash_of(&self, k: &K) -> u64 {
+    /// table that keeps every key in the first shard ([`Table::SPREAD`] false), 0.
+    pub(crate) fn hash_of(k: &K) -> u64 {
         if T::SPREAD {
-            self.hasher.hash_one(k)
+            hash_key(k)
         } else {
             0
         }
@@ -247,13 +321,9 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         }
     }
 
-    pub(crate) fn shard_of(&self, k: &K) -> usize {
-        shard_index(self.hash_of(k))
-    }
-
     /// Calls `f` on the entry of `k` under its shard's read lock.
     pub(crate) fn read<R>(&self, k: &K, f: impl FnOnce(Option<&Entry<V>>) -> R) -> R {
-        let hash = self.hash_of(k);
+        let hash = Self::hash_of(k);
         f(self.shards[shard_index(hash)].0.read().get(hash, k))
     }
 
@@ -264,11 +334,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         Q: std::hash::Hash + ?Sized,
         T: Find<K, V, Q>,
     {
-        let hash = if T::SPREAD {
-            self.hasher.hash_one(q)
-        } else {
-            0
-        };
+        let hash = if T::SPREAD { hash_key(q) } else { 0 };
         f(self.shards[shard_index(hash)].0.read().find(hash, q))
     }
 
@@ -322,31 +388,54 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     /// touches or read (taken in ascending order), checks `reads`, numbers the write,
     /// applies it and calls `send` with its number and undo list, so the queue's order is
     /// the order of the applications. Returns the write's number, or the last number if
-    /// there is nothing to apply.
+    /// there is nothing to apply. The changes of one key apply in the order given; a
+    /// large write is applied shard by shard.
     ///
-    /// User code may panic anywhere in here, and then nothing has changed: `Hash` and
-    /// `Clone` run before any lock; `Eq` runs under the locks but before each change it
-    /// guards, and a panic there reverts the changes already made (exactly, without user
-    /// code) and gives the number back before the panic goes on; `Drop` runs only once
-    /// every lock is released.
+    /// User code may panic anywhere in here, and then nothing has changed: `Hash` ran
+    /// before (each change comes hashed) and nothing is cloned; `Eq` (or `Ord`) runs
+    /// under the locks but before each change it guards, and a panic there reverts the
+    /// changes already made (exactly, without user code) and gives the number back
+    /// before the panic goes on; `Drop` runs only once every lock is released.
     pub(crate) fn submit(
         &self,
-        changes: Vec<(K, Option<V>)>,
+        changes: Vec<Change<K, V>>,
         reads: Option<&ReadSet<K>>,
         send: impl FnOnce(u64, UndoList<K, V>) -> Result<(), UndoList<K, V>>,
     ) -> Result<u64, Refusal> {
-        // 1. User `Hash` and `Clone`, before any lock.
-        let (mut prepared, mut set, per_shard) = self.prepare(changes);
+        // 1. User `Hash` (of the keys read), before any lock.
+        let mut changes = changes;
+        if !T::SPREAD {
+            // Every key is in the first shard.
+            for c in &mut changes {
+                c.hash = 0;
+            }
+        }
+        let mut set = ShardSet::default();
+        let mut per_shard = [0u32; SHARDS];
+        for c in &changes {
+            let i = shard_index(c.hash);
+            set.insert(i);
+            per_shard[i] += 1;
+        }
         let reads: Vec<(u64, &K, Option<u64>)> = reads
             .into_iter()
             .flatten()
-            .map(|(k, seen)| (self.hash_of(k), k, *seen))
+            .map(|(k, seen)| (Self::hash_of(k), k, *seen))
             .collect();
         for (hash, ..) in &reads {
             set.insert(shard_index(*hash));
         }
+        let bulk = changes.len() > BULK;
+        let changes = if bulk {
+            by_shard(changes, &per_shard)
+        } else {
+            changes
+        };
         let mut trash = Trash::default();
-        // Declared after `prepared` and `trash`: the locks go first, then user `Drop`s.
+        let mut rest = changes.into_iter();
+        let mut undo = UndoList::default();
+        // Declared after everything that holds user values: the locks go first, then the
+        // user `Drop`s.
         let mut guards: Vec<(usize, RwLockWriteGuard<'_, T>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
         // 2. Checks (user `Eq`, nothing changes).
@@ -360,56 +449,38 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         if order.refuse {
             return Err(Refusal::Refused);
         }
-        if prepared.is_empty() {
+        if rest.len() == 0 {
             return Ok(order.seq);
         }
         order.seq += 1;
         let seq = order.seq;
-        if prepared.len() > 1024 {
-            // A bulk write: grow each shard once, not step by step.
+        undo.seq = seq;
+        if bulk {
+            // Grow each shard once, not step by step.
             for (i, g) in &mut guards {
-                g.reserve(per_shard[*i]);
+                g.reserve(per_shard[*i] as usize);
             }
         }
         // 3. Apply, step by step; a panic (user `Eq`) reverts the steps taken.
-        let mut steps: Vec<ShardStep<K, V, T>> = Vec::with_capacity(prepared.len());
-        let applied = catch_unwind(AssertUnwindSafe(|| {
-            for p in prepared.drain(..) {
-                let at = slot(p.hash, &guards);
-                let g = &mut guards[at].1;
-                let step = match (p.value, p.copy) {
-                    (Some(value), Some(copy)) => Some(g.set(
-                        p.hash,
-                        p.key,
-                        copy,
-                        Entry {
-                            value,
-                            version: seq,
-                        },
-                    )),
-                    _ => g.remove(p.hash, p.key).map_err(|k| trash.keys.push(k)).ok(),
-                };
-                steps.extend(step.map(|s| (at, s)));
+        let (added, removed) = match Self::apply(&mut guards, &mut rest, seq, &mut undo, &mut trash)
+        {
+            Ok(counts) => counts,
+            Err(panic) => {
+                order.seq -= 1;
+                drop(order);
+                drop(guards);
+                drop(trash);
+                drop(rest);
+                resume_unwind(panic);
             }
-        }));
-        if let Err(panic) = applied {
-            order.seq -= 1;
-            for (at, step) in steps.into_iter().rev() {
-                guards[at].1.revert(step, &mut trash);
-            }
-            drop(order);
-            drop(guards);
-            drop(trash);
-            resume_unwind(panic);
-        }
-        let (undo, added, removed) = undo_of::<K, V, T>(steps, &mut trash);
+        };
         self.live.fetch_add(added, Ordering::Relaxed);
         self.live.fetch_sub(removed, Ordering::Relaxed);
         if let Err(undo) = send(seq, undo) {
             // Unreachable in practice: the writer refuses writes (under `order`) before
             // it lets go of the queue.
             order.seq -= 1;
-            let undone = self.undo_locked(&mut guards, undo, &mut trash);
+            let undone = self.undo_locked(&mut guards, vec![undo], &mut trash);
             drop(order);
             drop(guards);
             drop(trash);
@@ -421,29 +492,78 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         Ok(seq)
     }
 
-    /// Hashes every change's key and copies the key of every set (user code that may
-    /// panic, before any lock). Returns the changes, their shards and how many per shard.
-    #[allow(clippy::type_complexity)] // three plain parts, named at the one call
-    fn prepare(
-        &self,
-        changes: Vec<(K, Option<V>)>,
-    ) -> (Vec<Prepared<K, V>>, ShardSet, Box<[usize; SHARDS]>) {
-        let mut set = ShardSet::default();
-        let mut per_shard = Box::new([0usize; SHARDS]);
-        let mut prepared = Vec::with_capacity(changes.len());
-        for (key, value) in changes {
-            let hash = self.hash_of(&key);
-            let copy = value.as_ref().map(|_| key.clone());
-            set.insert(shard_index(hash));
-            per_shard[shard_index(hash)] += 1;
-            prepared.push(Prepared {
-                hash,
-                key,
-                copy,
-                value,
-            });
+    /// Applies the changes of `rest` as write `seq` under `guards`, keeping in `undo` what
+    /// undoes them; returns how many keys it added and removed. On a panic (user `Eq` or
+    /// `Ord`) it reverts exactly what it applied, without user code, and returns the
+    /// panic; the changes not applied yet stay in `rest`.
+    #[allow(clippy::type_complexity)] // the panic's own type
+    fn apply(
+        guards: &mut [(usize, RwLockWriteGuard<'_, T>)],
+        rest: &mut std::vec::IntoIter<Change<K, V>>,
+        seq: u64,
+        undo: &mut UndoList<K, V>,
+        trash: &mut Trash<K, V>,
+    ) -> Result<(usize, usize), Box<dyn std::any::Any + Send>> {
+        let mut done: Vec<Done<T::Pos>> = Vec::with_capacity(rest.len());
+        let (mut added, mut removed) = (0, 0);
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            for c in rest.by_ref() {
+                let at = slot(c.hash, guards);
+                let g = &mut guards[at].1;
+                let at = u32::try_from(at).expect("fewer guards than shards");
+                match c.value {
+                    Some(value) => match g.set(
+                        c.hash,
+                        c.key,
+                        Entry {
+                            value,
+                            version: seq,
+                        },
+                    ) {
+                        Applied::Added(pos) => {
+                            added += 1;
+                            undo.added_in.insert(shard_index(c.hash));
+                            done.push(Done::Added(at, pos));
+                        }
+                        Applied::Replaced(pos, key, old) => {
+                            undo.replaced.push((c.hash, key, old));
+                            done.push(Done::Replaced(at, pos));
+                        }
+                    },
+                    None => match g.remove(c.hash, c.key) {
+                        Ok((pos, key, old)) => {
+                            removed += 1;
+                            undo.replaced.push((c.hash, key, old));
+                            done.push(Done::Removed(at, pos));
+                        }
+                        Err(k) => trash.keys.push(k),
+                    },
+                }
+            }
+        }));
+        let Err(panic) = applied else {
+            // Kept: what the changes moved out of the tables goes to the trash.
+            for d in done {
+                let (Done::Added(_, pos) | Done::Replaced(_, pos) | Done::Removed(_, pos)) = d;
+                T::release(pos, trash);
+            }
+            return Ok((added, removed));
+        };
+        for d in done.into_iter().rev() {
+            let (at, step) = match d {
+                Done::Added(at, pos) => (at, Revert::Added(pos)),
+                Done::Replaced(at, pos) => {
+                    let (_, key, old) = undo.replaced.pop().expect("one per step");
+                    (at, Revert::Replaced(pos, key, old))
+                }
+                Done::Removed(at, pos) => {
+                    let (_, key, old) = undo.replaced.pop().expect("one per step");
+                    (at, Revert::Removed(pos, key, old))
+                }
+            };
+            guards[at as usize].1.revert(step, trash);
         }
-        (prepared, set, per_shard)
+        Err(panic)
     }
 
     /// Refuses every later submission.
@@ -451,19 +571,19 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         self.order.lock().refuse = true;
     }
 
-    /// Undoes writes, newest first (`lists` holds them oldest first), under the write
-    /// locks of every shard they touch, taken together: a reader sees all of them undone
-    /// or none.
+    /// Undoes writes (`lists` holds them oldest first). Every write numbered from the
+    /// oldest on must be in `lists` (the writer undoes every write it has not made
+    /// durable, and all later ones). Under the write locks of every shard they touch,
+    /// taken together: a reader sees all of them undone or none.
     ///
-    /// A panic in the user's `Eq` leaves that one key as it is, the rest is undone, and
-    /// the panic goes on once the locks are released (on the writer thread, whose guard
-    /// then fails every waiter).
+    /// A panic in the user's `Eq` (or `Ord`, or `Clone` of a shared ordered leaf) leaves
+    /// that one key as it is, or taken out; the rest is undone, and the panic goes on
+    /// once the locks are released (on the writer thread, whose guard then fails every
+    /// waiter).
     pub(crate) fn undo(&self, lists: Vec<UndoList<K, V>>) {
         let mut set = ShardSet::default();
         for list in &lists {
-            for (hash, _) in &list.added {
-                set.insert(shard_index(*hash));
-            }
+            set.union(&list.added_in);
             for (hash, ..) in &list.replaced {
                 set.insert(shard_index(*hash));
             }
@@ -471,85 +591,96 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         let mut trash = Trash::default();
         let mut guards: Vec<(usize, RwLockWriteGuard<'_, T>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
-        let mut panicked = None;
-        for list in lists.into_iter().rev() {
-            if let Err(p) = self.undo_locked(&mut guards, list, &mut trash) {
-                panicked.get_or_insert(p);
-            }
-        }
+        let undone = self.undo_locked(&mut guards, lists, &mut trash);
         drop(guards);
         drop(trash);
-        if let Some(p) = panicked {
+        if let Err(p) = undone {
             resume_unwind(p);
         }
     }
 
-    /// Undoes one write under locks already held (runs the user's `Eq`); returns the
-    /// first panic, having undone every other key.
+    /// Undoes `lists` (oldest first) under locks already held: puts back every replaced
+    /// entry, newest write first (user `Eq`), then takes out every entry that the oldest
+    /// write or a later one set (no user code; see [`UndoList`]). Returns the first
+    /// panic, having undone every other key.
     fn undo_locked(
         &self,
         guards: &mut [(usize, RwLockWriteGuard<'_, T>)],
-        list: UndoList<K, V>,
+        lists: Vec<UndoList<K, V>>,
         trash: &mut Trash<K, V>,
     ) -> Result<(), Box<dyn std::any::Any + Send>> {
         let mut first = Ok(());
-        for (hash, k) in list.added {
-            let g = &mut guards[slot(hash, guards)].1;
-            match catch_unwind(AssertUnwindSafe(|| g.take_out(hash, k, trash))) {
-                Ok(true) => {
-                    self.live.fetch_sub(1, Ordering::Relaxed);
+        let mut added_in = ShardSet::default();
+        let mut since = u64::MAX;
+        for list in lists.into_iter().rev() {
+            since = since.min(list.seq);
+            added_in.union(&list.added_in);
+            for (hash, k, e) in list.replaced.into_iter().rev() {
+                let g = &mut guards[slot(hash, guards)].1;
+                match catch_unwind(AssertUnwindSafe(|| g.put_back(hash, k, e, trash))) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.live.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(p) => first = first.and(Err(p)),
                 }
-                Ok(false) => {}
-                Err(p) => first = first.and(Err(p)),
             }
         }
-        for (hash, k, e) in list.replaced {
-            let g = &mut guards[slot(hash, guards)].1;
-            match catch_unwind(AssertUnwindSafe(|| g.put_back(hash, k, e, trash))) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.live.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(p) => first = first.and(Err(p)),
+        for i in added_in.iter() {
+            let g = &mut guards[slot_of(i, guards)].1;
+            let mut removed = 0;
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                g.take_out_since(since, trash, &mut removed);
+            }));
+            self.live.fetch_sub(removed, Ordering::Relaxed);
+            if let Err(p) = r {
+                first = first.and(Err(p));
             }
         }
         first
     }
 }
 
-/// The undo list of an applied write (moves only), and how many keys it added and
-/// removed.
-fn undo_of<K, V, T: Table<K, V>>(
-    steps: Vec<ShardStep<K, V, T>>,
-    trash: &mut Trash<K, V>,
-) -> (UndoList<K, V>, usize, usize) {
-    let mut undo = UndoList::default();
-    let (mut added, mut removed) = (0, 0);
-    for (_, step) in steps {
-        match step {
-            Step::Added { hash, key, at } => {
-                added += 1;
-                undo.added.push((hash, key));
-                T::release(at, trash);
+/// `changes` in shard order (stable: the changes of one key keep their order), each moved
+/// into place along the cycles of the permutation. `per_shard` counts them.
+fn by_shard<K, V>(changes: Vec<Change<K, V>>, per_shard: &[u32; SHARDS]) -> Vec<Change<K, V>> {
+    let mut next = [0usize; SHARDS];
+    let mut at = 0;
+    for (s, n) in next.iter_mut().zip(per_shard) {
+        *s = at;
+        at += *n as usize;
+    }
+    // Where each change goes.
+    let mut to: Vec<usize> = changes
+        .iter()
+        .map(|c| {
+            let s = &mut next[shard_index(c.hash)];
+            *s += 1;
+            *s - 1
+        })
+        .collect();
+    let mut changes = changes;
+    for i in 0..changes.len() {
+        loop {
+            let j = to[i];
+            if j == i {
+                break;
             }
-            Step::Replaced { hash, key, old, at } => {
-                undo.replaced.push((hash, key, old));
-                T::release(at, trash);
-            }
-            Step::Removed { hash, key, old, at } => {
-                removed += 1;
-                undo.replaced.push((hash, key, old));
-                T::release(at, trash);
-            }
+            changes.swap(i, j);
+            to.swap(i, j);
         }
     }
-    (undo, added, removed)
+    changes
 }
 
 /// Where the guard of the shard of `hash` is among `guards` (sorted by shard, and
 /// holding that shard).
 fn slot<G>(hash: u64, guards: &[(usize, G)]) -> usize {
-    let i = shard_index(hash);
+    slot_of(shard_index(hash), guards)
+}
+
+/// Where the guard of shard `i` is among `guards` (sorted by shard, and holding it).
+fn slot_of<G>(i: usize, guards: &[(usize, G)]) -> usize {
     guards.partition_point(|g| g.0 < i)
 }
 
@@ -602,46 +733,110 @@ mod tests {
         map.read(&PanickyKey(k), |e| e.map(|e| e.value))
     }
 
+    fn changes(
+        _map: &Map<PanickyKey, u32>,
+        c: &[(u32, Option<u32>)],
+    ) -> Vec<Change<PanickyKey, u32>> {
+        c.iter()
+            .map(|&(k, v)| Change::new(PanickyKey(k), v))
+            .collect()
+    }
+
     #[test]
     fn an_undo_whose_eq_panics_undoes_every_other_key() {
         let map: Map<PanickyKey, u32> = Map::new();
-        let base = vec![(PanickyKey(1), Some(1)), (PanickyKey(2), Some(2))];
+        let base = changes(&map, &[(1, Some(1)), (2, Some(2)), (4, Some(4))]);
         assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
-        let mut undo = None;
-        let later = vec![
-            (PanickyKey(1), Some(10)),
-            (PanickyKey(2), Some(20)),
-            (PanickyKey(3), Some(30)),
+        let mut undos = Vec::new();
+        let later = changes(&map, &[(1, Some(10)), (2, Some(20)), (3, Some(30))]);
+        let more = changes(&map, &[(3, Some(31)), (4, None), (5, Some(50))]);
+        for c in [later, more] {
+            assert!(map
+                .submit(c, None, |_, u| {
+                    undos.push(u);
+                    Ok(())
+                })
+                .is_ok());
+        }
+        assert_eq!(map.len(), 4);
+        // The second `Eq` of the undo: the newest write's are key 4's (put back, found
+        // absent: no `Eq`) and key 3's (there, replaced), then the older write's key 2.
+        EQ_COUNTDOWN.with(|c| c.set(2));
+        assert!(catch_unwind(AssertUnwindSafe(|| map.undo(undos))).is_err());
+        let now: Vec<_> = (1..=5).map(|k| value(&map, k)).collect();
+        assert_eq!(now[0], Some(1));
+        assert!(
+            now[1] == Some(20) || now[1].is_none(),
+            "left as it is or taken out"
+        );
+        assert_eq!(&now[2..], [None, Some(4), None]);
+        assert_eq!(map.len(), now.iter().flatten().count());
+    }
+
+    #[test]
+    fn an_undo_of_several_writes_restores_the_state_before_the_oldest() {
+        let map: Map<PanickyKey, u32> = Map::new();
+        let base = changes(&map, &[(1, Some(1)), (2, Some(2)), (3, Some(3))]);
+        assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
+        let mut undos = Vec::new();
+        let writes = [
+            changes(&map, &[(1, None), (4, Some(40)), (2, Some(20))]),
+            changes(&map, &[(1, Some(11)), (4, None), (5, Some(50))]),
+            changes(
+                &map,
+                &[(4, Some(41)), (5, Some(51)), (2, None), (3, Some(30))],
+            ),
         ];
-        let r = map.submit(later, None, |_, u| {
-            undo = Some(u);
-            Ok(())
-        });
-        assert!(r.is_ok());
+        for c in writes {
+            assert!(map
+                .submit(c, None, |_, u| {
+                    undos.push(u);
+                    Ok(())
+                })
+                .is_ok());
+        }
+        map.undo(undos);
+        let now: Vec<_> = (1..=5).map(|k| value(&map, k)).collect();
+        assert_eq!(now, [Some(1), Some(2), Some(3), None, None]);
         assert_eq!(map.len(), 3);
-        // The first `Eq` of the undo is the added key 3's.
-        EQ_COUNTDOWN.with(|c| c.set(1));
-        let lists: Vec<_> = undo.into_iter().collect();
-        assert!(catch_unwind(AssertUnwindSafe(|| map.undo(lists))).is_err());
-        assert_eq!(value(&map, 1), Some(1));
-        assert_eq!(value(&map, 2), Some(2));
-        assert_eq!(value(&map, 3), Some(30), "the key whose Eq panicked stays");
-        assert_eq!(map.len(), 3);
+    }
+
+    #[test]
+    fn a_bulk_write_applies_shard_by_shard_in_order_per_key() {
+        let map: Map<u32, u32> = Map::new();
+        let mut c: Vec<_> = (0..5000).map(|k| Change::new(k, Some(k))).collect();
+        c.extend((0..5000).step_by(2).map(|k| Change::new(k, None)));
+        c.extend((0..5000).step_by(4).map(|k| Change::new(k, Some(k + 1))));
+        let mut undo = None;
+        assert!(map
+            .submit(c, None, |_, u| {
+                undo = Some(u);
+                Ok(())
+            })
+            .is_ok());
+        for k in 0..5000 {
+            let want = match k % 4 {
+                0 => Some(k + 1),
+                2 => None,
+                _ => Some(k),
+            };
+            assert_eq!(map.read(&k, |e| e.map(|e| e.value)), want, "key {k}");
+        }
+        assert_eq!(map.len(), 3750);
+        map.undo(undo.into_iter().collect());
+        assert_eq!(map.len(), 0);
+        assert!(map.copy_all().is_empty());
     }
 
     #[test]
     fn a_submit_whose_eq_panics_changes_nothing_and_gives_its_number_back() {
         let map: Map<PanickyKey, u32> = Map::new();
-        let base = vec![(PanickyKey(1), Some(1)), (PanickyKey(2), Some(2))];
+        let base = changes(&map, &[(1, Some(1)), (2, Some(2))]);
         assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
         let seq = map.seq();
         // Two `Eq` calls: keys 1 and 2 are there; key 4's hash has no bucket yet.
         for n in 1..=2 {
-            let changes = vec![
-                (PanickyKey(1), None),
-                (PanickyKey(2), Some(20)),
-                (PanickyKey(4), Some(40)),
-            ];
+            let changes = changes(&map, &[(1, None), (2, Some(20)), (4, Some(40))]);
             EQ_COUNTDOWN.with(|c| c.set(n));
             let r = catch_unwind(AssertUnwindSafe(|| {
                 map.submit(changes, None, |_, _| Ok(()))

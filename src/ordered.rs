@@ -26,7 +26,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::bounds::{Key, Value};
-use crate::kind::{Step, Table};
+use crate::kind::{Applied, Revert, Table};
 use crate::shard::{Entry, Trash};
 
 /// Most pairs in a leaf; a leaf that grows past it is split in two halves.
@@ -122,8 +122,6 @@ enum Shape<K> {
     /// this separator (`None` if it had no neighbour).
     NodeGone { sep: Option<K> },
 }
-
-type OrdStep<K, V> = Step<K, V, OrdPos<K>>;
 
 /// The child of a level whose separators are `seps` that `q` belongs to.
 fn child<K: Borrow<Q>, Q: Ord + ?Sized>(seps: &[K], q: &Q) -> usize {
@@ -332,59 +330,46 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         pairs_of(&self.root)
     }
 
-    fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> OrdStep<K, V> {
+    fn set(&mut self, _hash: u64, k: K, e: Entry<V>) -> Applied<K, V, OrdPos<K>> {
         match locate(&self.root, &k) {
             (n, l, Ok(p)) => {
-                drop(copy);
+                // The table keeps its own copy of the key; the caller's goes back.
                 let old = std::mem::replace(&mut self.leaf_mut(n, l)[p].1, e);
-                Step::Replaced {
-                    hash,
-                    key: k,
-                    old,
-                    at: OrdPos {
-                        at: (n, l, p),
-                        shape: Shape::Same,
-                    },
-                }
+                let at = OrdPos {
+                    at: (n, l, p),
+                    shape: Shape::Same,
+                };
+                Applied::Replaced(at, k, old)
             }
             (n, l, Err(p)) => {
-                let shape = self.insert_at((n, l, p), copy, e);
-                Step::Added {
-                    hash,
-                    key: k,
-                    at: OrdPos {
-                        at: (n, l, p),
-                        shape,
-                    },
-                }
+                let shape = self.insert_at((n, l, p), k, e);
+                Applied::Added(OrdPos {
+                    at: (n, l, p),
+                    shape,
+                })
             }
         }
     }
 
-    fn remove(&mut self, hash: u64, k: K) -> Result<OrdStep<K, V>, K> {
+    fn remove(&mut self, _hash: u64, k: K) -> Result<(OrdPos<K>, K, Entry<V>), K> {
         let (n, l, Ok(p)) = locate(&self.root, &k) else {
             return Err(k);
         };
         let (key, old, shape) = self.remove_at((n, l, p));
         drop(k);
-        Ok(Step::Removed {
-            hash,
-            key,
-            old,
-            at: OrdPos {
-                at: (n, l, p),
-                shape,
-            },
-        })
+        let at = OrdPos {
+            at: (n, l, p),
+            shape,
+        };
+        Ok((at, key, old))
     }
 
-    fn revert(&mut self, step: OrdStep<K, V>, trash: &mut Trash<K, V>) {
+    fn revert(&mut self, step: Revert<K, V, OrdPos<K>>, trash: &mut Trash<K, V>) {
         // Everything a step touched is this table's own by now (the step made it so,
         // under the same lock): the `make_mut`s below copy nothing.
         let root = Arc::make_mut(&mut self.root);
         match step {
-            Step::Added { key, at, .. } => {
-                trash.keys.push(key);
+            Revert::Added(at) => {
                 let (n, l, p) = at.at;
                 if let Shape::First = at.shape {
                     for node in root.nodes.drain(..).map(own) {
@@ -414,13 +399,13 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
                 trash.entries.push(e);
                 self.len -= 1;
             }
-            Step::Replaced { key, old, at, .. } => {
+            Revert::Replaced(at, key, old) => {
                 trash.keys.push(key);
                 let (n, l, p) = at.at;
                 let e = std::mem::replace(&mut self.leaf_mut(n, l)[p].1, old);
                 trash.entries.push(e);
             }
-            Step::Removed { key, old, at, .. } => {
+            Revert::Removed(at, key, old) => {
                 let (n, l, p) = at.at;
                 match at.shape {
                     Shape::NodeGone { sep } => {
@@ -457,6 +442,46 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
             (n, l, Err(p)) => {
                 self.insert_at((n, l, p), k, e);
                 false
+            }
+        }
+    }
+
+    fn take_out_since(&mut self, since: u64, trash: &mut Trash<K, V>, removed: &mut usize) {
+        let stale = |leaf: &Leaf<K, V>| leaf.iter().any(|(_, e)| e.version >= since);
+        if !self
+            .root
+            .nodes
+            .iter()
+            .any(|n| n.leaves.iter().any(|l| stale(l)))
+        {
+            return;
+        }
+        // Copies first (user `Clone`, for what a frozen state shares), then moves.
+        let root = Arc::make_mut(&mut self.root);
+        for n in (0..root.nodes.len()).rev() {
+            if !root.nodes[n].leaves.iter().any(|l| stale(l)) {
+                continue;
+            }
+            let node = Arc::make_mut(&mut root.nodes[n]);
+            for l in (0..node.leaves.len()).rev() {
+                if !stale(&node.leaves[l]) {
+                    continue;
+                }
+                let leaf = Arc::make_mut(&mut node.leaves[l]);
+                for (k, e) in leaf.extract_if(.., |(_, e)| e.version >= since) {
+                    trash.keys.push(k);
+                    trash.entries.push(e);
+                    *removed += 1;
+                    self.len -= 1;
+                }
+                if leaf.is_empty() {
+                    node.leaves.remove(l);
+                    trash.keys.extend(take_sep(&mut node.seps, l));
+                }
+            }
+            if node.leaves.is_empty() {
+                root.nodes.remove(n);
+                trash.keys.extend(take_sep(&mut root.seps, n));
             }
         }
     }
@@ -635,6 +660,18 @@ mod tests {
         }
     }
 
+    fn set(t: &mut OrdTable<u32, u32>, k: u32, v: u32) -> Revert<u32, u32, OrdPos<u32>> {
+        match t.set(0, k, entry(v)) {
+            Applied::Added(at) => Revert::Added(at),
+            Applied::Replaced(at, k, old) => Revert::Replaced(at, k, old),
+        }
+    }
+
+    fn remove(t: &mut OrdTable<u32, u32>, k: u32) -> Revert<u32, u32, OrdPos<u32>> {
+        let (at, k, old) = t.remove(0, k).expect("present");
+        Revert::Removed(at, k, old)
+    }
+
     fn pairs(t: &OrdTable<u32, u32>) -> Vec<(u32, u32)> {
         t.pairs().map(|(k, e)| (*k, e.value)).collect()
     }
@@ -684,7 +721,7 @@ mod tests {
                 x.is_multiple_of(4)
             };
             if insert {
-                t.set(0, k, k, entry(x));
+                set(&mut t, k, x);
                 model.insert(k, x);
             } else {
                 let _ = t.remove(0, k);
@@ -705,7 +742,7 @@ mod tests {
         let mut t = OrdTable::default();
         let mut steps = Vec::new();
         for k in 0..3000 {
-            steps.push(t.set(0, k * 2, k * 2, entry(k)));
+            steps.push(set(&mut t, k * 2, k));
         }
         check(&t);
         let frozen = t.freeze();
@@ -715,11 +752,11 @@ mod tests {
         // Inserts that split leaves and nodes, replacements, removals that empty leaves
         // and nodes.
         for k in 0..2500 {
-            more.push(t.set(0, 1, 1, entry(1000 + k)));
-            more.push(t.set(0, k * 2 + 1, k * 2 + 1, entry(k)));
+            more.push(set(&mut t, 1, 1000 + k));
+            more.push(set(&mut t, k * 2 + 1, k));
         }
         for k in 0..3000 {
-            more.push(t.remove(0, k * 2).expect("present"));
+            more.push(remove(&mut t, k * 2));
         }
         check(&t);
         assert!(t.remove(0, 99_999).is_err());
@@ -739,11 +776,59 @@ mod tests {
     }
 
     #[test]
+    fn taking_out_since_a_version_keeps_the_tree_whole_and_the_frozen_state_as_it_was() {
+        let mut t = OrdTable::default();
+        for k in 0..20_000u32 {
+            t.set(
+                0,
+                k,
+                Entry {
+                    value: k,
+                    version: 1,
+                },
+            );
+        }
+        let frozen = t.freeze();
+        // Later versions: every third key replaced, and a run of new keys that fills
+        // whole leaves and nodes of its own.
+        for k in (0..20_000u32).step_by(3) {
+            t.set(
+                0,
+                k,
+                Entry {
+                    value: 0,
+                    version: 5,
+                },
+            );
+        }
+        for k in 30_000..40_000u32 {
+            t.set(
+                0,
+                k,
+                Entry {
+                    value: k,
+                    version: 6,
+                },
+            );
+        }
+        check(&t);
+        let mut trash = Trash::default();
+        let mut removed = 0;
+        t.take_out_since(5, &mut trash, &mut removed);
+        check(&t);
+        assert_eq!(removed, 20_000usize.div_ceil(3) + 10_000);
+        assert!(t
+            .pairs()
+            .all(|(k, e)| e.version == 1 && k % 3 != 0 && *k < 20_000));
+        assert_eq!(pairs_of(&frozen).count(), 20_000);
+    }
+
+    #[test]
     fn spans_walk_from_both_ends_within_bounds() {
         let mut t = OrdTable::default();
         // Every third key, across many leaves and nodes.
         for k in (0..30_000u32).step_by(3) {
-            t.set(0, k, k, entry(k));
+            set(&mut t, k, k);
         }
         check(&t);
         let root = t.freeze();

@@ -6,14 +6,14 @@
 //! unless 64 bits collide). Growing it rehashes stored `u64`s, never the user's `Hash`,
 //! which could panic in the middle of the standard map's rehash and lose entries. Each
 //! change finds its key first (user `Eq`, reading only) and then changes the shard with
-//! moves alone; it returns a [`Step`] that reverts it exactly, without user code, so a
-//! transaction cut short by a panic is rolled back whole.
+//! moves alone; it returns where it made the change, so that it is reverted exactly,
+//! without user code, and a transaction cut short by a panic is rolled back whole.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use crate::bounds::{Key, Value};
-use crate::kind::Table;
+use crate::kind::{Applied, Revert, Table};
 
 /// One value, with the sequence number of the write that set it (what `transact` checks).
 #[derive(Debug, Clone)]
@@ -130,15 +130,14 @@ impl<K: Eq, V> Bucket<K, V> {
     }
 }
 
-/// Where a change was made in a hash table: the index in the key's bucket, and whether
-/// the key had (or got) a bucket of its own.
+/// Where a change was made in a hash table: the key's hash, the index in its bucket,
+/// and whether the key had (or got) a bucket of its own.
 #[derive(Debug, Clone, Copy)]
 pub struct HashPos {
+    hash: u64,
     index: usize,
     alone: bool,
 }
-
-type Step<K, V> = crate::kind::Step<K, V, HashPos>;
 
 /// What a change let go of: dropped (user `Drop`) only once every lock is released.
 #[derive(Debug)]
@@ -241,50 +240,40 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     }
 
     /// A panic (in `Eq`) comes before anything changes.
-    fn set(&mut self, hash: u64, k: K, copy: K, e: Entry<V>) -> Step<K, V> {
+    fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, HashPos> {
         let found = self.buckets.get(&hash).map(|b| b.find(&k));
         match found {
             None => {
-                self.buckets.insert(hash, Bucket::One(copy, e));
-                Step::Added {
+                self.buckets.insert(hash, Bucket::One(k, e));
+                Applied::Added(HashPos {
                     hash,
-                    key: k,
-                    at: HashPos {
-                        index: 0,
-                        alone: true,
-                    },
-                }
+                    index: 0,
+                    alone: true,
+                })
             }
             Some(None) => {
-                self.bucket(hash).push(copy, e);
-                Step::Added {
+                self.bucket(hash).push(k, e);
+                Applied::Added(HashPos {
                     hash,
-                    key: k,
-                    at: HashPos {
-                        index: 0,
-                        alone: false,
-                    },
-                }
+                    index: 0,
+                    alone: false,
+                })
             }
             Some(Some(index)) => {
-                // `copy` is not needed: the shard keeps its own copy of the key.
-                drop(copy);
+                // The shard keeps its own copy of the key; the caller's goes back.
                 let old = std::mem::replace(self.bucket(hash).entry_mut(index), e);
-                Step::Replaced {
+                let at = HashPos {
                     hash,
-                    key: k,
-                    old,
-                    at: HashPos {
-                        index,
-                        alone: false,
-                    },
-                }
+                    index,
+                    alone: false,
+                };
+                Applied::Replaced(at, k, old)
             }
         }
     }
 
     /// A panic (in `Eq`) comes before anything changes.
-    fn remove(&mut self, hash: u64, k: K) -> Result<Step<K, V>, K> {
+    fn remove(&mut self, hash: u64, k: K) -> Result<(HashPos, K, Entry<V>), K> {
         let Some(Some(index)) = self.buckets.get(&hash).map(|b| b.find(&k)) else {
             return Err(k);
         };
@@ -296,41 +285,35 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
             self.bucket(hash).swap_remove(index)
         };
         drop(k);
-        Ok(Step::Removed {
-            hash,
-            key,
-            old,
-            at: HashPos { index, alone },
-        })
+        Ok((HashPos { hash, index, alone }, key, old))
     }
 
-    fn revert(&mut self, step: Step<K, V>, trash: &mut Trash<K, V>) {
+    fn revert(&mut self, step: Revert<K, V, HashPos>, trash: &mut Trash<K, V>) {
         match step {
-            Step::Added { hash, key, at } => {
-                trash.keys.push(key);
+            Revert::Added(at) => {
                 let pair = if at.alone {
-                    self.buckets.remove(&hash).and_then(Bucket::into_one)
+                    self.buckets.remove(&at.hash).and_then(Bucket::into_one)
                 } else {
-                    self.buckets.get_mut(&hash).and_then(Bucket::pop)
+                    self.buckets.get_mut(&at.hash).and_then(Bucket::pop)
                 };
                 if let Some((k, e)) = pair {
                     trash.keys.push(k);
                     trash.entries.push(e);
                 }
             }
-            Step::Replaced { hash, key, old, at } => {
+            Revert::Replaced(at, key, old) => {
                 trash.keys.push(key);
-                if let Some(b) = self.buckets.get_mut(&hash) {
+                if let Some(b) = self.buckets.get_mut(&at.hash) {
                     trash
                         .entries
                         .push(std::mem::replace(b.entry_mut(at.index), old));
                 }
             }
-            Step::Removed { hash, key, old, at } => {
+            Revert::Removed(at, key, old) => {
                 if at.alone {
-                    self.buckets.insert(hash, Bucket::One(key, old));
+                    self.buckets.insert(at.hash, Bucket::One(key, old));
                 } else {
-                    self.bucket(hash).unswap_remove(at.index, key, old);
+                    self.bucket(at.hash).unswap_remove(at.index, key, old);
                 }
             }
         }
@@ -357,15 +340,38 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
 
     fn take_out(&mut self, hash: u64, k: K, trash: &mut Trash<K, V>) -> bool {
         match self.remove(hash, k) {
-            Ok(Step::Removed { key, old, .. }) => {
+            Ok((_, key, old)) => {
                 trash.keys.push(key);
                 trash.entries.push(old);
                 true
             }
-            Ok(_) => true,
             Err(k) => {
                 trash.keys.push(k);
                 false
+            }
+        }
+    }
+
+    fn take_out_since(&mut self, since: u64, trash: &mut Trash<K, V>, removed: &mut usize) {
+        let mut out = |(k, e): (K, Entry<V>)| {
+            trash.keys.push(k);
+            trash.entries.push(e);
+            *removed += 1;
+        };
+        // Buckets of several keys first (64-bit hashes that collide: nearly never).
+        for b in self.buckets.values_mut() {
+            if let Bucket::Many(v) = b {
+                v.extract_if(.., |(_, e)| e.version >= since)
+                    .for_each(&mut out);
+            }
+        }
+        let gone = self.buckets.extract_if(|_, b| match b {
+            Bucket::One(_, e) => e.version >= since,
+            Bucket::Many(v) => v.is_empty(),
+        });
+        for (_, b) in gone {
+            if let Bucket::One(k, e) = b {
+                out((k, e));
             }
         }
     }
@@ -389,21 +395,33 @@ mod tests {
         v
     }
 
+    fn set(s: &mut Shard<u32, u32>, k: u32, v: u32) -> Revert<u32, u32, HashPos> {
+        match s.set(7, k, entry(v)) {
+            Applied::Added(at) => Revert::Added(at),
+            Applied::Replaced(at, k, old) => Revert::Replaced(at, k, old),
+        }
+    }
+
+    fn remove(s: &mut Shard<u32, u32>, k: u32) -> Revert<u32, u32, HashPos> {
+        let (at, k, old) = s.remove(7, k).expect("present");
+        Revert::Removed(at, k, old)
+    }
+
     #[test]
     fn steps_revert_exactly_in_reverse_order_even_within_one_bucket() {
         // Every key in one bucket: the colliding case is the one with indices.
         let mut s: Shard<u32, u32> = Shard::default();
         let mut steps = Vec::new();
         for k in 0..4 {
-            steps.push(s.set(7, k, k, entry(k)));
+            steps.push(set(&mut s, k, k));
         }
         let before = pairs(&s);
         let mut trash = Trash::default();
         let mut more = vec![
-            s.remove(7, 1).expect("present"),
-            s.set(7, 3, 3, entry(30)),
-            s.set(7, 9, 9, entry(90)),
-            s.remove(7, 0).expect("present"),
+            remove(&mut s, 1),
+            set(&mut s, 3, 30),
+            set(&mut s, 9, 90),
+            remove(&mut s, 0),
         ];
         assert!(s.remove(7, 42).is_err());
         assert_eq!(pairs(&s), [(2, 2), (3, 30), (9, 90)]);
@@ -421,8 +439,8 @@ mod tests {
     fn put_back_and_take_out_undo_by_key() {
         let mut s: Shard<u32, u32> = Shard::default();
         let mut trash = Trash::default();
-        let _ = s.set(1, 5, 5, entry(5));
-        let _ = s.set(1, 6, 6, entry(6));
+        let _ = s.set(1, 5, entry(5));
+        let _ = s.set(1, 6, entry(6));
         assert!(s.put_back(1, 5, entry(50), &mut trash));
         assert!(!s.put_back(2, 8, entry(8), &mut trash));
         assert!(s.take_out(1, 6, &mut trash));
@@ -430,5 +448,19 @@ mod tests {
         assert_eq!(pairs(&s), [(5, 50), (8, 8)]);
         assert_eq!(s.get(1, &5).map(|e| e.value), Some(50));
         assert!(s.get(1, &6).is_none());
+    }
+
+    #[test]
+    fn take_out_since_takes_the_newer_versions_even_within_one_bucket() {
+        let mut s: Shard<u32, u32> = Shard::default();
+        let versioned = |value, version| Entry { value, version };
+        for (k, hash, version) in [(1, 1, 3), (2, 1, 5), (3, 2, 5), (4, 3, 4), (5, 3, 6)] {
+            let _ = s.set(hash, k, versioned(k, version));
+        }
+        let (mut trash, mut removed) = (Trash::default(), 0);
+        s.take_out_since(5, &mut trash, &mut removed);
+        assert_eq!(removed, 3);
+        assert_eq!(pairs(&s), [(1, 1), (4, 4)]);
+        assert_eq!(trash.keys.len(), 3);
     }
 }

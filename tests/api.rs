@@ -301,3 +301,39 @@ fn the_writer_rebuilds_on_its_own_when_the_file_outgrows_the_data() -> Result<()
     db.close()?;
     Ok(())
 }
+
+/// `extend` loads in chunks of `EXTEND_CHUNK` keys, each atomic; a pair that cannot be
+/// stored stops it after the chunks before, which stay (and are durable).
+#[test]
+fn extend_loads_chunk_by_chunk_in_both_maps_and_stops_at_a_refused_pair() -> Result<()> {
+    let dir = TempDir::new("extend")?;
+    let chunk = u32::try_from(ptvp35::EXTEND_CHUNK)?;
+    let n = chunk * 2 + 10;
+    let len = |k: u32| usize::try_from(k).unwrap_or(usize::MAX);
+    let p = dir.join("hashed.db");
+    let db = DbConnection::<u32, f64>::open(&p)?;
+    db.set(5, -1.0)?;
+    db.extend((0..n).map(|i| (i, f64::from(i))))?;
+    ensure!(db.len() == len(n) && db.get(&5) == Some(5.0));
+    db.close()?;
+    let db = DbConnection::<u32, f64>::open(&p)?;
+    ensure!(db.len() == len(n) && db.get(&(n - 1)) == Some(f64::from(n - 1)));
+    // A NaN in the second chunk: the first chunk goes in, nothing of the second.
+    let bad = n + chunk + 3;
+    let r = db.extend((n..2 * n).map(|i| (i, if i == bad { f64::NAN } else { 1.0 })));
+    ensure!(matches!(r, Err(Error::Serialize { .. })), "{r:?}");
+    db.commit()?;
+    ensure!(db.len() == len(n + chunk));
+    db.close()?;
+    let db = DbConnection::<u32, f64>::open(&p)?;
+    ensure!(db.len() == len(n + chunk));
+    db.close()?;
+
+    let p = dir.join("ordered.db");
+    let db = DbConnection::<u32, u32, ptvp35::Ordered>::open(&p)?;
+    db.extend((0..n).rev().map(|i| (i, i * 2)))?;
+    ensure!(db.iter().map(|(k, _)| k).eq(0..n), "key order");
+    ensure!(db.first() == Some((0, 0)));
+    db.close()?;
+    Ok(())
+}

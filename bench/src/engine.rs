@@ -15,12 +15,22 @@ pub fn path(dir: &Path) -> PathBuf {
 
 pub struct Engine {
     pub db: DbConnection<String, Val>,
+    /// Bulk loads through `DbConnection::extend` instead of one `Delta`.
+    extend: bool,
 }
 
 impl Engine {
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Engine {
             db: DbConnection::open(path(dir))?,
+            extend: false,
+        })
+    }
+
+    pub fn open_extend(dir: &Path) -> Result<Self> {
+        Ok(Engine {
+            db: DbConnection::open(path(dir))?,
+            extend: true,
         })
     }
 }
@@ -53,6 +63,10 @@ impl Store for Engine {
         Ok(Box::new(EngineHandle(&self.db)))
     }
     fn load(&mut self, items: &mut dyn Iterator<Item = (String, Val)>) -> Result<()> {
+        if self.extend {
+            self.db.extend(items)?;
+            return Ok(());
+        }
         let mut d = Delta::new();
         for (k, v) in items {
             d.set(k, v)?;

@@ -46,6 +46,8 @@ pub trait Store: Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Ptvp35,
+    /// ptvp35's bulk API, `DbConnection::extend` (chunked transactions).
+    Ptvp35Extend,
     Redb,
     Sled,
     Sqlite,
@@ -62,8 +64,9 @@ pub enum Kind {
     Ndjson,
 }
 
-pub const ALL: [Kind; 11] = [
+pub const ALL: [Kind; 12] = [
     Kind::Ptvp35,
+    Kind::Ptvp35Extend,
     Kind::Redb,
     Kind::Sled,
     Kind::Sqlite,
@@ -80,6 +83,7 @@ impl Kind {
     pub fn id(self) -> &'static str {
         match self {
             Kind::Ptvp35 => "ptvp35",
+            Kind::Ptvp35Extend => "ptvp35-extend",
             Kind::Redb => "redb",
             Kind::Sled => "sled",
             Kind::Sqlite => "sqlite",
@@ -101,6 +105,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Ptvp35 => "ptvp35",
+            Kind::Ptvp35Extend => "ptvp35 `extend`",
             Kind::Redb => "redb 4",
             Kind::Sled => "sled 0.34 ¹",
             Kind::Sqlite => "SQLite (WAL, FULL)",
@@ -137,6 +142,7 @@ pub fn open(kind: Kind, dir: &Path) -> Result<Box<dyn Store>> {
     std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
     Ok(match kind {
         Kind::Ptvp35 => Box::new(crate::engine::Engine::open(dir)?),
+        Kind::Ptvp35Extend => Box::new(crate::engine::Engine::open_extend(dir)?),
         Kind::Redb => Box::new(RedbStore::open(dir)?),
         Kind::Sled => Box::new(SledStore::open(dir)?),
         Kind::Sqlite => Box::new(SqliteStore::open(dir)?),

@@ -526,8 +526,9 @@ fn child(args: &[String]) -> Result<ChildOut> {
     Ok(serde_json::from_str(line)?)
 }
 
-const BULK_KINDS: [Kind; 7] = [
+const BULK_KINDS: [Kind; 8] = [
     Kind::Ptvp35,
+    Kind::Ptvp35Extend,
     Kind::Redb,
     Kind::Sqlite,
     Kind::PickledbFsync,
@@ -630,6 +631,20 @@ pub fn reopen(cfg: &Cfg) -> Result<()> {
             2,
         ),
     ];
+    // The limit at ptvp35's default parse threads (the cores, at most 8), where that is
+    // not one of the rows above.
+    let mut rows = rows;
+    let cores = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(ptvp35::MAX_DEFAULT_PARSE_THREADS);
+    if cores > 2 {
+        rows.push((
+            format!("limit: serde_json → typed HashMap, {cores} threads"),
+            Kind::Ndjson,
+            Kind::Ndjson,
+            cores,
+        ));
+    }
     for (_, _, d, _) in &rows {
         let dir = bulk_dir(cfg, *d);
         let marker = dir.join(".complete");

@@ -411,7 +411,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             }
         }
         let mut set = ShardSet::default();
-        let mut per_shard = [0u32; SHARDS];
+        let mut per_shard = [0usize; SHARDS];
         for c in &changes {
             let i = shard_index(c.hash);
             set.insert(i);
@@ -458,7 +458,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         if bulk {
             // Grow each shard once, not step by step.
             for (i, g) in &mut guards {
-                g.reserve(per_shard[*i] as usize);
+                g.reserve(per_shard[*i]);
             }
         }
         // 3. Apply, step by step; a panic (user `Eq`) reverts the steps taken.
@@ -643,12 +643,12 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
 
 /// `changes` in shard order (stable: the changes of one key keep their order), each moved
 /// into place along the cycles of the permutation. `per_shard` counts them.
-fn by_shard<K, V>(changes: Vec<Change<K, V>>, per_shard: &[u32; SHARDS]) -> Vec<Change<K, V>> {
+fn by_shard<K, V>(changes: Vec<Change<K, V>>, per_shard: &[usize; SHARDS]) -> Vec<Change<K, V>> {
     let mut next = [0usize; SHARDS];
     let mut at = 0;
     for (s, n) in next.iter_mut().zip(per_shard) {
         *s = at;
-        at += *n as usize;
+        at += *n;
     }
     // Where each change goes.
     let mut to: Vec<usize> = changes

@@ -21,6 +21,7 @@ pub fn main(args: &[String]) -> Result<()> {
             Path::new(dir),
             n.parse().context("key count")?,
         ),
+        [what, dir] if what == "rebuild" => rebuild(Path::new(dir)),
         [what, kind, dir, values, threads] if what == "reopen" => {
             let (kind, dir) = (kind_of(kind)?, Path::new(dir));
             let threads = threads.parse().context("threads")?;
@@ -47,6 +48,19 @@ fn bulk(kind: Kind, dir: &Path, n: u64) -> Result<()> {
     let bytes = tree_size(dir);
     std::fs::write(dir.join(".complete"), b"")?;
     println!("RESULT {{\"secs\":{secs},\"bytes\":{bytes},\"hwm_kib\":{hwm}}}");
+    Ok(())
+}
+
+/// Open the ptvp35 database in `dir`, rebuild it once; report the rebuild's time and the
+/// peak RSS of the whole process (open included).
+fn rebuild(dir: &Path) -> Result<()> {
+    let db = ptvp35::DbConnection::<String, crate::data::Val>::open(crate::engine::path(dir))?;
+    let t = Instant::now();
+    db.compact()?;
+    let secs = t.elapsed().as_secs_f64();
+    let hwm = proc_kib("VmHWM");
+    db.close()?;
+    println!("RESULT {{\"secs\":{secs},\"hwm_kib\":{hwm}}}");
     Ok(())
 }
 

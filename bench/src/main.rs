@@ -1,15 +1,16 @@
 //! ptvp35 against its peers and the physical limits (issue 5).
 //!
 //! `cargo run --release --manifest-path bench/Cargo.toml -- [--quick] [--reps N]
-//! [--dir DIR] [--svg FILE] [commits] [txn] [reads] [bulk] [reopen] [rebuild] [encode]
-//! [ordered]`
+//! [--dir DIR] [--svg FILE] [--scale-svg FILE] [--scale-10m] [commits] [txn] [reads] [bulk]
+//! [reopen] [rebuild] [encode] [scale] [ordered]`
 
 mod child;
 mod data;
 mod encode;
-mod ordered;
 mod engine;
+mod ordered;
 mod report;
+mod scale;
 mod stores;
 mod workloads;
 
@@ -19,17 +20,20 @@ use anyhow::{bail, Context, Result};
 
 use workloads::Cfg;
 
-const WORKLOADS: [&str; 8] = [
-    "commits", "txn", "reads", "bulk", "reopen", "rebuild", "encode", "ordered",
+const WORKLOADS: [&str; 9] = [
+    "commits", "txn", "reads", "bulk", "reopen", "rebuild", "encode", "scale", "ordered",
 ];
 
 const USAGE: &str =
     "usage: ptvp35-bench [--quick] [--reps N] [--dir DIR] [--svg FILE] [WORKLOAD...]
-workloads: commits txn reads bulk reopen rebuild encode ordered (default: all)
-  --quick      fewer keys and shorter runs (100k-key bulk database, 0.3 s runs)
+workloads: commits txn reads bulk reopen rebuild encode scale ordered (default: all)
+  --quick      fewer keys and shorter runs (100k-key bulk database, 0.3 s runs;
+               scale: 10k, 100k and 1M keys)
   --reps N     repetitions of every measurement (default 3, at least 3 for a median)
   --dir DIR    where the databases go (default: a fresh directory under /tmp)
-  --svg FILE   where the commits plot goes (default docs/bench-commits.svg)";
+  --svg FILE   where the commits plot goes (default docs/bench-commits.svg)
+  --scale-svg FILE  where the scale plot goes (default docs/bench-scale.svg)
+  --scale-10m  scale also to 10M keys (about 6 GiB of memory and 1.5 GB of disk)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +53,8 @@ fn bench(args: &[String]) -> Result<()> {
     let mut reps = 3;
     let mut dir = None;
     let mut svg = PathBuf::from("docs/bench-commits.svg");
+    let mut scale_svg = PathBuf::from("docs/bench-scale.svg");
+    let mut scale_10m = false;
     let mut chosen: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -63,6 +69,10 @@ fn bench(args: &[String]) -> Result<()> {
             }
             "--dir" => dir = Some(PathBuf::from(it.next().context("--dir needs a path")?)),
             "--svg" => svg = PathBuf::from(it.next().context("--svg needs a path")?),
+            "--scale-svg" => {
+                scale_svg = PathBuf::from(it.next().context("--scale-svg needs a path")?);
+            }
+            "--scale-10m" => scale_10m = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -88,6 +98,12 @@ fn bench(args: &[String]) -> Result<()> {
         read_secs: if quick { 0.2 } else { 0.5 },
         bulk_keys: if quick { 100_000 } else { 1_000_000 },
         read_keys: 100_000,
+        scale_keys: match (quick, scale_10m) {
+            (true, _) => vec![10_000, 100_000, 1_000_000],
+            (false, false) => vec![100_000, 1_000_000],
+            (false, true) => vec![100_000, 1_000_000, 10_000_000],
+        },
+        scale_svg,
     };
     println!(
         "## ptvp35 benchmark\n\n`{}` · {} · {} cores · {} repetitions · databases in {}",
@@ -112,6 +128,7 @@ fn bench(args: &[String]) -> Result<()> {
             "bulk" => workloads::bulk(&cfg),
             "reopen" => workloads::reopen(&cfg),
             "encode" => encode::encode(&cfg),
+            "scale" => scale::scale(&cfg),
             "ordered" => ordered::ordered(&cfg),
             _ => workloads::rebuild(&cfg),
         };

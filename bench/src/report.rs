@@ -154,6 +154,17 @@ fn esc(s: &str) -> String {
 
 /// Durable commits/s against threads, both axes logarithmic.
 pub fn svg(title: &str, threads: &[usize], series: &[Series]) -> String {
+    svg_axes(
+        title,
+        threads,
+        ("committing threads", "durable commits/s (log)"),
+        series,
+    )
+}
+
+/// One value per x against x (`xs`, the x ticks), both axes logarithmic; `labels` names
+/// the x and y axes.
+pub fn svg_axes(title: &str, threads: &[usize], labels: (&str, &str), series: &[Series]) -> String {
     let (w, h) = (820.0, 480.0);
     let (left, right, top, bottom) = (80.0, 250.0, 40.0, 60.0);
     let pw = w - left - right;
@@ -222,8 +233,9 @@ pub fn svg(title: &str, threads: &[usize], series: &[Series]) -> String {
         );
         let _ = writeln!(
             s,
-            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{t}</text>"#,
-            top + ph + 18.0
+            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            top + ph + 18.0,
+            num(t as f64).replace(".00", "")
         );
     }
     let _ = writeln!(
@@ -232,15 +244,17 @@ pub fn svg(title: &str, threads: &[usize], series: &[Series]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">committing threads</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         left + pw / 2.0,
-        h - 18.0
+        h - 18.0,
+        esc(labels.0)
     );
     let _ = writeln!(
         s,
-        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">durable commits/s (log)</text>"#,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
         top + ph / 2.0,
-        top + ph / 2.0
+        top + ph / 2.0,
+        esc(labels.1)
     );
     for (i, se) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];

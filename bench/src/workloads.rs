@@ -28,6 +28,10 @@ pub struct Cfg {
     pub bulk_keys: u64,
     /// Keys in the read database.
     pub read_keys: u64,
+    /// Key counts of the scale workload.
+    pub scale_keys: Vec<u64>,
+    /// Where the scale plot goes.
+    pub scale_svg: PathBuf,
 }
 
 /// Keys the commit workloads overwrite at random (prefilled first, so that stores which
@@ -504,7 +508,7 @@ pub struct ChildOut {
     pub rss_kib: u64,
 }
 
-fn child(args: &[String]) -> Result<ChildOut> {
+pub fn child(args: &[String]) -> Result<ChildOut> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .arg("__child")

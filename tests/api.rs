@@ -5,12 +5,12 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{ensure, Result};
-use common::TempDir;
+use common::{TempDir, TestDb};
 use ptvp35::{DbConnection, Delta, Error, Options};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct UserId {
     org: String,
     n: u32,
@@ -29,17 +29,17 @@ fn round_trips_every_kind_of_key_and_value_across_reopen() -> Result<()> {
     let dir = TempDir::new("kinds")?;
 
     let p = dir.join("strings.db");
-    let db = DbConnection::<String, i64>::open(&p)?;
+    let db = TestDb::<String, i64>::open(&p)?;
     db.set("ä \"quoted\"\n line".into(), -5)?;
     db.set(String::new(), i64::MAX)?;
     db.close()?;
-    let db = DbConnection::<String, i64>::open(&p)?;
+    let db = TestDb::<String, i64>::open(&p)?;
     ensure!(db.get("ä \"quoted\"\n line") == Some(-5));
     ensure!(db.get(&String::new()) == Some(i64::MAX));
     db.close()?;
 
     let p = dir.join("tuples.db");
-    let db = DbConnection::<(String, String), serde_json::Value>::open(&p)?;
+    let db = TestDb::<(String, String), serde_json::Value>::open(&p)?;
     db.set(
         ("tuple".into(), "example".into()),
         json!({"dict": "example", "n": [1, 2.5, null]}),
@@ -50,7 +50,7 @@ fn round_trips_every_kind_of_key_and_value_across_reopen() -> Result<()> {
         text.starts_with(r#"{"key":["tuple","example"],"value":{"#),
         "tuples are JSON arrays: {text}"
     );
-    let db = DbConnection::<(String, String), serde_json::Value>::open(&p)?;
+    let db = TestDb::<(String, String), serde_json::Value>::open(&p)?;
     ensure!(
         db.get(&("tuple".into(), "example".into()))
             == Some(json!({"dict": "example", "n": [1, 2.5, null]}))
@@ -68,21 +68,21 @@ fn round_trips_every_kind_of_key_and_value_across_reopen() -> Result<()> {
         score: 0.1 + 0.2,
         extra: Some(BTreeMap::from([("x".into(), -1)])),
     };
-    let db = DbConnection::<UserId, Profile>::open(&p)?;
+    let db = TestDb::<UserId, Profile>::open(&p)?;
     db.set(id.clone(), profile.clone())?;
     db.close()?;
-    let db = DbConnection::<UserId, Profile>::open(&p)?;
+    let db = TestDb::<UserId, Profile>::open(&p)?;
     ensure!(db.get(&id) == Some(profile), "floats round-trip exactly");
     db.close()?;
 
     let p = dir.join("options.db");
-    let db = DbConnection::<u64, Option<u8>>::open(&p)?;
+    let db = TestDb::<u64, Option<u8>>::open(&p)?;
     db.set(1, None)?;
     db.set(2, Some(2))?;
     db.set(3, Some(3))?;
     db.remove(&3)?;
     db.close()?;
-    let db = DbConnection::<u64, Option<u8>>::open(&p)?;
+    let db = TestDb::<u64, Option<u8>>::open(&p)?;
     ensure!(db.get(&1) == Some(None), "a null value is not a removal");
     ensure!(db.get(&2) == Some(Some(2)));
     ensure!(db.get(&3).is_none() && db.len() == 2);
@@ -94,7 +94,7 @@ fn round_trips_every_kind_of_key_and_value_across_reopen() -> Result<()> {
 fn reads_see_writes_at_once_and_nowait_writes_become_durable_on_commit() -> Result<()> {
     let dir = TempDir::new("nowait")?;
     let p = dir.join("d.db");
-    let db = DbConnection::<u32, String>::open(&p)?;
+    let db = TestDb::<u32, String>::open(&p)?;
     ensure!(db.is_empty());
     db.set_nowait(1, "one".into())?;
     db.set_nowait(2, "two".into())?;
@@ -109,7 +109,7 @@ fn reads_see_writes_at_once_and_nowait_writes_become_durable_on_commit() -> Resu
     // A crash image taken now holds what commit made durable.
     let copy = dir.join("copy.db");
     common::crash_image(&p, &copy)?;
-    let img = DbConnection::<u32, String>::open(&copy)?;
+    let img = TestDb::<u32, String>::open(&copy)?;
     ensure!(img.get(&1).as_deref() == Some("one") && img.len() == 1);
     img.close()?;
     db.close()?;
@@ -120,7 +120,7 @@ fn reads_see_writes_at_once_and_nowait_writes_become_durable_on_commit() -> Resu
 fn refused_values_change_nothing_and_the_database_keeps_working() -> Result<()> {
     let dir = TempDir::new("refused")?;
     let p = dir.join("r.db");
-    let db = DbConnection::<String, serde_json::Value>::open(&p)?;
+    let db = TestDb::<String, serde_json::Value>::open(&p)?;
     db.set("ok".into(), json!(1))?;
     let len_before = std::fs::metadata(&p)?.len();
 
@@ -135,7 +135,7 @@ fn refused_values_change_nothing_and_the_database_keeps_working() -> Result<()> 
     typed.close()?;
 
     // NaN would be written as null and not read back as a float.
-    let floats = DbConnection::<String, Vec<f64>>::open(dir.join("f.db"))?;
+    let floats = TestDb::<String, Vec<f64>>::open(dir.join("f.db"))?;
     let e = floats.set("k".into(), vec![1.0, f64::NAN]);
     ensure!(matches!(e, Err(Error::Serialize { .. })), "{e:?}");
     ensure!(e
@@ -158,18 +158,18 @@ fn refused_values_change_nothing_and_the_database_keeps_working() -> Result<()> 
 fn second_open_is_refused_and_close_releases_the_lock() -> Result<()> {
     let dir = TempDir::new("lock")?;
     let p = dir.join("l.db");
-    let db = DbConnection::<u8, u8>::open(&p)?;
-    match DbConnection::<u8, u8>::open(&p) {
+    let db = TestDb::<u8, u8>::open(&p)?;
+    match TestDb::<u8, u8>::open(&p) {
         Err(Error::Locked { path }) => ensure!(path == p),
         other => anyhow::bail!("expected Locked, got {other:?}"),
     }
-    let msg = DbConnection::<u8, u8>::open(&p)
+    let msg = TestDb::<u8, u8>::open(&p)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     ensure!(msg.contains("locked by another owner"), "{msg}");
     db.close()?;
-    let again = DbConnection::<u8, u8>::open(&p)?;
+    let again = TestDb::<u8, u8>::open(&p)?;
     again.close()?;
     Ok(())
 }
@@ -181,10 +181,14 @@ fn second_open_from_another_process_is_refused() -> Result<()> {
     }
     let dir = TempDir::new("lockproc")?;
     let p = dir.join("l.db");
-    let db = DbConnection::<u8, u8>::open(&p)?;
+    let db = TestDb::<u8, u8>::open(&p)?;
     // The `locked_child` test, run in a child process, tries to open `p`.
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["--exact", "locked_child", "--nocapture"])
+        .args([
+            "--exact",
+            &common::test_name(module_path!(), "locked_child"),
+            "--nocapture",
+        ])
         .env("PTVP35_LOCK_CHILD", &p)
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -198,7 +202,7 @@ fn locked_child() {
     let Some(p) = std::env::var_os("PTVP35_LOCK_CHILD") else {
         return;
     };
-    match DbConnection::<u8, u8>::open(p) {
+    match TestDb::<u8, u8>::open(p) {
         Err(Error::Locked { .. }) => println!("child: locked"),
         other => println!("child: unexpected {other:?}"),
     }
@@ -208,7 +212,7 @@ fn locked_child() {
 fn clean_close_leaves_only_the_main_file() -> Result<()> {
     let dir = TempDir::new("close")?;
     let p = dir.join("c.db");
-    let db = DbConnection::<u32, u32>::open(&p)?;
+    let db = TestDb::<u32, u32>::open(&p)?;
     ensure!(
         dir.files()? == ["c.db", "c.db.truncate", "c.db.truncate_flag"],
         "a session holds its truncate marker: {:?}",
@@ -223,11 +227,11 @@ fn clean_close_leaves_only_the_main_file() -> Result<()> {
     ensure!(dir.files()? == ["c.db"], "{:?}", dir.files()?);
 
     // Drop without close does the same.
-    let db = DbConnection::<u32, u32>::open(&p)?;
+    let db = TestDb::<u32, u32>::open(&p)?;
     db.set_nowait(5000, 5)?;
     drop(db);
     ensure!(dir.files()? == ["c.db"], "{:?}", dir.files()?);
-    let db = DbConnection::<u32, u32>::open(&p)?;
+    let db = TestDb::<u32, u32>::open(&p)?;
     ensure!(db.get(&5000) == Some(5) && db.len() == 102);
     db.close()?;
     Ok(())
@@ -239,7 +243,7 @@ fn compaction_keeps_data_and_shrinks_the_file() -> Result<()> {
     let p = dir.join("k.db");
     let db = Options::new()
         .compact_ratio(f64::INFINITY)
-        .open::<u32, String>(&p)?;
+        .open_as::<u32, String, common::Kind>(&p)?;
     for round in 0..20 {
         for i in 0..100 {
             db.set_nowait(i, format!("round {round}"))?;
@@ -256,7 +260,7 @@ fn compaction_keeps_data_and_shrinks_the_file() -> Result<()> {
     );
     db.set(7, "after".into())?;
     db.close()?;
-    let db = DbConnection::<u32, String>::open(&p)?;
+    let db = TestDb::<u32, String>::open(&p)?;
     ensure!(db.len() == 100);
     ensure!(db.get(&7).as_deref() == Some("after"));
     ensure!(db.get(&8).as_deref() == Some("round 19"));
@@ -271,7 +275,7 @@ fn the_writer_rebuilds_on_its_own_when_the_file_outgrows_the_data() -> Result<()
     let db = Options::new()
         .compact_ratio(3.0)
         .compact_floor(4096)
-        .open::<u32, u64>(&p)?;
+        .open_as::<u32, u64, common::Kind>(&p)?;
     for i in 0..2000u64 {
         db.set(u32::try_from(i % 10)?, i)?;
     }
@@ -296,7 +300,7 @@ fn the_writer_rebuilds_on_its_own_when_the_file_outgrows_the_data() -> Result<()
         s = db.stats();
     }
     db.close()?;
-    let db = DbConnection::<u32, u64>::open(&p)?;
+    let db = TestDb::<u32, u64>::open(&p)?;
     ensure!(db.get(&9) == Some(1999) && db.len() == 11);
     db.close()?;
     Ok(())
@@ -311,12 +315,12 @@ fn extend_loads_chunk_by_chunk_in_both_maps_and_stops_at_a_refused_pair() -> Res
     let n = chunk * 2 + 10;
     let len = |k: u32| usize::try_from(k).unwrap_or(usize::MAX);
     let p = dir.join("hashed.db");
-    let db = DbConnection::<u32, f64>::open(&p)?;
+    let db = TestDb::<u32, f64>::open(&p)?;
     db.set(5, -1.0)?;
     db.extend((0..n).map(|i| (i, f64::from(i))))?;
     ensure!(db.len() == len(n) && db.get(&5) == Some(5.0));
     db.close()?;
-    let db = DbConnection::<u32, f64>::open(&p)?;
+    let db = TestDb::<u32, f64>::open(&p)?;
     ensure!(db.len() == len(n) && db.get(&(n - 1)) == Some(f64::from(n - 1)));
     // A NaN in the second chunk: the first chunk goes in, nothing of the second.
     let bad = n + chunk + 3;
@@ -325,15 +329,24 @@ fn extend_loads_chunk_by_chunk_in_both_maps_and_stops_at_a_refused_pair() -> Res
     db.commit()?;
     ensure!(db.len() == len(n + chunk));
     db.close()?;
-    let db = DbConnection::<u32, f64>::open(&p)?;
+    let db = TestDb::<u32, f64>::open(&p)?;
     ensure!(db.len() == len(n + chunk));
     db.close()?;
 
     let p = dir.join("ordered.db");
-    let db = DbConnection::<u32, u32, ptvp35::Ordered>::open(&p)?;
+    let db = ptvp35::DbConnection::<u32, u32, ptvp35::Ordered>::open(&p)?;
     db.extend((0..n).rev().map(|i| (i, i * 2)))?;
     ensure!(db.iter().map(|(k, _)| k).eq(0..n), "key order");
     ensure!(db.first() == Some((0, 0)));
     db.close()?;
     Ok(())
+}
+
+/// The `_ordered` build of this suite runs on the ordered map, the other on the hash map.
+#[test]
+fn this_build_runs_on_the_map_its_name_says() {
+    let ordered = env!("CARGO_CRATE_NAME").ends_with("_ordered");
+    let kind = std::any::type_name::<common::Kind>();
+    assert_eq!(kind.ends_with("Ordered"), ordered, "{kind}");
+    assert_eq!(kind.ends_with("Hashed"), !ordered, "{kind}");
 }

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use common::TempDir;
+use common::{TempDir, TestDb};
 use parking_lot::Mutex;
-use ptvp35::{DbConnection, Error, Options};
+use ptvp35::{Error, Options};
 
-type Db = DbConnection<u32, u32>;
+type Db = TestDb<u32, u32>;
 
 /// The two keys every transaction sets to one value.
 const PAIR: (u32, u32) = (1_000_000, 2_000_003);
@@ -40,7 +40,7 @@ fn a_backup_under_four_writers_holds_every_acknowledged_write() -> Result<()> {
     let dir = TempDir::new("backup-load")?;
     let db = Options::new()
         .compact_floor(64 << 10)
-        .open::<u32, u32>(dir.join("live.db"))?;
+        .open_as::<u32, u32, common::Kind>(dir.join("live.db"))?;
     let acked = Mutex::new(HashMap::new());
     let (stop, round) = (AtomicBool::new(false), AtomicU32::new(0));
     std::thread::scope(|s| -> Result<()> {
@@ -72,7 +72,9 @@ fn a_backup_under_four_writers_holds_every_acknowledged_write() -> Result<()> {
                 db.backup_to(&dest)?;
                 // Writers may have overwritten a key since; the copy keeps what was acked
                 // at the call, or a later value of the same writer.
-                let copy = Options::new().read_only(true).open::<u32, u32>(&dest)?;
+                let copy = Options::new()
+                    .read_only(true)
+                    .open_as::<u32, u32, common::Kind>(&dest)?;
                 for (k, v) in &before {
                     let got = copy.get(k);
                     ensure!(
@@ -115,12 +117,14 @@ fn a_read_only_handle_backs_up_what_it_shows_and_refuses_its_own_path() -> Resul
     let path = dir.join("d.db");
     let db = Db::open(&path)?;
     db.set(1, 10)?;
-    let reader = Options::new().read_only(true).open::<u32, u32>(&path)?;
+    let reader = Options::new()
+        .read_only(true)
+        .open_as::<u32, u32, common::Kind>(&path)?;
     db.set(2, 20)?;
     reader.backup_to(dir.join("copy.db"))?;
     let copy = Options::new()
         .read_only(true)
-        .open::<u32, u32>(dir.join("copy.db"))?;
+        .open_as::<u32, u32, common::Kind>(dir.join("copy.db"))?;
     ensure!(copy.snapshot() == HashMap::from([(1, 10)]));
     ensure!(matches!(
         db.backup_to(&path),

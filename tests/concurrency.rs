@@ -3,14 +3,13 @@
 mod common;
 
 use anyhow::{ensure, Result};
-use common::TempDir;
-use ptvp35::DbConnection;
+use common::{TempDir, TestDb};
 
 #[test]
 fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
     let dir = TempDir::new("disjoint")?;
     let p = dir.join("d.db");
-    let db = DbConnection::<(u32, u32), String>::open(&p)?;
+    let db = TestDb::<(u32, u32), String>::open(&p)?;
     std::thread::scope(|s| -> Result<()> {
         let handles: Vec<_> = (0..8u32)
             .map(|t| {
@@ -29,7 +28,7 @@ fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
         Ok(())
     })?;
     db.close()?;
-    let db = DbConnection::<(u32, u32), String>::open(&p)?;
+    let db = TestDb::<(u32, u32), String>::open(&p)?;
     ensure!(db.len() == 1600);
     for t in 0..8 {
         for i in 0..200 {
@@ -50,7 +49,7 @@ fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
 #[test]
 fn concurrent_durable_writes_are_counted_one_sync_per_batch() -> Result<()> {
     let dir = TempDir::new("group")?;
-    let db = DbConnection::<u32, u32>::open(dir.join("g.db"))?;
+    let db = TestDb::<u32, u32>::open(dir.join("g.db"))?;
     let threads = 16;
     let per = 100;
     std::thread::scope(|s| -> Result<()> {
@@ -85,7 +84,7 @@ fn concurrent_durable_writes_are_counted_one_sync_per_batch() -> Result<()> {
 #[test]
 fn readers_never_see_half_a_transaction() -> Result<()> {
     let dir = TempDir::new("atomic")?;
-    let db = DbConnection::<u32, u64>::open(dir.join("a.db"))?;
+    let db = TestDb::<u32, u64>::open(dir.join("a.db"))?;
     let mut d = ptvp35::Delta::new();
     for k in 0..10 {
         d.set(k, 0)?;
@@ -130,7 +129,7 @@ fn readers_never_see_half_a_transaction() -> Result<()> {
 fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
     let dir = TempDir::new("rebuildrace")?;
     let p = dir.join("r.db");
-    let db = DbConnection::<String, i64>::open(&p)?;
+    let db = TestDb::<String, i64>::open(&p)?;
     let mut d = ptvp35::Delta::new();
     for i in 0..10 {
         d.set(format!("acct{i}"), 1000)?;
@@ -182,14 +181,14 @@ fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
         ensure!(rebuilds >= 1);
         Ok(())
     })?;
-    let total = |db: &DbConnection<String, i64>| -> i64 {
+    let total = |db: &TestDb<String, i64>| -> i64 {
         (0..10).filter_map(|i| db.get(&format!("acct{i}"))).sum()
     };
     ensure!(total(&db) == 10_000);
     ensure!(db.len() == 20_010);
     println!("{} rebuilds during 1200 transfers", db.stats().rebuilds);
     db.close()?;
-    let db = DbConnection::<String, i64>::open(&p)?;
+    let db = TestDb::<String, i64>::open(&p)?;
     ensure!(total(&db) == 10_000, "after reopen: {}", total(&db));
     ensure!(db.len() == 20_010);
     db.close()?;

@@ -12,10 +12,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::TempDir;
-use ptvp35::{DbConnection, Delta, Error, Options};
+use common::{TempDir, TestDb};
+use ptvp35::{Delta, Error, Options};
 
-type Db = DbConnection<u32, String>;
+type Db = TestDb<u32, String>;
 
 const CHILD_ENV: &str = "PTVP35_READERS_CHILD";
 
@@ -85,7 +85,7 @@ impl Owner {
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "--exact",
-                "readers_child",
+                &common::test_name(module_path!(), "readers_child"),
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -132,7 +132,7 @@ impl Owner {
 }
 
 fn read_only(path: &Path) -> Result<Db> {
-    Ok(Options::new().read_only(true).open(path)?)
+    Ok(Options::new().read_only(true).open_as(path)?)
 }
 
 fn expect(db: &Db, want: &BTreeMap<u32, String>) -> Result<()> {
@@ -352,7 +352,10 @@ fn a_read_only_open_needs_read_permission_only() -> Result<()> {
 fn a_read_only_open_of_nothing_creates_nothing() -> Result<()> {
     let dir = TempDir::new("readers-none")?;
     let path = dir.join("d.db");
-    match Options::new().read_only(true).open::<u32, String>(&path) {
+    match Options::new()
+        .read_only(true)
+        .open_as::<u32, String, common::Kind>(&path)
+    {
         Err(Error::NotFound { .. }) => {}
         other => bail!("{other:?}"),
     }
@@ -374,9 +377,11 @@ fn a_refreshing_reader_never_sees_part_of_a_transaction() -> Result<()> {
     let path = dir.join("d.db");
     let owner = Options::new()
         .compact_floor(16 << 10)
-        .open::<u32, u32>(&path)?;
+        .open_as::<u32, u32, common::Kind>(&path)?;
     owner.set(1, 0)?;
-    let reader = Options::new().read_only(true).open::<u32, u32>(&path)?;
+    let reader = Options::new()
+        .read_only(true)
+        .open_as::<u32, u32, common::Kind>(&path)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     let (mut checks, mut reloads) = (0u32, 0u32);
     std::thread::scope(|s| -> Result<()> {
@@ -431,7 +436,7 @@ fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
     let path = dir.join("d.db");
     let owner = Options::new()
         .compact_floor(16 << 10)
-        .open::<u32, u32>(&path)?;
+        .open_as::<u32, u32, common::Kind>(&path)?;
     owner.set(1, 0)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     let state = |path: &Path| -> Result<BTreeMap<u32, u32>> {

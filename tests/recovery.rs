@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Result};
-use common::{count_bytes, crash_image, TempDir};
-use ptvp35::{DbConnection, Error};
+use common::{count_bytes, crash_image, TempDir, TestDb};
+use ptvp35::Error;
 use serde::{Deserialize, Serialize};
 
-type Db = DbConnection<u32, String>;
+type Db = TestDb<u32, String>;
 
 fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
@@ -32,7 +32,7 @@ fn side(p: &Path, suffix: &str) -> std::path::PathBuf {
 fn live_with_image(dir: &TempDir, image: &Path) -> Result<Db> {
     let db = ptvp35::Options::new()
         .preallocate(false)
-        .open(dir.join("live.db"))?;
+        .open_as(dir.join("live.db"))?;
     for i in 0..50 {
         db.set(i, format!("v{i}"))?;
     }
@@ -301,7 +301,7 @@ fn new_and_empty_files_open_empty() -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 enum SeedKey {
     Tuple(String, String),
@@ -319,7 +319,7 @@ fn a_file_written_by_the_python_library_opens() -> Result<()> {
           {\"key\": 123, \"value\": null}\r\n\
           {\"key\": [\"caf\\u00e9\", \"\\ud83d\\ude00\"], \"value\": [1.5e300, -0.0, \"\\n\"]}\n",
     )?;
-    let db = DbConnection::<SeedKey, serde_json::Value>::open(&p)?;
+    let db = TestDb::<SeedKey, serde_json::Value>::open(&p)?;
     ensure!(
         db.get(&SeedKey::Tuple("tuple".into(), "example".into()))
             == Some(serde_json::json!({"dict": "example"}))
@@ -405,7 +405,7 @@ fn bad_input_lines_are_refused_not_skipped() -> Result<()> {
     deep.extend(std::iter::repeat_n(b']', 100_000));
     deep.extend_from_slice(b"}\n");
     write(&p, &deep)?;
-    let deep_db = DbConnection::<u32, serde_json::Value>::open(&p);
+    let deep_db = TestDb::<u32, serde_json::Value>::open(&p);
     ensure!(matches!(deep_db, Err(Error::Corrupt { .. })), "{deep_db:?}");
     Ok(())
 }

@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use common::{within, TempDir};
-use ptvp35::DbConnection;
+use common::{within, TempDir, TestDb};
 
 /// `for_each` held every shard's read lock across the callback, so a write from inside
 /// it waited for itself (issue 9, item 12).
 #[test]
 fn a_write_inside_for_each_does_not_deadlock() -> Result<()> {
     let dir = TempDir::new("foreach-set")?;
-    let db = Arc::new(DbConnection::<String, i64>::open(dir.join("f.db"))?);
+    let db = Arc::new(TestDb::<String, i64>::open(dir.join("f.db"))?);
     for i in 0..20 {
         db.set_nowait(format!("k{i}"), i)?;
     }
@@ -42,7 +41,7 @@ fn a_write_inside_for_each_does_not_deadlock() -> Result<()> {
 #[test]
 fn a_read_inside_for_each_does_not_deadlock_against_a_writer() -> Result<()> {
     let dir = TempDir::new("foreach-get")?;
-    let db = Arc::new(DbConnection::<u32, u32>::open(dir.join("g.db"))?);
+    let db = Arc::new(TestDb::<u32, u32>::open(dir.join("g.db"))?);
     for i in 0..256 {
         db.set_nowait(i, i)?;
     }

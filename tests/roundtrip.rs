@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{ensure, Result};
-use common::TempDir;
+use common::{TempDir, TestDb};
 use ptvp35::{DbConnection, Delta, Error};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,7 +32,7 @@ fn is_refused<T: std::fmt::Debug>(r: ptvp35::Result<T>, what: &str) -> Result<St
 fn a_value_nested_deeper_than_the_reader_reads_is_refused_and_the_file_opens() -> Result<()> {
     let dir = TempDir::new("deep")?;
     let p = dir.join("d.db");
-    let db = DbConnection::<String, Value>::open(&p)?;
+    let db = TestDb::<String, Value>::open(&p)?;
     db.set("a".into(), Value::from(1))?;
     let mut deepest_ok = None;
     for depth in 120..140 {
@@ -54,7 +54,7 @@ fn a_value_nested_deeper_than_the_reader_reads_is_refused_and_the_file_opens() -
     ensure!(db.get("t").is_none());
     db.close()?;
 
-    let db = DbConnection::<String, Value>::open(&p)?;
+    let db = TestDb::<String, Value>::open(&p)?;
     ensure!(db.get(&format!("d{deepest}")) == Some(nested(deepest)));
     ensure!(db.len() == 1 + deepest - 119);
     db.close()?;
@@ -121,7 +121,7 @@ struct Doc {
 fn every_accepted_value_reopens_as_itself() -> Result<()> {
     let dir = TempDir::new("itself")?;
     let p = dir.join("i.db");
-    let db = DbConnection::<u32, Doc>::open(&p)?;
+    let db = TestDb::<u32, Doc>::open(&p)?;
     let mut written = BTreeMap::new();
     for i in 0..40u8 {
         let doc = Doc {
@@ -150,7 +150,7 @@ fn every_accepted_value_reopens_as_itself() -> Result<()> {
     ensure!(db.get(&2).as_ref() == written.get(&2));
     db.close()?;
 
-    let db = DbConnection::<u32, Doc>::open(&p)?;
+    let db = TestDb::<u32, Doc>::open(&p)?;
     for (k, v) in &written {
         ensure!(db.get(k).as_ref() == Some(v), "key {k} changed");
     }

@@ -5,10 +5,10 @@ mod common;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use anyhow::{bail, ensure, Result};
-use common::TempDir;
-use ptvp35::{DbConnection, Delta, Error, Options, TransactionView, VirtualConnection};
+use common::{TempDir, TestDb};
+use ptvp35::{Delta, Error, Options, TransactionView, VirtualConnection};
 
-type Db = DbConnection<String, i64>;
+type Db = TestDb<String, i64>;
 
 fn k(s: &str) -> String {
     s.to_string()
@@ -176,7 +176,7 @@ fn submit_transaction_request_waits_for_durability() -> Result<()> {
 #[test]
 fn a_refused_value_leaves_the_rest_of_the_transaction_intact() -> Result<()> {
     let dir = TempDir::new("refused")?;
-    let db = DbConnection::<String, f64>::open(dir.join("t.db"))?;
+    let db = TestDb::<String, f64>::open(dir.join("t.db"))?;
     let tx = db.transaction();
     tx.set_nowait(k("a"), 1.5)?;
     match tx.set_nowait(k("b"), f64::NAN) {
@@ -262,7 +262,7 @@ fn transact_retries_on_conflict_then_gives_up() -> Result<()> {
     let dir = TempDir::new("conflict")?;
     let db = Options::new()
         .transact_attempts(3)
-        .open::<String, i64>(dir.join("t.db"))?;
+        .open_as::<String, i64, common::Kind>(dir.join("t.db"))?;
     db.set(k("x"), 0)?;
     let mut runs = 0;
     // Another writer changes `x` after every read of it: every attempt conflicts.

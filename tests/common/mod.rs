@@ -90,3 +90,52 @@ pub fn within<T: Send + 'static>(
     rx.recv_timeout(std::time::Duration::from_secs(secs))
         .map_err(|_| anyhow::anyhow!("hung for {secs} seconds"))
 }
+
+/// Whether this test crate is the ordered-map build of its suite: each suite that holds
+/// for both maps is built twice (`Cargo.toml` names the second build `NAME_ordered`).
+const fn ordered_build() -> bool {
+    let name = env!("CARGO_CRATE_NAME").as_bytes();
+    let tail = b"_ordered".as_slice();
+    if name.len() < tail.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < tail.len() {
+        if name[name.len() - tail.len() + i] != tail[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Picks the map of a build (see [`ordered_build`]).
+pub struct Select<const ORDERED: bool>;
+
+/// The map a [`Select`] picks.
+pub trait Pick {
+    type Kind;
+}
+
+impl Pick for Select<false> {
+    type Kind = ptvp35::Hashed;
+}
+
+impl Pick for Select<true> {
+    type Kind = ptvp35::Ordered;
+}
+
+/// The map this build of the suite runs on.
+pub type Kind = <Select<{ ordered_build() }> as Pick>::Kind;
+
+/// A database with this build's map.
+pub type TestDb<K, V> = ptvp35::DbConnection<K, V, Kind>;
+
+/// The full name of the test `name` of the calling test file, as `--exact` wants it: the
+/// ordered-map build loads the file as module `suite`, so its tests are `suite::NAME`.
+pub fn test_name(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, inner)) => format!("{inner}::{name}"),
+        None => name.to_owned(),
+    }
+}

@@ -1,0 +1,5 @@
+//! `tests/readers.rs` on the ordered map: `tests/common/mod.rs` picks the map from this
+//! crate's name.
+
+#[path = "readers.rs"]
+mod suite;

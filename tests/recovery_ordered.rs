@@ -1,0 +1,5 @@
+//! `tests/recovery.rs` on the ordered map: `tests/common/mod.rs` picks the map from this
+//! crate's name.
+
+#[path = "recovery.rs"]
+mod suite;

@@ -1,0 +1,5 @@
+//! `tests/roundtrip.rs` on the ordered map: `tests/common/mod.rs` picks the map from this
+//! crate's name.
+
+#[path = "roundtrip.rs"]
+mod suite;

@@ -5,6 +5,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -1127,23 +1128,37 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             return Err(self.refused());
         }
         let mut data = Some(data);
-        let r = sh.map.submit(changes, reads, |seq, undo| {
-            let req = Request::Write {
-                seq,
-                data: data.take().unwrap_or_default(),
-                records,
-                undo,
-            };
-            // The channel is unbounded: this never blocks. It fails only if the writer is
-            // gone, and then the map refuses writes already (see `writer.rs`).
-            match sh.tx.send(req) {
-                Ok(()) => Ok(()),
-                Err(e) => match e.into_inner() {
-                    Request::Write { undo, .. } => Err(undo),
-                    _ => Err(UndoList::default()),
-                },
+        // A panic in user code inside the map (`Eq`, `Ord`, a `Drop`) must give back the
+        // room taken above unless the request was queued (the writer gives it back then):
+        // leaked, the room of a few such panics would block every later write.
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            sh.map.submit(changes, reads, |seq, undo| {
+                let req = Request::Write {
+                    seq,
+                    data: data.take().unwrap_or_default(),
+                    records,
+                    undo,
+                };
+                // The channel is unbounded: this never blocks. It fails only if the writer is
+                // gone, and then the map refuses writes already (see `writer.rs`).
+                match sh.tx.send(req) {
+                    Ok(()) => Ok(()),
+                    Err(e) => match e.into_inner() {
+                        Request::Write { undo, .. } => Err(undo),
+                        _ => Err(UndoList::default()),
+                    },
+                }
+            })
+        }));
+        let r = match r {
+            Ok(r) => r,
+            Err(panic) => {
+                if data.is_some() {
+                    sh.tracking.budget.release(1, bytes);
+                }
+                resume_unwind(panic);
             }
-        });
+        };
         match r {
             Ok(seq) if data.is_none() => Ok(seq),
             Ok(seq) => {

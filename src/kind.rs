@@ -8,6 +8,7 @@ use std::hash::Hash;
 
 use crate::bounds::{Key, Value};
 use crate::error::Result;
+use crate::map::Change;
 use crate::ordered::OrdTable;
 use crate::shard::{Entry, Shard, Trash};
 
@@ -128,6 +129,11 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     /// Lets go of what a step that is kept (not reverted) moved out of the table, into
     /// `trash` (dropped once the locks are released).
     fn release(pos: Self::Pos, trash: &mut Trash<K, V>);
+
+    /// Puts the changes of a large write in the order this table applies fastest, before
+    /// any lock (user code may run and panic: nothing has changed yet). The changes of
+    /// one key keep their order.
+    fn order_bulk(changes: &mut [Change<K, V>]);
 
     /// The pairs of `frozen`, owned (in key order for the ordered tables).
     fn thaw(frozen: Self::Frozen) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send>;

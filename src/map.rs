@@ -50,7 +50,7 @@ impl<K, V> Default for UndoList<K, V> {
 
 /// One change to one key, hashed (the user's `Hash` has run): `None` removes the key.
 #[derive(Debug, Clone)]
-pub(crate) struct Change<K, V> {
+pub struct Change<K, V> {
     pub(crate) hash: u64,
     pub(crate) key: K,
     pub(crate) value: Option<V>,
@@ -427,7 +427,9 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         }
         let bulk = changes.len() > BULK;
         let changes = if bulk {
-            by_shard(changes, &per_shard)
+            let mut changes = by_shard(changes, &per_shard);
+            T::order_bulk(&mut changes);
+            changes
         } else {
             changes
         };

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crate::bounds::{Key, Value};
 use crate::kind::{Applied, Revert, Table};
+use crate::map::Change;
 use crate::shard::{Entry, Trash};
 
 /// Most pairs in a leaf; a leaf that grows past it is split in two halves.
@@ -310,6 +311,12 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         if let Shape::LeafGone { sep } | Shape::NodeGone { sep } = pos.shape {
             trash.keys.extend(sep);
         }
+    }
+
+    /// Key order (a stable sort, user `Ord`): each change then lands next to the one
+    /// before, in a leaf already in cache, and a load in any order becomes an append.
+    fn order_bulk(changes: &mut [Change<K, V>]) {
+        changes.sort_by(|a, b| a.key.cmp(&b.key));
     }
 
     fn reserve(&mut self, _n: usize) {}

@@ -14,6 +14,7 @@ use std::hash::BuildHasherDefault;
 
 use crate::bounds::{Key, Value};
 use crate::kind::{Applied, Revert, Table};
+use crate::map::Change;
 
 /// One value, with the sequence number of the write that set it (what `transact` checks).
 #[derive(Debug, Clone)]
@@ -214,6 +215,9 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     }
 
     fn release(_pos: HashPos, _trash: &mut Trash<K, V>) {}
+
+    /// Shard order, which `Map::submit` makes itself.
+    fn order_bulk(_changes: &mut [Change<K, V>]) {}
 
     fn thaw(frozen: Vec<(K, V)>) -> Box<dyn DoubleEndedIterator<Item = (K, V)> + Send> {
         Box::new(frozen.into_iter())

@@ -353,3 +353,31 @@ fn a_read_only_handle_and_a_backup_of_an_ordered_database_keep_the_order() -> Re
     db.close()?;
     Ok(())
 }
+
+#[test]
+fn a_large_transaction_in_any_key_order_lands_in_key_order() -> Result<()> {
+    let dir = TempDir::new("ord-bulk")?;
+    let db: Ord64 = Options::new().open_ordered(dir.join("b.db"))?;
+    let mut model = BTreeMap::new();
+    let mut rng = Lcg(99);
+    for round in 0..3 {
+        let mut d = Delta::new();
+        for _ in 0..5000 {
+            let k = rng.next() % 20_000;
+            if rng.next().is_multiple_of(5) {
+                d.remove(&k)?;
+                model.remove(&k);
+            } else {
+                d.set(k, format!("r{round}"))?;
+                model.insert(k, format!("r{round}"));
+            }
+        }
+        db.commit_transaction(d)?;
+        ensure!(db.iter().eq(model.clone()), "round {round}");
+    }
+    db.close()?;
+    let db: Ord64 = Options::new().open_ordered(dir.join("b.db"))?;
+    ensure!(db.iter().eq(model), "after a reopen");
+    db.close()?;
+    Ok(())
+}

@@ -455,3 +455,60 @@ fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {
     within(10, move || db.close())??;
     Ok(())
 }
+
+/// A panic in user code inside a submit (here the `Eq` of a key already there) kept the
+/// room the write had taken in the queue's budget: after as many panics as the queue has
+/// slots, every later write waited forever for room.
+#[test]
+fn panics_inside_submits_give_their_room_in_the_queue_back() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-budget")?;
+    let db = std::sync::Arc::new(
+        Options::new()
+            .queue_limits(2, 1 << 20)
+            .open::<PKey, PVal>(dir.join("b.db"))?,
+    );
+    db.set(PKey(1), PVal(1))?;
+    let d = std::sync::Arc::clone(&db);
+    within(20, move || -> Result<()> {
+        for _ in 0..5 {
+            let mut delta = Delta::new();
+            delta.set(PKey(1), PVal(2))?;
+            arm(1);
+            let r = catch_unwind(AssertUnwindSafe(|| d.submit_transaction(delta)));
+            let fired = disarm();
+            ensure!(fired && r.is_err(), "the submit ran no user code: {r:?}");
+        }
+        d.set(PKey(5), PVal(5))?;
+        Ok(())
+    })
+    .context("writes after panics in submits")??;
+    ensure!(db.get(&PKey(5)) == Some(PVal(5)));
+    Ok(())
+}
+
+/// A large write to the ordered map is sorted by key before any lock; an `Ord` that
+/// panics there changes nothing.
+#[test]
+fn a_panic_while_a_large_write_to_the_ordered_map_is_sorted_changes_nothing() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-sort")?;
+    let db: PDb<Ordered> = Options::new().open_ordered(dir.join("s.db"))?;
+    db.set(PKey(1), PVal(1))?;
+    let before = state(&db);
+    let mut d = Delta::new();
+    for k in (0..3000u32).rev() {
+        d.set(PKey(k * 7 % 3001), PVal(2))?;
+    }
+    arm(100);
+    let r = catch_unwind(AssertUnwindSafe(|| db.submit_transaction(d)));
+    let fired = disarm();
+    ensure!(fired && r.is_err(), "no panic: {r:?}");
+    ensure!(
+        state(&db) == before,
+        "a panic before any lock changed the map"
+    );
+    db.set(PKey(2), PVal(2))?;
+    db.close()?;
+    Ok(())
+}

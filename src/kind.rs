@@ -65,7 +65,7 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
 
     /// Whether keys are spread over the map's shards by their hash (the hash table), or
     /// all kept in the first shard (the ordered table: a range is then one walk, not a
-    /// merge of every shard, and no user `Hash` runs).
+    /// merge of every shard).
     const SPREAD: bool;
 
     /// Room for `n` more keys.

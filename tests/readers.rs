@@ -385,20 +385,7 @@ fn a_refreshing_reader_never_sees_part_of_a_transaction() -> Result<()> {
     let done = std::sync::atomic::AtomicBool::new(false);
     let (mut checks, mut reloads) = (0u32, 0u32);
     std::thread::scope(|s| -> Result<()> {
-        let writer = s.spawn(|| -> Result<()> {
-            let r = (|| -> Result<()> {
-                for i in 1..=2_000u32 {
-                    let tx = owner.transaction();
-                    tx.set_nowait(1, i)?;
-                    tx.set_nowait(1_000_003, i)?;
-                    tx.set_nowait(i % 97 + 10, i)?; // dead records, so rebuilds happen
-                    tx.commit()?;
-                }
-                Ok(())
-            })();
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            r
-        });
+        let writer = s.spawn(|| commit_pairs(&owner, 2_000u32, &done));
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
             let r = reader.refresh()?;
             reloads += u32::from(r.reloaded);
@@ -454,20 +441,7 @@ fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
     };
     let mut checks = 0u32;
     std::thread::scope(|s| -> Result<()> {
-        let writer = s.spawn(|| -> Result<()> {
-            let r = (|| -> Result<()> {
-                for i in 1..=1_000u32 {
-                    let tx = owner.transaction();
-                    tx.set_nowait(1, i)?;
-                    tx.set_nowait(1_000_003, i)?;
-                    tx.set_nowait(i % 97 + 10, i)?; // dead records, so rebuilds happen
-                    tx.commit()?;
-                }
-                Ok(())
-            })();
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            r
-        });
+        let writer = s.spawn(|| commit_pairs(&owner, 1_000u32, &done));
         let mut last = 0;
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
             let map = state(&path)?;
@@ -489,4 +463,25 @@ fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
     owner.close()?;
     ensure!(state(&path)? == want, "after the close");
     Ok(())
+}
+
+/// Commits `n` transactions that set keys 1 and 1,000,003 to the same value (and a key
+/// among 97 others, so that dead records pile up and rebuilds happen), then sets `done`.
+fn commit_pairs(
+    owner: &TestDb<u32, u32>,
+    n: u32,
+    done: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let r = (|| -> Result<()> {
+        for i in 1..=n {
+            let tx = owner.transaction();
+            tx.set_nowait(1, i)?;
+            tx.set_nowait(1_000_003, i)?;
+            tx.set_nowait(i % 97 + 10, i)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    r
 }

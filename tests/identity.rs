@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use common::{crash_image, TempDir};
-use ptvp35::{DbConnection, Error, Options};
+use common::{crash_image, TempDir, TestDb};
+use ptvp35::{Error, Options};
 
-type Db = DbConnection<u32, String>;
+type Db = TestDb<u32, String>;
 
 fn side(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
@@ -198,16 +198,16 @@ fn batches_of_an_older_file_never_validate_in_a_newer_one() -> Result<()> {
     let dir = TempDir::new("stale")?;
     let opts = Options::new().preallocate(false);
     // The old incarnation: an empty file, then one batch, and a crash.
-    let old: Db = opts.open(dir.join("old.db"))?;
+    let old: Db = opts.open_as(dir.join("old.db"))?;
     old.set(1, "from the old file".into())?;
     let old_bytes = std::fs::read(old.path())?;
     // The new incarnation: the same (empty) prefix, its own session, and a crash that
     // left the old file's blocks after its count.
-    let new: Db = opts.open(dir.join("new.db"))?;
+    let new: Db = opts.open_as(dir.join("new.db"))?;
     let image = dir.join("image.db");
     crash_image(new.path(), &image)?;
     std::fs::write(&image, &old_bytes)?;
-    let db: Db = opts.open(&image)?;
+    let db: Db = opts.open_as(&image)?;
     ensure!(
         db.get(&1).is_none(),
         "a batch of another file validated after a crash"

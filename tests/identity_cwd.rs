@@ -5,8 +5,7 @@
 mod common;
 
 use anyhow::{ensure, Result};
-use common::TempDir;
-use ptvp35::DbConnection;
+use common::{TempDir, TestDb};
 
 #[test]
 fn a_relative_path_keeps_naming_the_directory_of_the_open() -> Result<()> {
@@ -14,7 +13,7 @@ fn a_relative_path_keeps_naming_the_directory_of_the_open() -> Result<()> {
     std::fs::create_dir(dir.join("a"))?;
     std::fs::create_dir(dir.join("b"))?;
     std::env::set_current_dir(dir.join("a"))?;
-    let db = DbConnection::<u32, String>::open("d.db")?;
+    let db = TestDb::<u32, String>::open("d.db")?;
     db.set(1, "one".into())?;
     std::env::set_current_dir(dir.join("b"))?;
     db.compact()?;
@@ -25,7 +24,7 @@ fn a_relative_path_keeps_naming_the_directory_of_the_open() -> Result<()> {
         std::fs::read_dir(dir.join("b"))?.next().is_none(),
         "files were written in the new working directory"
     );
-    let db = DbConnection::<u32, String>::open(dir.join("a").join("d.db"))?;
+    let db = TestDb::<u32, String>::open(dir.join("a").join("d.db"))?;
     ensure!(
         db.recovery_report().was_clean(),
         "{:?}",

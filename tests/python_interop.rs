@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::TempDir;
-use ptvp35::{DbConnection, Delta, Error, Options};
+use common::{TempDir, TestDb};
+use ptvp35::{Delta, Error, Options};
 use serde_json::{json, Value};
 
 /// Runs `python3 -c script args...` and returns its stdout, or `None` if there is no
@@ -79,7 +79,7 @@ fn a_file_written_by_python_opens_with_every_value() -> Result<()> {
     ensure!(text.contains("{\"key\": [\"tuple\", 0], \"value\": {\"dict\": \"example\""));
     ensure!(text.contains("\\u00e9") && text.contains("\\ud83c\\udf89"));
 
-    let db = DbConnection::<(String, u32), Value>::open(&path)?;
+    let db = TestDb::<(String, u32), Value>::open(&path)?;
     let report = db.recovery_report().clone();
     ensure!(
         report.cut == Some(ptvp35::Cut::new(count, 25)),
@@ -109,7 +109,7 @@ fn a_file_written_by_python_opens_with_every_value() -> Result<()> {
     Ok(())
 }
 
-type Db<V> = DbConnection<(String, u32), V>;
+type Db<V> = TestDb<(String, u32), V>;
 
 /// Writes one record per value of the Python list `values` (key `("k", i)`) with
 /// Python's `json.dumps`, then opens the file with values of type `V`; `None` without
@@ -126,7 +126,7 @@ fn python_values<V: ptvp35::Value>(
     if python(&script, &[&path])?.is_none() {
         return Ok(None);
     }
-    Ok(Some(DbConnection::<(String, u32), V>::open(&path)))
+    Ok(Some(TestDb::<(String, u32), V>::open(&path)))
 }
 
 /// As [`python_values`], for values that must not open.
@@ -212,7 +212,7 @@ fn serde_json_value_reads_integers_beyond_64_bits_as_floats() -> Result<()> {
     if python(script, &[&path])?.is_none() {
         return Ok(());
     }
-    let db = DbConnection::<String, Value>::open(&path)?;
+    let db = TestDb::<String, Value>::open(&path)?;
     let v = db.get("k").context("the key is there")?;
     ensure!(v.is_f64() && v.as_f64() == Some(2f64.powi(70)), "{v}");
     db.close()?;
@@ -247,7 +247,7 @@ fn every_line_this_crate_writes_reads_in_python() -> Result<()> {
     let path = dir.join("rs.db");
     let mut model: BTreeMap<(String, u32), Value> = BTreeMap::new();
     {
-        let db = Options::new().open::<(String, u32), Value>(&path)?;
+        let db = Options::new().open_as::<(String, u32), Value, common::Kind>(&path)?;
         let mut set = |k: &str, n: u32, v: Value| -> Result<()> {
             db.set((k.to_owned(), n), v.clone())?;
             model.insert((k.to_owned(), n), v);
@@ -370,7 +370,7 @@ fn floats_cross_bit_for_bit_both_ways() -> Result<()> {
         .lines()
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let db = DbConnection::<u32, f64>::open(&path)?;
+    let db = TestDb::<u32, f64>::open(&path)?;
     let mut off = Vec::new();
     for (i, w) in (0u32..).zip(&want) {
         let got = db.get(&i).context("every key")?;
@@ -405,7 +405,7 @@ fn floats_survive_a_reopen_bit_for_bit() -> Result<()> {
     let path = dir.join("f.db");
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut want = Vec::with_capacity(20_000);
-    let db = DbConnection::<u32, f64>::open(&path)?;
+    let db = TestDb::<u32, f64>::open(&path)?;
     for i in 0..20_000u32 {
         // xorshift64: every exponent and mantissa, deterministic.
         x ^= x << 13;
@@ -418,7 +418,7 @@ fn floats_survive_a_reopen_bit_for_bit() -> Result<()> {
         db.set_nowait(i, f)?;
     }
     db.close()?;
-    let db = DbConnection::<u32, f64>::open(&path)?;
+    let db = TestDb::<u32, f64>::open(&path)?;
     let off = (0u32..)
         .zip(&want)
         .filter(|(i, w)| db.get(i).map(f64::to_bits) != Some(**w))

@@ -4,15 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::bounds::{Key, Value};
-use crate::codec;
 use crate::connection::DbConnection;
 use crate::error::{Error, Result};
 use crate::fs::Fs;
 use crate::kind::{MapKind, Table};
 use crate::storage::{self, wrap, Paths};
-
-/// Bytes gathered before each write of the copy.
-const CHUNK: usize = 1 << 20;
 
 impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Writes a consistent, compacted, durable copy of the database to `dest`: one line
@@ -120,17 +116,11 @@ fn write_copy<K: Key, V: Value, T: Table<K, V>>(
 ) -> Result<()> {
     let mut file = wrap("create", tmp, fs.open(tmp, true))?;
     wrap("truncate", tmp, file.set_len(0))?;
-    let mut buf = Vec::with_capacity(CHUNK + 4096);
     let mut at = 0u64;
-    T::visit(pairs, &mut |k, v| {
-        codec::encode_set(k, v, &mut buf)?;
-        if buf.len() >= CHUNK {
-            wrap("write", tmp, file.write_at(at, &buf))?;
-            at += buf.len() as u64;
-            buf.clear();
-        }
+    crate::kind::encode_all::<K, V, T>(pairs, &mut |chunk| {
+        wrap("write", tmp, file.write_at(at, chunk))?;
+        at += chunk.len() as u64;
         Ok(())
     })?;
-    wrap("write", tmp, file.write_at(at, &buf))?;
     wrap("fsync", tmp, file.sync_data())
 }

@@ -369,16 +369,7 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
             let (frozen, seq) = self
                 .map
                 .with_all(|tables, seq| (T::freeze_all(tables), seq));
-            let mut buf = Vec::with_capacity(1 << 20);
-            T::visit(&frozen, &mut |k, v| {
-                codec::encode_set(k, v, &mut buf)?;
-                if buf.len() >= 1 << 20 {
-                    sink(&buf)?;
-                    buf.clear();
-                }
-                Ok(())
-            })?;
-            sink(&buf)?;
+            crate::kind::encode_all::<K, V, T>(&frozen, sink)?;
             return Ok(seq);
         }
         // Under each shard's read lock only a copy (user `Clone`), which costs a fraction

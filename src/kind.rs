@@ -189,3 +189,26 @@ pub enum Revert<K, V, P> {
     /// The key was removed: the table's key and its entry.
     Removed(P, K, Entry<V>),
 }
+
+/// Encodes every pair of `frozen` as record lines (in key order for the ordered table) and
+/// hands them to `sink` in chunks of about 1 MiB: a rebuild's copy and a backup.
+///
+/// # Errors
+///
+/// The first error of the encoding or of `sink`.
+pub(crate) fn encode_all<K: Key, V: Value, T: Table<K, V>>(
+    frozen: &T::Frozen,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    T::visit(frozen, &mut |k, v| {
+        crate::codec::encode_set(k, v, &mut buf)?;
+        if buf.len() >= CHUNK {
+            sink(&buf)?;
+            buf.clear();
+        }
+        Ok(())
+    })?;
+    sink(&buf)
+}

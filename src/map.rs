@@ -304,7 +304,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
 
     /// The hash of `k` (runs the user's `Hash`); its top bits choose the shard. For a
     /// table that keeps every key in the first shard ([`Table::SPREAD`] false), 0.
-    pub(crate) fn hash_of(k: &K) -> u64 {
+    pub(crate) fn hash_of<Q: std::hash::Hash + ?Sized>(k: &Q) -> u64 {
         if T::SPREAD {
             hash_key(k)
         } else {
@@ -334,7 +334,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         Q: std::hash::Hash + ?Sized,
         T: Find<K, V, Q>,
     {
-        let hash = if T::SPREAD { hash_key(q) } else { 0 };
+        let hash = Self::hash_of(q);
         f(self.shards[shard_index(hash)].0.read().find(hash, q))
     }
 
@@ -357,16 +357,11 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         self.order.lock().seq
     }
 
-    /// A copy of every pair, taken under every shard's read lock at once: a consistent
-    /// state (a write, and an undo, holds all its shards while it applies). The user's
-    /// `Clone` runs under the locks; nothing else does.
+    /// A copy of every pair of one consistent state, taken under every shard's read lock
+    /// at once (a write, and an undo, holds all its shards while it applies): the hash
+    /// map's pairs are cloned under the locks, the ordered map's from its frozen state.
     pub(crate) fn copy_all(&self) -> Vec<(K, V)> {
-        let guards: Vec<_> = self.in_use().iter().map(|s| s.0.read()).collect();
-        let mut out = Vec::with_capacity(self.len());
-        for g in &guards {
-            out.extend(g.pairs().map(|(k, e)| (k.clone(), e.value.clone())));
-        }
-        out
+        T::thaw(self.with_all(|tables, _| T::freeze_all(tables))).collect()
     }
 
     /// For each shard, calls `under_lock` under its read lock only, then `after` on the

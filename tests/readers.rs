@@ -375,10 +375,7 @@ fn a_refreshing_reader_never_sees_part_of_a_transaction() -> Result<()> {
     }
     let dir = TempDir::new("readers-atomic")?;
     let path = dir.join("d.db");
-    let owner = Options::new()
-        .compact_floor(16 << 10)
-        .open_as::<u32, u32, common::Kind>(&path)?;
-    owner.set(1, 0)?;
+    let owner = rebuilding_owner(&path)?;
     let reader = Options::new()
         .read_only(true)
         .open_as::<u32, u32, common::Kind>(&path)?;
@@ -421,10 +418,7 @@ fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
     }
     let dir = TempDir::new("readers-snapshot")?;
     let path = dir.join("d.db");
-    let owner = Options::new()
-        .compact_floor(16 << 10)
-        .open_as::<u32, u32, common::Kind>(&path)?;
-    owner.set(1, 0)?;
+    let owner = rebuilding_owner(&path)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     let state = |path: &Path| -> Result<BTreeMap<u32, u32>> {
         let mut snap = ptvp35::Snapshot::open(path)?;
@@ -463,6 +457,15 @@ fn a_streamed_snapshot_never_sees_part_of_a_transaction() -> Result<()> {
     owner.close()?;
     ensure!(state(&path)? == want, "after the close");
     Ok(())
+}
+
+/// An owner that rebuilds its file every 16 KiB of dead records, with key 1 set to 0.
+fn rebuilding_owner(path: &Path) -> Result<TestDb<u32, u32>> {
+    let owner = Options::new()
+        .compact_floor(16 << 10)
+        .open_as::<u32, u32, common::Kind>(path)?;
+    owner.set(1, 0)?;
+    Ok(owner)
 }
 
 /// Commits `n` transactions that set keys 1 and 1,000,003 to the same value (and a key

@@ -207,8 +207,8 @@ pub fn first_difference(a: &[String], b: &[String]) -> Option<String> {
     ))
 }
 
-/// Crashes every run of `steps` at each operation boundary in turn and checks every
-/// resulting disk state (see [`Exploration`]). Each run takes its steps to quiescence
+/// Crashes every run of `steps` on the map `M` at each operation boundary in turn and
+/// checks every resulting disk state (see [`Exploration`]). Each run takes its steps to quiescence
 /// ([`run_steps_settled`](crate::run_steps_settled)), so that run `n` makes the first `n` operations of the full
 /// run, the same ones, whatever the machine's load.
 ///
@@ -217,16 +217,7 @@ pub fn first_difference(a: &[String], b: &[String]) -> Option<String> {
 /// The first violation, with the crash point and the disk state that shows it; or a
 /// crashed run whose operations up to its crash differ from the full run's (the
 /// exploration would not reach the crash points it claims).
-pub fn explore(steps: &[Step], opts: &Options, cfg: &Exploration) -> Result<Explored, String> {
-    explore_as::<Hashed>(steps, opts, cfg)
-}
-
-/// [`explore`] with the map `M`.
-///
-/// # Errors
-///
-/// As [`explore`].
-pub fn explore_as<M: Kind>(
+pub fn explore<M: Kind>(
     steps: &[Step],
     opts: &Options,
     cfg: &Exploration,
@@ -298,7 +289,7 @@ pub fn explore_as<M: Kind>(
             stats.cuts += u64::from(v.report.cut.is_some());
             let stride = cfg.recovery_stride;
             if full && (index < cfg.recovery_samples || (stride > 0 && index % stride == 0)) {
-                let k = crash_recovery_as::<M>(&state, &model, opts, cfg, &mut rng)
+                let k = crash_recovery::<M>(&state, &model, opts, cfg, &mut rng)
                     .map_err(|e| format!("{}, then a crash in recovery: {e}", at()))?;
                 stats.states += k;
                 stats.recovery_states += k;
@@ -318,22 +309,7 @@ pub fn explore_as<M: Kind>(
 /// # Errors
 ///
 /// The first violation.
-pub fn crash_recovery(
-    state: &SimFs,
-    model: &Model,
-    opts: &Options,
-    cfg: &Exploration,
-    rng: &mut Rng,
-) -> Result<u64, String> {
-    crash_recovery_as::<Hashed>(state, model, opts, cfg, rng)
-}
-
-/// [`crash_recovery`] with the map `M`.
-///
-/// # Errors
-///
-/// As [`crash_recovery`].
-pub fn crash_recovery_as<M: Kind>(
+fn crash_recovery<M: Kind>(
     state: &SimFs,
     model: &Model,
     opts: &Options,

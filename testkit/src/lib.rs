@@ -18,15 +18,14 @@ mod sim;
 
 pub use disk::{random_fate, role, Effect, Fate, Fault, OpKind, PendingOp, Rng, TraceOp};
 pub use explore::{
-    crash_recovery as crash_during_recovery, crash_recovery_as as crash_during_recovery_as,
-    explore, explore_as, first_difference, standard_workload, workload_trace, workload_trace_as,
-    Exploration, Explored,
+    explore, first_difference, standard_workload, workload_trace, workload_trace_as, Exploration,
+    Explored,
 };
 pub use fuzz::{crash_recovery, open_any_files, transactions};
 pub use model::{
-    db_path, key, open_on, open_on_as, quiet_intended_panics, run_steps, run_steps_as,
-    run_steps_settled, run_steps_settled_as, six_paths, state_of, strays, verify, verify_as, Db,
-    IntendedPanic, Kind, Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
+    db_path, key, open_on, open_on_as, quiet_intended_panics, run_steps, run_steps_settled,
+    run_steps_settled_as, six_paths, state_of, strays, verify, verify_as, Db, IntendedPanic, Kind,
+    Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
 };
 pub use repair::{corrupt_database, explore_repair};
 pub use sim::{Owner, SimFs};

@@ -396,20 +396,6 @@ pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) 
     drive(fs, opts, steps, model, false)
 }
 
-/// [`run_steps`] with the map `M`.
-///
-/// # Panics
-///
-/// As [`run_steps`].
-pub fn run_steps_as<M: Kind>(
-    fs: &SimFs,
-    opts: &Options,
-    steps: &[Step],
-    model: &mut Model,
-) -> Outcome<M> {
-    drive(fs, opts, steps, model, false)
-}
-
 /// [`run_steps`], each step run to quiescence: after it, every write submitted so far is
 /// durable and no rebuild runs (see `settle`). Every batch then holds the writes of one
 /// step, and a rebuild runs between two steps, except around a `Compact`: the step after

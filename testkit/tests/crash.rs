@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use ptvp35::{Options, Ordered};
 use ptvp35_testkit::{
-    explore_as, first_difference, run_steps_settled, standard_workload, workload_trace,
+    explore, first_difference, run_steps_settled, standard_workload, workload_trace,
     workload_trace_as, Exploration, Explored, Kind, Model, SimFs,
 };
 
@@ -41,7 +41,7 @@ fn run(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored
 
 fn run_as<M: Kind>(name: &str, opts: &Options, cfg: &Exploration) -> anyhow::Result<Explored> {
     let t = Instant::now();
-    let stats = explore_as::<M>(&standard_workload(), opts, cfg).map_err(anyhow::Error::msg)?;
+    let stats = explore::<M>(&standard_workload(), opts, cfg).map_err(anyhow::Error::msg)?;
     println!(
         "{name}: explored {} crash states ({} from crashes during recovery) at {} crash \
          points in {:.1?}; recoveries that restored the backup: {}, discarded a stale \

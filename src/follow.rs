@@ -215,7 +215,12 @@ pub(crate) fn open<K: Key, V: Value, M: MapKind<K, V>>(
     let (tx, _) = crossbeam_channel::unbounded();
     let tracking = Arc::new(Tracking::new(1, 1, data.len() as u64, records));
     Ok(DbConnection {
-        shared: Arc::new(Core { map, tx, tracking }),
+        shared: Arc::new(Core {
+            map,
+            tx,
+            tracking,
+            copy_piece: crate::connection::COPY_PIECE,
+        }),
         writer: parking_lot::Mutex::new(None),
         paths,
         report,

@@ -83,6 +83,20 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
         K: 'a,
         V: 'a;
 
+    /// Where a pair is, in a form that stays true while the table changes: a copy that
+    /// takes the table's lock once per piece notes every pair first
+    /// ([`marks`](Table::marks)), then copies the pairs still at those marks a piece at a
+    /// time ([`visit_marked`](Table::visit_marked)).
+    type Mark: Send;
+
+    /// Appends a mark for every pair (the hash table: each key's hash; the ordered table:
+    /// a clone of each key, user `Clone`).
+    fn marks(&self, out: &mut Vec<Self::Mark>);
+
+    /// Calls `f` on every pair at one of `marks` now: each pair once if the marks are
+    /// distinct; none for a mark whose pair is gone.
+    fn visit_marked(&self, marks: &[Self::Mark], f: &mut dyn FnMut(&K, &Entry<V>));
+
     /// Sets `k` to `e`. A panic (user `Eq` or `Ord`) comes before anything changes.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, Self::Pos>;
 
@@ -211,4 +225,58 @@ pub(crate) fn encode_all<K: Key, V: Value, T: Table<K, V>>(
         Ok(())
     })?;
     sink(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::hash_key;
+
+    fn entry(v: u32) -> Entry<u32> {
+        Entry {
+            value: v,
+            version: 0,
+        }
+    }
+
+    /// Marks taken, then keys removed, added and changed: the marks lead to the pairs
+    /// still there, each once, with their values now, and to nothing else.
+    fn marks_lead_to_the_pairs_still_there<T: Table<u32, u32>>() {
+        let mut t = T::default();
+        for k in 0..1000u32 {
+            t.set(hash_key(&k), k, entry(k));
+        }
+        let mut marks = Vec::new();
+        t.marks(&mut marks);
+        assert_eq!(marks.len(), 1000);
+        for k in (0..1000u32).step_by(3) {
+            assert!(t.remove(hash_key(&k), k).is_ok());
+        }
+        for k in (1..1000u32).step_by(3) {
+            t.set(hash_key(&k), k, entry(k + 5000));
+        }
+        for k in 1000..1100u32 {
+            t.set(hash_key(&k), k, entry(k));
+        }
+        let mut seen = Vec::new();
+        for some in marks.chunks(7) {
+            t.visit_marked(some, &mut |k, e| seen.push((*k, e.value)));
+        }
+        seen.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..1000u32)
+            .filter(|k| k % 3 != 0)
+            .map(|k| (k, if k % 3 == 1 { k + 5000 } else { k }))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn hash_table_marks_lead_to_the_pairs_still_there() {
+        marks_lead_to_the_pairs_still_there::<Shard<u32, u32>>();
+    }
+
+    #[test]
+    fn ordered_table_marks_lead_to_the_pairs_still_there() {
+        marks_lead_to_the_pairs_still_there::<OrdTable<u32, u32>>();
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
@@ -364,19 +365,55 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         T::thaw(self.with_all(|tables, _| T::freeze_all(tables))).collect()
     }
 
-    /// For each shard, calls `under_lock` under its read lock only, then `after` on the
-    /// result with the lock released. Not a consistent view across shards: a rebuild
-    /// replays the writes made meanwhile (see `writer.rs`).
-    pub(crate) fn for_each_shard<R, E>(
+    /// Clones the map's pairs a piece at a time, each piece under its shard's read lock
+    /// alone (user `Clone`), and hands each piece to `after` with the lock released, with
+    /// whether it is its shard's last. A
+    /// shard of more than `piece` pairs is noted first ([`Table::marks`], under its lock),
+    /// then copied `piece` marks at a time, its lock released between them, so that a
+    /// reader or writer of that shard waits for one piece at most. Returns the longest a
+    /// lock was held.
+    ///
+    /// Not a consistent view: a pair added to a shard after its marks were taken, or
+    /// removed before its piece, is missed, and a write may show in one piece and not
+    /// in another. A pair that no write touches while the copy runs is copied exactly
+    /// once; a rebuild replays every write made meanwhile (see `writer.rs`).
+    pub(crate) fn copy_in_pieces<E>(
         &self,
-        mut under_lock: impl FnMut(&T) -> Result<R, E>,
-        mut after: impl FnMut(R) -> Result<(), E>,
-    ) -> Result<(), E> {
+        piece: usize,
+        mut after: impl FnMut(Vec<(K, V)>, bool) -> Result<(), E>,
+    ) -> Result<Duration, E> {
+        let piece = piece.max(1);
+        let mut longest = Duration::ZERO;
+        let mut marks = Vec::new();
         for s in self.in_use() {
-            let t = under_lock(&s.0.read())?;
-            after(t)?;
+            let t = s.0.read();
+            let held = Instant::now();
+            if t.len() <= piece {
+                let pairs: Vec<(K, V)> = t
+                    .pairs()
+                    .map(|(k, e)| (k.clone(), e.value.clone()))
+                    .collect();
+                longest = longest.max(held.elapsed());
+                drop(t);
+                after(pairs, true)?;
+                continue;
+            }
+            marks.clear();
+            t.marks(&mut marks);
+            longest = longest.max(held.elapsed());
+            drop(t);
+            let pieces = marks.len().div_ceil(piece);
+            for (i, some) in marks.chunks(piece).enumerate() {
+                let t = s.0.read();
+                let held = Instant::now();
+                let mut pairs = Vec::with_capacity(some.len());
+                t.visit_marked(some, &mut |k, e| pairs.push((k.clone(), e.value.clone())));
+                longest = longest.max(held.elapsed());
+                drop(t);
+                after(pairs, i + 1 == pieces)?;
+            }
         }
-        Ok(())
+        Ok(longest)
     }
 
     /// The one way into the map for writes. Under the write locks of every shard it

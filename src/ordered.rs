@@ -359,6 +359,21 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         pairs_of(&self.root)
     }
 
+    type Mark = K;
+
+    fn marks(&self, out: &mut Vec<K>) {
+        out.extend(self.pairs().map(|(k, _)| k.clone()));
+    }
+
+    fn visit_marked(&self, marks: &[K], f: &mut dyn FnMut(&K, &Entry<V>)) {
+        for k in marks {
+            if let (n, l, Ok(p)) = locate(&self.root, k) {
+                let (k, e) = &self.root.nodes[n].leaves[l][p];
+                f(k, e);
+            }
+        }
+    }
+
     fn set(&mut self, _hash: u64, k: K, e: Entry<V>) -> Applied<K, V, OrdPos<K>> {
         match locate(&self.root, &k) {
             (n, l, Ok(p)) => {

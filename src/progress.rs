@@ -235,6 +235,16 @@ pub(crate) struct Counters {
     pub(crate) requests: AtomicU64,
     /// Records in the file now (live and dead), for the automatic rebuild.
     pub(crate) records_in_file: AtomicU64,
+    /// The longest the last rebuild's copy held a lock of the map, in nanoseconds.
+    pub(crate) rebuild_lock_ns: AtomicU64,
+    /// How long the last rebuild's install kept the writer thread from writes, in
+    /// nanoseconds.
+    pub(crate) rebuild_install_ns: AtomicU64,
+}
+
+/// `d` in nanoseconds, saturated.
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Adds `n` to a counter.

@@ -243,6 +243,22 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         self.buckets.values().flat_map(Bucket::iter)
     }
 
+    type Mark = u64;
+
+    fn marks(&self, out: &mut Vec<u64>) {
+        out.extend(self.buckets.keys());
+    }
+
+    fn visit_marked(&self, marks: &[u64], f: &mut dyn FnMut(&K, &Entry<V>)) {
+        for (k, e) in marks
+            .iter()
+            .filter_map(|h| self.buckets.get(h))
+            .flat_map(Bucket::iter)
+        {
+            f(k, e);
+        }
+    }
+
     /// A panic (in `Eq`) comes before anything changes.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, HashPos> {
         let found = self.buckets.get(&hash).map(|b| b.find(&k));

@@ -5,13 +5,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
 use crate::fs::{FileMeta, Fs, FsFile};
-use crate::progress::{bump, Tracking};
+use crate::progress::{bump, nanos, Tracking};
 use crate::storage::{self, BackupWriter, Paths};
 
 /// One message to the writer thread. `U` undoes a write's changes to the map.
@@ -614,7 +615,12 @@ impl<E: TypedSide> Writer<E> {
             }
         };
         let mut replayed = Vec::new();
+        let started = Instant::now();
         let r = self.install(copied, tail, &mut replayed);
+        self.tracking
+            .counters
+            .rebuild_install_ns
+            .store(nanos(started.elapsed()), Ordering::Relaxed);
         let (n, bytes) = (replayed.len(), replayed.iter().map(|p| p.bytes).sum());
         match &r {
             Ok(through) => {

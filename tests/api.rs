@@ -251,9 +251,21 @@ fn compaction_keeps_data_and_shrinks_the_file() -> Result<()> {
     }
     db.commit()?;
     let before = db.stats();
+    ensure!(before.rebuild_longest_lock.is_zero() && before.rebuild_install.is_zero());
+    let t = std::time::Instant::now();
     db.compact()?;
+    let took = t.elapsed();
     let after = db.stats();
     ensure!(after.rebuilds == before.rebuilds + 1);
+    // The rebuild's own timings: something was held and installed, within the call.
+    ensure!(
+        !after.rebuild_longest_lock.is_zero() && after.rebuild_longest_lock < took,
+        "{after:?}, compact took {took:?}"
+    );
+    ensure!(
+        !after.rebuild_install.is_zero() && after.rebuild_install < took,
+        "{after:?}, compact took {took:?}"
+    );
     ensure!(
         after.file_len * 10 < before.file_len,
         "{after:?} vs {before:?}"

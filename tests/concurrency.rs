@@ -4,6 +4,7 @@ mod common;
 
 use anyhow::{ensure, Result};
 use common::{TempDir, TestDb};
+use ptvp35::Options;
 
 #[test]
 fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
@@ -127,9 +128,21 @@ fn readers_never_see_half_a_transaction() -> Result<()> {
 
 #[test]
 fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
-    let dir = TempDir::new("rebuildrace")?;
+    rebuilds_while_transfers_run(&Options::new(), "rebuildrace")
+}
+
+/// The same with each shard copied in pieces of 4 pairs, its lock released between them,
+/// while keys are removed and added: a pair missed or brought back by the pieces would
+/// show after the reopen.
+#[test]
+fn rebuilds_copying_in_pieces_while_keys_come_and_go_keep_every_write() -> Result<()> {
+    rebuilds_while_transfers_run(&Options::new().rebuild_piece(4), "rebuildpieces")
+}
+
+fn rebuilds_while_transfers_run(opts: &Options, name: &str) -> Result<()> {
+    let dir = TempDir::new(name)?;
     let p = dir.join("r.db");
-    let db = TestDb::<String, i64>::open(&p)?;
+    let db = opts.open_as::<String, i64, common::Kind>(&p)?;
     let mut d = ptvp35::Delta::new();
     for i in 0..10 {
         d.set(format!("acct{i}"), 1000)?;
@@ -166,6 +179,9 @@ fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
                             tx.set_nowait(to.clone(), b + 1)?;
                             Ok(())
                         })?;
+                        // One filler key goes, another comes.
+                        db.remove_nowait(&format!("filler{}", t * 1000 + n))?;
+                        db.set_nowait(format!("extra{t}_{n}"), 7)?;
                     }
                     Ok(())
                 })
@@ -184,13 +200,26 @@ fn rebuilds_while_transfers_run_keep_every_transaction_whole() -> Result<()> {
     let total = |db: &TestDb<String, i64>| -> i64 {
         (0..10).filter_map(|i| db.get(&format!("acct{i}"))).sum()
     };
+    let keys = |db: &TestDb<String, i64>| -> Result<()> {
+        ensure!(db.len() == 20_010, "{} keys", db.len());
+        for t in 0..4 {
+            for n in 0..300 {
+                ensure!(!db.contains_key(&format!("filler{}", t * 1000 + n)));
+                ensure!(db.get(&format!("extra{t}_{n}")) == Some(7));
+            }
+        }
+        for i in 4000..20_000i64 {
+            ensure!(db.get(&format!("filler{i}")) == Some(i), "filler{i}");
+        }
+        Ok(())
+    };
     ensure!(total(&db) == 10_000);
-    ensure!(db.len() == 20_010);
+    keys(&db)?;
     println!("{} rebuilds during 1200 transfers", db.stats().rebuilds);
     db.close()?;
     let db = TestDb::<String, i64>::open(&p)?;
     ensure!(total(&db) == 10_000, "after reopen: {}", total(&db));
-    ensure!(db.len() == 20_010);
+    keys(&db)?;
     db.close()?;
     Ok(())
 }

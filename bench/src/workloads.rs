@@ -831,6 +831,12 @@ pub fn rebuild(cfg: &Cfg) -> Result<()> {
             after.rebuilds - before.rebuilds
         );
         m.entry("dur".into()).or_default().push(dur);
+        m.entry("lock".into())
+            .or_default()
+            .push(after.rebuild_longest_lock.as_secs_f64());
+        m.entry("install".into())
+            .or_default()
+            .push(after.rebuild_install.as_secs_f64());
         m.entry("file_before".into())
             .or_default()
             .push(before.file_len as f64);
@@ -859,6 +865,14 @@ pub fn rebuild(cfg: &Cfg) -> Result<()> {
         &["measure", "median (min–max)"],
     );
     tab.row(vec!["rebuild duration".into(), sum(g("dur"), secs)]);
+    tab.row(vec![
+        "longest lock held by the rebuild (`Stats::rebuild_longest_lock`)".into(),
+        sum(g("lock"), secs),
+    ]);
+    tab.row(vec![
+        "writer stalled at install (`Stats::rebuild_install`)".into(),
+        sum(g("install"), secs),
+    ]);
     tab.row(vec![
         "file before → after".into(),
         format!(

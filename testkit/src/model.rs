@@ -393,6 +393,20 @@ fn settle<M: Kind>(db: &Db<M>, handle: &Arc<SimFs>, idle: usize) -> Result<(), E
 ///
 /// If an open recovers a state the model does not allow.
 pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    run_steps_as::<Hashed>(fs, opts, steps, model)
+}
+
+/// [`run_steps`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`run_steps`].
+pub fn run_steps_as<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    steps: &[Step],
+    model: &mut Model,
+) -> Outcome<M> {
     drive(fs, opts, steps, model, false)
 }
 

@@ -70,11 +70,11 @@ pub fn open_on_as<M: Kind>(fs: &SimFs, opts: &Options) -> Result<Db<M>, Error> {
     open_with_handle(fs, opts).map(|(db, _)| db)
 }
 
-/// [`open_on`] with any value type.
-pub(super) fn open_typed<V: ptvp35::Value>(
+/// [`open_on`] with any value type and map.
+pub(super) fn open_typed<V: ptvp35::Value, M: MapKind<String, V>>(
     fs: &SimFs,
     opts: &Options,
-) -> Result<DbConnection<String, V>, Error> {
+) -> Result<DbConnection<String, V, M>, Error> {
     open_with_handle(fs, opts).map(|(db, _)| db)
 }
 

@@ -353,12 +353,3 @@ fn extend_loads_chunk_by_chunk_in_both_maps_and_stops_at_a_refused_pair() -> Res
     db.close()?;
     Ok(())
 }
-
-/// The `_ordered` build of this suite runs on the ordered map, the other on the hash map.
-#[test]
-fn this_build_runs_on_the_map_its_name_says() {
-    let ordered = env!("CARGO_CRATE_NAME").ends_with("_ordered");
-    let kind = std::any::type_name::<common::Kind>();
-    assert_eq!(kind.ends_with("Ordered"), ordered, "{kind}");
-    assert_eq!(kind.ends_with("Hashed"), !ordered, "{kind}");
-}

@@ -1,7 +1,8 @@
 //! One owner across processes: a child process rebuilds its database in a loop while
 //! this process tries to open it, as a database and as `inspect`, again and again. Every
 //! attempt must be refused with `Locked` while the child lives. The child is this test
-//! binary re-run with `OWNER_CHILD` naming the database.
+//! binary re-run with `PTVP35_OWNER_CHILD` naming the database, so it keeps the map of
+//! this build (`owners_ordered.rs`: the ordered map).
 
 mod common;
 
@@ -12,10 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::TempDir;
-use ptvp35::DbConnection;
+use common::{TempDir, TestDb};
 
-type Db = DbConnection<u32, String>;
+type Db = TestDb<u32, String>;
 
 const CHILD_ENV: &str = "PTVP35_OWNER_CHILD";
 
@@ -24,7 +24,7 @@ fn stop_marker(db: &Path) -> PathBuf {
     db.with_file_name("owner-stopping")
 }
 
-/// The child: open, say so, rebuild for three seconds, close.
+/// The child: open, say so (and on which map), rebuild for three seconds, close.
 #[test]
 fn owner_child() -> Result<()> {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
@@ -35,7 +35,7 @@ fn owner_child() -> Result<()> {
         db.set_nowait(i, "x".repeat(64))?;
     }
     db.commit()?;
-    println!("\nOWNER-READY");
+    println!("\nOWNER-READY {}", std::any::type_name::<common::Kind>());
     let t = Instant::now();
     let mut n = 0;
     while t.elapsed() < Duration::from_secs(3) {
@@ -57,7 +57,12 @@ fn no_other_process_opens_a_database_while_its_owner_rebuilds() -> Result<()> {
     let dir = TempDir::new("owners-process")?;
     let path = dir.join("d.db");
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--exact", "owner_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &common::test_name(module_path!(), "owner_child"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .spawn()?;
@@ -70,6 +75,11 @@ fn no_other_process_opens_a_database_while_its_owner_rebuilds() -> Result<()> {
             "the child ended before it was ready"
         );
     }
+    let map = std::any::type_name::<common::Kind>();
+    ensure!(
+        line.trim_end().ends_with(map),
+        "the child runs another map than this build's {map}: {line:?}"
+    );
     let (done, attempts, owned) = (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
         for n in 0..2 {

@@ -7,11 +7,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use super::model::{
-    db_path, key, open_on, open_typed, quiet_intended_panics, run_steps, six_paths, state_of,
-    strays, verify, IntendedPanic, Model, Step,
+    db_path, key, open_on_as, open_typed, quiet_intended_panics, run_steps_as, six_paths, state_of,
+    strays, verify_as, Db, IntendedPanic, Kind, Model, Step,
 };
 use super::sim::SimFs;
-use ptvp35::{DbConnection, Options, TransactionView};
+use ptvp35::{DbConnection, Hashed, Options, TransactionView};
 
 /// Reads numbers from the fuzzer's bytes; zeros once they run out.
 #[derive(Debug)]
@@ -86,12 +86,21 @@ fn step(inp: &mut Input<'_>) -> Step {
 /// `crash_recovery`: bytes → options, a workload, a crash point, a disk state at the crash
 /// (torn, reordered, zero or garbage tails, lost directory entries, as the seed decides),
 /// then a second crash inside the recovery; both recoveries are checked against the model
-/// ([`verify`]).
+/// ([`verify`](crate::verify)).
 ///
 /// # Panics
 ///
 /// If a recovery breaks a rule: that is the finding.
 pub fn crash_recovery(data: &[u8]) {
+    crash_recovery_as::<Hashed>(data);
+}
+
+/// [`crash_recovery`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`crash_recovery`].
+pub fn crash_recovery_as<M: Kind>(data: &[u8]) {
     let mut inp = Input::new(data);
     let flags = inp.u8();
     let crash_at = u64::from(inp.u16() % 512);
@@ -110,18 +119,18 @@ pub fn crash_recovery(data: &[u8]) {
     fs.set_seed(seed);
     fs.crash_after(crash_at);
     let mut model = Model::default();
-    let out = run_steps(&fs, &opts, &steps, &mut model);
+    let out = run_steps_as::<M>(&fs, &opts, &steps, &mut model);
     drop(out.db);
     let state = fs.crash_seeded(seed);
-    if let Err(e) = verify(&state, &model, &opts) {
+    if let Err(e) = verify_as::<M>(&state, &model, &opts) {
         panic!("crash after op {crash_at}, seed {seed}, steps {steps:?}: {e}");
     }
     // A second crash, inside the recovery of that state.
     let during = state.fork();
     during.crash_after(u64::from(second % 24));
-    drop(open_on(&during, &opts));
+    drop(open_on_as::<M>(&during, &opts));
     let again = during.crash_seeded(seed.rotate_left(17));
-    if let Err(e) = verify(&again, &model, &opts) {
+    if let Err(e) = verify_as::<M>(&again, &model, &opts) {
         panic!(
             "crash after op {crash_at}, seed {seed}, then after op {} of recovery, steps \
              {steps:?}: {e}",
@@ -140,6 +149,15 @@ pub fn crash_recovery(data: &[u8]) {
 ///
 /// If a rule is broken: that is the finding.
 pub fn open_any_files(data: &[u8]) {
+    open_any_files_as::<Hashed>(data);
+}
+
+/// [`open_any_files`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`open_any_files`].
+pub fn open_any_files_as<M: Kind>(data: &[u8]) {
     let mut inp = Input::new(data);
     let paths = six_paths(&db_path());
     let mut files = BTreeMap::new();
@@ -168,7 +186,7 @@ pub fn open_any_files(data: &[u8]) {
         fs.make_dir(d);
     }
     let opts = Options::new().preallocate(data.first().is_some_and(|b| b & 0x80 != 0));
-    let db: DbConnection<String, serde_json::Value> = match open_typed(&fs, &opts) {
+    let db: DbConnection<String, serde_json::Value, M> = match open_typed(&fs, &opts) {
         Ok(db) => db,
         Err(e) => {
             // A typed error with a message; nothing more to check.
@@ -193,7 +211,7 @@ pub fn open_any_files(data: &[u8]) {
     }
     let left: Vec<PathBuf> = fs.files().into_keys().filter(|p| p != perr).collect();
     assert_eq!(left, [paths[0].clone()], "a clean close left {left:?}");
-    let again: DbConnection<String, serde_json::Value> = match open_typed(&fs, &opts) {
+    let again: DbConnection<String, serde_json::Value, M> = match open_typed(&fs, &opts) {
         Ok(db) => db,
         Err(e) => panic!("reopening after a clean close failed: {e}"),
     };
@@ -216,10 +234,19 @@ type Level = BTreeMap<String, Option<u64>>;
 ///
 /// If the database and the model disagree: that is the finding.
 pub fn transactions(data: &[u8]) {
+    transactions_as::<Hashed>(data);
+}
+
+/// [`transactions`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`transactions`].
+pub fn transactions_as<M: Kind>(data: &[u8]) {
     quiet_intended_panics();
     let fs = SimFs::new();
     let opts = Options::new();
-    let db = open_on(&fs, &opts).expect("a fresh database opens");
+    let db = open_on_as::<M>(&fs, &opts).expect("a fresh database opens");
     let mut model = Model::default();
     let mut inp = Input::new(data);
     while inp.more() {
@@ -231,7 +258,7 @@ pub fn transactions(data: &[u8]) {
     }
     let want = state_of(&db);
     db.close().expect("close");
-    let db = open_on(&fs, &opts).expect("reopen");
+    let db = open_on_as::<M>(&fs, &opts).expect("reopen");
     assert_eq!(state_of(&db), want, "after close and reopen");
 }
 
@@ -254,8 +281,8 @@ fn view_get(model: &Model, stack: &[Level], k: &str) -> Option<u64> {
 
 /// Runs operations on `view` (depth `depth` of `stack`) until the input says how the view
 /// ends, and returns that.
-fn level(
-    db: &super::model::Db,
+fn level<M: Kind>(
+    db: &Db<M>,
     view: &TransactionView<'_, String, u64>,
     inp: &mut Input<'_>,
     model: &mut Model,

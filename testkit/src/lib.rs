@@ -21,11 +21,14 @@ pub use explore::{
     explore, first_difference, standard_workload, workload_trace, workload_trace_as, Exploration,
     Explored,
 };
-pub use fuzz::{crash_recovery, open_any_files, transactions};
+pub use fuzz::{
+    crash_recovery, crash_recovery_as, open_any_files, open_any_files_as, transactions,
+    transactions_as,
+};
 pub use model::{
-    db_path, key, open_on, open_on_as, quiet_intended_panics, run_steps, run_steps_settled,
-    run_steps_settled_as, six_paths, state_of, strays, verify, verify_as, Db, IntendedPanic, Kind,
-    Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
+    db_path, key, open_on, open_on_as, quiet_intended_panics, run_steps, run_steps_as,
+    run_steps_settled, run_steps_settled_as, six_paths, state_of, strays, verify, verify_as, Db,
+    IntendedPanic, Kind, Model, Outcome, State, Step, Txn, Verified, WORKLOAD_OWNER,
 };
 pub use repair::{corrupt_database, explore_repair};
 pub use sim::{Owner, SimFs};

@@ -70,11 +70,11 @@ pub fn open_on_as<M: Kind>(fs: &SimFs, opts: &Options) -> Result<Db<M>, Error> {
     open_with_handle(fs, opts).map(|(db, _)| db)
 }
 
-/// [`open_on`] with any value type.
-pub(super) fn open_typed<V: ptvp35::Value>(
+/// [`open_on`] with any value type and map.
+pub(super) fn open_typed<V: ptvp35::Value, M: MapKind<String, V>>(
     fs: &SimFs,
     opts: &Options,
-) -> Result<DbConnection<String, V>, Error> {
+) -> Result<DbConnection<String, V, M>, Error> {
     open_with_handle(fs, opts).map(|(db, _)| db)
 }
 
@@ -393,6 +393,20 @@ fn settle<M: Kind>(db: &Db<M>, handle: &Arc<SimFs>, idle: usize) -> Result<(), E
 ///
 /// If an open recovers a state the model does not allow.
 pub fn run_steps(fs: &SimFs, opts: &Options, steps: &[Step], model: &mut Model) -> Outcome {
+    run_steps_as::<Hashed>(fs, opts, steps, model)
+}
+
+/// [`run_steps`] with the map `M`.
+///
+/// # Panics
+///
+/// As [`run_steps`].
+pub fn run_steps_as<M: Kind>(
+    fs: &SimFs,
+    opts: &Options,
+    steps: &[Step],
+    model: &mut Model,
+) -> Outcome<M> {
     drive(fs, opts, steps, model, false)
 }
 

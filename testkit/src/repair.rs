@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::disk::Fate;
-use super::model::{db_path, open_on, six_paths, state_of, State};
+use super::model::{db_path, open_on_as, six_paths, state_of, Kind, State};
 use super::sim::SimFs;
 use ptvp35::Options;
 
@@ -44,13 +44,17 @@ pub fn corrupt_database(crashed: bool) -> (SimFs, State, Vec<Vec<u8>>) {
 }
 
 /// Crashes `repair` of `state` at each of its operation boundaries, in several disk
-/// states each; every one must then repair (again, if need be) and open to `want`, with
-/// every line of `bad` in `P.error`. Returns how many states it checked.
+/// states each; every one must then repair (again, if need be) and open with the map `M`
+/// to `want`, with every line of `bad` in `P.error`. Returns how many states it checked.
 ///
 /// # Errors
 ///
 /// The first violation.
-pub fn explore_repair(state: &SimFs, want: &State, bad: &[Vec<u8>]) -> Result<u64, String> {
+pub fn explore_repair<M: Kind>(
+    state: &SimFs,
+    want: &State,
+    bad: &[Vec<u8>],
+) -> Result<u64, String> {
     let perr = six_paths(&db_path())[5].clone();
     let repair = |fs: &SimFs| {
         ptvp35::repair_on::<String, u64>(&(Arc::new(fs.clone()) as Arc<dyn ptvp35::Fs>), &db_path())
@@ -74,7 +78,7 @@ pub fn explore_repair(state: &SimFs, want: &State, bad: &[Vec<u8>]) -> Result<u6
             let at = || format!("repair crashed after its op {m}, {name}");
             // The user repairs again (a repair that finds nothing to move only recovers).
             repair(&after).map_err(|e| format!("{}: the next repair failed: {e}", at()))?;
-            let db = open_on(&after, &Options::new())
+            let db = open_on_as::<M>(&after, &Options::new())
                 .map_err(|e| format!("{}: the open after it failed: {e}", at()))?;
             if state_of(&db) != *want {
                 return Err(format!("{}: state {:?}", at(), state_of(&db)));

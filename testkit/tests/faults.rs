@@ -3,16 +3,19 @@
 //! recovery. Waiting callers get the error (operation and path in it), nothing
 //! acknowledged is lost, writes are refused afterwards while reads go on and memory
 //! matches the disk, and reopening (in the same process, or after a crash) recovers to a
-//! state the model allows.
+//! state the model allows. `faults_ordered.rs` runs it on the ordered map.
+
+mod common;
 
 use std::io;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use common::{Map, TestDb};
 use ptvp35::{Error, Options};
 use ptvp35_testkit::{
-    open_on, run_steps, standard_workload, state_of, strays, verify, Db, Effect, Fault, Model,
+    open_on_as, run_steps_as, standard_workload, state_of, strays, verify_as, Effect, Fault, Model,
     OpKind, SimFs, Step,
 };
 
@@ -75,7 +78,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn set(db: &Db, model: &mut Model, k: &str) -> Result<(), Error> {
+fn set(db: &TestDb, model: &mut Model, k: &str) -> Result<(), Error> {
     let v = model.value();
     let i = model.submit([(k.to_string(), Some(v))].into());
     db.set(k.to_string(), v)?;
@@ -86,7 +89,7 @@ fn set(db: &Db, model: &mut Model, k: &str) -> Result<(), Error> {
 #[test]
 fn failed_batch_sync_fails_the_batch_poisons_and_keeps_reads() -> anyhow::Result<()> {
     let fs = SimFs::new();
-    let db = open_on(&fs, &opts())?;
+    let db = open_on_as::<Map>(&fs, &opts())?;
     let mut model = Model::default();
     set(&db, &mut model, "a")?;
     fs.inject(Fault::eio(OpKind::SyncData, Some("P"), 1));
@@ -108,8 +111,8 @@ fn failed_batch_sync_fails_the_batch_poisons_and_keeps_reads() -> anyhow::Result
     ensure!(db.commit().is_err(), "commit reports the failure");
     drop(db);
     // Reopen in the same process (what the page cache shows), then after a power cut.
-    verify(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
-    verify(&fs.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
+    verify_as::<Map>(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
+    verify_as::<Map>(&fs.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
     Ok(())
 }
 
@@ -121,19 +124,20 @@ fn reopen_after_failed_fsync_then_power_cut_keeps_later_acks() -> anyhow::Result
     for seed in 0..32 {
         let fs = SimFs::new();
         fs.set_seed(seed);
-        let db = open_on(&fs, &opts())?;
+        let db = open_on_as::<Map>(&fs, &opts())?;
         let mut model = Model::default();
         set(&db, &mut model, "a")?;
         fs.inject(Fault::eio(OpKind::SyncData, Some("P"), 1));
         ensure!(set(&db, &mut model, "b").is_err());
         drop(db);
-        let db = open_on(&fs, &opts())?;
+        let db = open_on_as::<Map>(&fs, &opts())?;
         model.rebase(state_of(&db)); // what the reopen shows must stay
         set(&db, &mut model, "c")?;
         set(&db, &mut model, "d")?;
         std::mem::forget(db); // the power goes before any close
         for crash in [fs.crash_durable(), fs.crash_seeded(seed)] {
-            verify(&crash, &model, &opts()).map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
+            verify_as::<Map>(&crash, &model, &opts())
+                .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
         }
     }
     Ok(())
@@ -142,7 +146,7 @@ fn reopen_after_failed_fsync_then_power_cut_keeps_later_acks() -> anyhow::Result
 #[test]
 fn full_disk_during_append_fails_the_request_and_loses_nothing_acked() -> anyhow::Result<()> {
     let fs = SimFs::new();
-    let db = open_on(&fs, &opts())?;
+    let db = open_on_as::<Map>(&fs, &opts())?;
     let mut model = Model::default();
     set(&db, &mut model, "a")?;
     fs.limit_space(10);
@@ -161,8 +165,8 @@ fn full_disk_during_append_fails_the_request_and_loses_nothing_acked() -> anyhow
     );
     drop(db);
     fs.clear_faults();
-    verify(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
-    verify(&fs.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
+    verify_as::<Map>(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
+    verify_as::<Map>(&fs.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
     Ok(())
 }
 
@@ -173,7 +177,7 @@ fn full_disk_during_append_fails_the_request_and_loses_nothing_acked() -> anyhow
 fn failed_write_is_undone_before_its_caller_hears() -> anyhow::Result<()> {
     for keep in 0..48 {
         let fs = SimFs::new();
-        let db = open_on(&fs, &opts())?;
+        let db = open_on_as::<Map>(&fs, &opts())?;
         db.set("a".into(), 1)?;
         fs.inject(Fault {
             op: OpKind::Write,
@@ -196,7 +200,7 @@ fn failed_write_is_undone_before_its_caller_hears() -> anyhow::Result<()> {
 fn short_write_during_append_fails_the_batch_and_recovers() -> anyhow::Result<()> {
     for keep in [0, 1, 7, 20] {
         let fs = SimFs::new();
-        let db = open_on(&fs, &opts())?;
+        let db = open_on_as::<Map>(&fs, &opts())?;
         let mut model = Model::default();
         set(&db, &mut model, "a")?;
         fs.inject(Fault {
@@ -212,9 +216,10 @@ fn short_write_during_append_fails_the_batch_and_recovers() -> anyhow::Result<()
         names_op_and_path(&e)?;
         ensure!(db.get("b").is_none());
         drop(db);
-        verify(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
+        verify_as::<Map>(&fs, &model, &opts()).map_err(anyhow::Error::msg)?;
         for seed in 0..8 {
-            verify(&fs.crash_seeded(seed), &model, &opts()).map_err(anyhow::Error::msg)?;
+            verify_as::<Map>(&fs.crash_seeded(seed), &model, &opts())
+                .map_err(anyhow::Error::msg)?;
         }
     }
     Ok(())
@@ -248,7 +253,7 @@ fn faults_during_a_rebuild_are_reported_and_recovered() -> anyhow::Result<()> {
                     continue;
                 }
                 let fs = SimFs::new();
-                let db = open_on(&fs, &opts())?;
+                let db = open_on_as::<Map>(&fs, &opts())?;
                 let mut model = Model::default();
                 for k in ["a", "b", "a", "c"] {
                     set(&db, &mut model, k)?;
@@ -281,9 +286,9 @@ fn faults_during_a_rebuild_are_reported_and_recovered() -> anyhow::Result<()> {
                     "{after:?}"
                 );
                 drop(db);
-                verify(&fs, &model, &opts())
+                verify_as::<Map>(&fs, &model, &opts())
                     .map_err(|e| anyhow::anyhow!("{op:?} {role:?} {nth} {effect:?}: {e}"))?;
-                verify(&fs.crash_durable(), &model, &opts())
+                verify_as::<Map>(&fs.crash_durable(), &model, &opts())
                     .map_err(|e| anyhow::anyhow!("{op:?} {role:?} {nth} {effect:?}: {e}"))?;
             }
         }
@@ -301,7 +306,7 @@ fn every_nth_operation_failing_is_survived() -> anyhow::Result<()> {
     let steps = standard_workload();
     let full = SimFs::new();
     let mut m = Model::default();
-    let out = run_steps(&full, &opts(), &steps, &mut m);
+    let out = run_steps_as::<Map>(&full, &opts(), &steps, &mut m);
     drop(out.db);
     let trace = full.trace();
     let mut runs = 0;
@@ -328,7 +333,7 @@ fn every_nth_operation_failing_is_survived() -> anyhow::Result<()> {
                     effect: Effect::Fail(io::ErrorKind::Other),
                 });
                 let mut model = Model::default();
-                let out = run_steps(&fs, &opts(), &steps, &mut model);
+                let out = run_steps_as::<Map>(&fs, &opts(), &steps, &mut model);
                 if let Some((_, e)) = &out.error {
                     if !matches!(e, Error::Corrupt { .. } | Error::BadSideFile { .. }) {
                         names_op_and_path(e).with_context(|| format!("{kind:?} #{nth}"))?;
@@ -337,16 +342,16 @@ fn every_nth_operation_failing_is_survived() -> anyhow::Result<()> {
                 drop(out.db);
                 fs.clear_faults();
                 let at = |e: String| anyhow::anyhow!("{kind:?} #{nth} p={persistent}: {e}");
-                verify(&fs, &model, &opts()).map_err(at)?;
+                verify_as::<Map>(&fs, &model, &opts()).map_err(at)?;
                 // Same process: reopen, write on, then the power goes.
                 let more = [Step::Set(90), Step::Delta(vec![(91, true), (90, false)])];
-                let out = run_steps(&fs, &opts(), &more, &mut model);
+                let out = run_steps_as::<Map>(&fs, &opts(), &more, &mut model);
                 if let Some((_, e)) = out.error {
                     return Err(at(format!("reopen after the fault: {e}")));
                 }
                 std::mem::forget(out.db);
-                verify(&fs.crash_durable(), &model, &opts()).map_err(at)?;
-                verify(&fs.crash_seeded(nth), &model, &opts()).map_err(at)?;
+                verify_as::<Map>(&fs.crash_durable(), &model, &opts()).map_err(at)?;
+                verify_as::<Map>(&fs.crash_seeded(nth), &model, &opts()).map_err(at)?;
             }
         }
     }
@@ -359,7 +364,7 @@ fn every_nth_operation_failing_is_survived() -> anyhow::Result<()> {
 #[test]
 fn waiter_queued_during_failed_rebuild_gets_error_not_hang() -> anyhow::Result<()> {
     let fs = SimFs::new();
-    let db = std::sync::Arc::new(open_on(&fs, &opts())?);
+    let db = std::sync::Arc::new(open_on_as::<Map>(&fs, &opts())?);
     db.set("a".into(), 1)?;
     fs.inject(Fault {
         op: OpKind::SyncData,
@@ -392,7 +397,7 @@ fn waiter_queued_during_failed_rebuild_gets_error_not_hang() -> anyhow::Result<(
 fn shutdown_drained_by_failed_rebuild_does_not_hang() -> anyhow::Result<()> {
     for _ in 0..3 {
         let fs = SimFs::new();
-        let db = open_on(&fs, &Options::new().compact_ratio(1.0).compact_floor(0))?;
+        let db = open_on_as::<Map>(&fs, &Options::new().compact_ratio(1.0).compact_floor(0))?;
         db.set("a".into(), 1)?;
         fs.inject(Fault {
             op: OpKind::SyncData,
@@ -416,7 +421,7 @@ fn shutdown_drained_by_failed_rebuild_does_not_hang() -> anyhow::Result<()> {
         let r = without_hanging(&close)?;
         ensure!(r.is_err(), "the failure is reported at close: {r:?}");
         ensure!(strays(&fs).iter().all(|p| p.starts_with("db")));
-        let again = open_on(&fs, &opts())?;
+        let again = open_on_as::<Map>(&fs, &opts())?;
         ensure!(again.get("a") == Some(2));
         again.close()?;
     }
@@ -429,7 +434,7 @@ fn faults_during_recovery_are_reported_and_retried() -> anyhow::Result<()> {
     let fs = SimFs::new();
     fs.crash_after(13);
     let mut model = Model::default();
-    let out = run_steps(&fs, &opts(), &standard_workload(), &mut model);
+    let out = run_steps_as::<Map>(&fs, &opts(), &standard_workload(), &mut model);
     drop(out.db);
     let base = fs.crash_with(|_, _| ptvp35_testkit::Fate::Prefix(5));
     for kind in [
@@ -442,7 +447,7 @@ fn faults_during_recovery_are_reported_and_retried() -> anyhow::Result<()> {
         for nth in 1..=3 {
             let s = base.fork();
             s.inject(Fault::eio(kind, None, nth));
-            match open_on(&s, &opts()) {
+            match open_on_as::<Map>(&s, &opts()) {
                 Ok(db) => drop(db),
                 Err(e) => {
                     if !matches!(e, Error::Corrupt { .. } | Error::BadSideFile { .. }) {
@@ -451,8 +456,8 @@ fn faults_during_recovery_are_reported_and_retried() -> anyhow::Result<()> {
                 }
             }
             s.clear_faults();
-            verify(&s, &model, &opts()).map_err(anyhow::Error::msg)?;
-            verify(&s.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
+            verify_as::<Map>(&s, &model, &opts()).map_err(anyhow::Error::msg)?;
+            verify_as::<Map>(&s.crash_durable(), &model, &opts()).map_err(anyhow::Error::msg)?;
         }
     }
     Ok(())
@@ -464,7 +469,7 @@ fn faults_during_recovery_are_reported_and_retried() -> anyhow::Result<()> {
 #[test]
 fn writes_queued_during_a_sync_share_the_next_batch() -> anyhow::Result<()> {
     let fs = SimFs::new();
-    let db = std::sync::Arc::new(open_on(&fs, &opts())?);
+    let db = std::sync::Arc::new(open_on_as::<Map>(&fs, &opts())?);
     fs.inject(Fault {
         op: OpKind::SyncData,
         role: Some("P"),
@@ -503,7 +508,7 @@ fn writes_queued_during_a_sync_share_the_next_batch() -> anyhow::Result<()> {
 #[test]
 fn a_handle_waits_for_its_own_change_not_another_threads() -> anyhow::Result<()> {
     let fs = SimFs::new();
-    let db = std::sync::Arc::new(open_on(&fs, &opts())?);
+    let db = std::sync::Arc::new(open_on_as::<Map>(&fs, &opts())?);
     db.set("a".into(), 1)?;
     fs.inject(Fault {
         op: OpKind::SyncData,

@@ -1,10 +1,13 @@
 //! The fuzz bodies of `fuzz/` on their committed seed corpora (`fuzz/seeds/<target>/`)
 //! and on inputs made from a fixed generator, so `cargo test` covers them without a
-//! fuzzer.
+//! fuzzer. `fuzz_seeds_ordered.rs` runs them on the ordered map.
+
+mod common;
 
 use std::path::Path;
 
-use ptvp35_testkit::{crash_recovery, open_any_files, transactions, Rng};
+use common::Map;
+use ptvp35_testkit::{crash_recovery_as, open_any_files_as, transactions_as, Rng};
 
 fn seeds(target: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +38,7 @@ fn crash_recovery_seeds() -> anyhow::Result<()> {
     let inputs = seeds("crash_recovery")?;
     let n = inputs.len();
     for input in inputs.into_iter().chain(generated(1, 300, 96)) {
-        crash_recovery(&input);
+        crash_recovery_as::<Map>(&input);
     }
     println!("crash_recovery: {n} committed seeds and 300 generated inputs");
     Ok(())
@@ -47,7 +50,7 @@ fn open_any_files_seeds() -> anyhow::Result<()> {
         .into_iter()
         .chain(generated(2, 500, 300))
     {
-        open_any_files(&input);
+        open_any_files_as::<Map>(&input);
     }
     Ok(())
 }
@@ -58,7 +61,7 @@ fn transactions_seeds() -> anyhow::Result<()> {
         .into_iter()
         .chain(generated(3, 300, 200))
     {
-        transactions(&input);
+        transactions_as::<Map>(&input);
     }
     Ok(())
 }

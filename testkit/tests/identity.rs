@@ -1,7 +1,10 @@
 //! The classes the first crash model missed, on the simulated filesystem: openers racing
 //! with rebuilds, a main file that is not durable when the database opens, an open
 //! crashed in its first steps after a close whose directory sync failed, and file
-//! identity (working directory, symbolic links, hard links).
+//! identity (working directory, symbolic links, hard links). `identity_ordered.rs` runs
+//! it on the ordered map.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
+use common::{Map, TestDb};
 use ptvp35::{Error, Fs, Options};
-use ptvp35_testkit::{db_path, open_on, six_paths, state_of, Fate, Fault, OpKind, Owner, SimFs};
+use ptvp35_testkit::{db_path, open_on_as, six_paths, state_of, Fate, Fault, OpKind, Owner, SimFs};
 
 fn opts() -> Options {
     Options::new()
@@ -23,7 +27,7 @@ fn opts() -> Options {
 #[test]
 fn openers_racing_with_rebuilds_never_own_the_database() -> Result<()> {
     let fs = SimFs::new();
-    let db = open_on(&fs, &opts())?;
+    let db = open_on_as::<Map>(&fs, &opts())?;
     for i in 0..50 {
         db.set(format!("k{i}"), i)?;
     }
@@ -35,7 +39,7 @@ fn openers_racing_with_rebuilds_never_own_the_database() -> Result<()> {
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     tries.fetch_add(1, Ordering::Relaxed);
-                    if open_on(fs, &opts()).is_ok() {
+                    if open_on_as::<Map>(fs, &opts()).is_ok() {
                         owners.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -67,13 +71,13 @@ fn a_main_file_not_durable_at_open_survives_a_power_cut_after_it() -> Result<()>
     )?;
     fs.sync_dir(p.parent().context("dir")?)?;
     drop(f);
-    let db = open_on(&fs, &opts())?;
+    let db = open_on_as::<Map>(&fs, &opts())?;
     let shown = state_of(&db);
     ensure!(shown.len() == 2, "{shown:?}");
     // The power goes now, with the database open.
     let after = fs.crash_durable();
     drop(db);
-    let again = open_on(&after, &opts()).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+    let again = open_on_as::<Map>(&after, &opts()).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
     ensure!(
         state_of(&again) == shown,
         "the open showed a state that was lost"
@@ -87,7 +91,7 @@ fn a_main_file_not_durable_at_open_survives_a_power_cut_after_it() -> Result<()>
 #[test]
 fn an_open_after_a_failed_close_survives_a_crash_at_each_step() -> Result<()> {
     let base = SimFs::new();
-    let db = open_on(&base, &opts())?;
+    let db = open_on_as::<Map>(&base, &opts())?;
     db.set("a".into(), 1)?;
     db.set("b".into(), 2)?;
     let want = state_of(&db);
@@ -100,12 +104,12 @@ fn an_open_after_a_failed_close_survives_a_crash_at_each_step() -> Result<()> {
     base.clear_faults();
     let probe = base.fork();
     let before = probe.ops();
-    drop(open_on(&probe, &opts())?);
+    drop(open_on_as::<Map>(&probe, &opts())?);
     let open_ops = probe.ops() - before;
     for m in 0..open_ops {
         let fs = base.fork();
         fs.crash_after(m);
-        drop(open_on(&fs, &opts()));
+        drop(open_on_as::<Map>(&fs, &opts()));
         let entries_lost = fs.crash_with(|_, op| match op.kind {
             OpKind::Create | OpKind::Rename | OpKind::Remove => Fate::Lose,
             _ => Fate::Keep,
@@ -115,7 +119,7 @@ fn an_open_after_a_failed_close_survives_a_crash_at_each_step() -> Result<()> {
             ("seeded", fs.crash_seeded(m)),
             ("entries lost, data kept", entries_lost),
         ] {
-            let db = open_on(&state, &opts())
+            let db = open_on_as::<Map>(&state, &opts())
                 .map_err(|e| anyhow::anyhow!("open crashed at its op {m}, {name}: {e}"))?;
             ensure!(state_of(&db) == want, "op {m}, {name}: {:?}", state_of(&db));
             db.close()?;
@@ -143,7 +147,7 @@ fn a_rebuild_keeps_links_directory_and_owner() -> Result<()> {
     fs.set_owner(&real, owner)?;
     fs.symlink(Path::new("../data/real.db"), Path::new("/app/link.db"));
     fs.set_cwd(Path::new("/app"));
-    let db: ptvp35_testkit::Db = opts().filesystem(Arc::new(fs.clone())).open("link.db")?;
+    let db: TestDb = opts().filesystem(Arc::new(fs.clone())).open_as("link.db")?;
     db.set("a".into(), 1)?;
     fs.set_cwd(Path::new("/elsewhere"));
     db.compact()?;
@@ -156,7 +160,7 @@ fn a_rebuild_keeps_links_directory_and_owner() -> Result<()> {
     ensure!(fs.owner(&real) == Some(owner), "{:?}", fs.owner(&real));
     let names: Vec<PathBuf> = fs.files().into_keys().collect();
     ensure!(names == [real.clone()], "{names:?}");
-    let db = open_on(
+    let db = open_on_as::<Map>(
         &SimFs::with_files(&BTreeMap::from([(
             db_path(),
             fs.file(&real).unwrap_or_default(),
@@ -172,10 +176,10 @@ fn a_rebuild_keeps_links_directory_and_owner() -> Result<()> {
 #[test]
 fn a_hard_linked_main_file_is_refused() -> Result<()> {
     let fs = SimFs::new();
-    drop(open_on(&fs, &opts())?);
+    drop(open_on_as::<Map>(&fs, &opts())?);
     fs.hard_link(&db_path(), Path::new("/db/other.db"))?;
     let before = fs.files();
-    match open_on(&fs, &opts()) {
+    match open_on_as::<Map>(&fs, &opts()) {
         Err(Error::Unsupported { .. }) => {}
         other => anyhow::bail!("{other:?}"),
     }
@@ -189,13 +193,13 @@ fn a_hard_linked_main_file_is_refused() -> Result<()> {
 #[test]
 fn a_failed_install_after_the_rename_keeps_the_database_locked() -> Result<()> {
     let fs = SimFs::new();
-    let db = open_on(&fs, &opts())?;
+    let db = open_on_as::<Map>(&fs, &opts())?;
     db.set("a".into(), 1)?;
     // The next write of `P.truncate` is R8, after the rename.
     fs.inject(Fault::eio(OpKind::Write, Some("P.truncate"), 1));
     ensure!(db.compact().is_err(), "the install should fail");
     fs.clear_faults();
-    match open_on(&fs, &opts()) {
+    match open_on_as::<Map>(&fs, &opts()) {
         Err(Error::Locked { .. }) => {}
         Ok(_) => anyhow::bail!("a second owner opened the database beside the first"),
         Err(e) => anyhow::bail!("{e}"),

@@ -1,6 +1,8 @@
 //! The writer under faults that earlier tests did not reach: a sync that fails while
 //! the request queue is full, a rebuild that keeps failing, and readers during the undo
-//! of a failed batch.
+//! of a failed batch. `writer_faults_ordered.rs` runs it on the ordered map.
+
+mod common;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +10,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use common::{Map, TestDb};
 use ptvp35::{Delta, Options};
-use ptvp35_testkit::{db_path, open_on, Db, Effect, Fault, OpKind, SimFs};
+use ptvp35_testkit::{db_path, open_on_as, Effect, Fault, OpKind, SimFs};
 
 fn opts() -> Options {
     Options::new()
@@ -34,10 +37,10 @@ fn within_ten_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 fn a_failed_sync_while_the_queue_is_full_does_not_hang() -> Result<()> {
     let fs = SimFs::new();
     // A short queue (`open_on` sets a long one).
-    let db: Db = opts()
+    let db: TestDb = opts()
         .filesystem(Arc::new(fs.clone()))
         .queue_limits(4, 1 << 20)
-        .open(db_path())?;
+        .open_as(db_path())?;
     let db = Arc::new(db);
     db.set("x".into(), 0)?;
     fs.inject(Fault {
@@ -89,7 +92,7 @@ fn a_failed_sync_while_the_queue_is_full_does_not_hang() -> Result<()> {
 #[test]
 fn a_persistently_failing_rebuild_is_retried_a_few_times_only() -> Result<()> {
     let fs = SimFs::new();
-    let db = open_on(&fs, &opts().compact_ratio(1.0).compact_floor(0))?;
+    let db = open_on_as::<Map>(&fs, &opts().compact_ratio(1.0).compact_floor(0))?;
     fs.inject(Fault {
         op: OpKind::Create,
         role: Some("P.backup"),
@@ -130,7 +133,7 @@ fn a_persistently_failing_rebuild_is_retried_a_few_times_only() -> Result<()> {
 fn readers_never_see_half_an_undone_transaction() -> Result<()> {
     for round in 0..20u64 {
         let fs = SimFs::new();
-        let db = Arc::new(open_on(&fs, &opts())?);
+        let db = Arc::new(open_on_as::<Map>(&fs, &opts())?);
         let mut d = Delta::new();
         for k in 0..400 {
             d.set(format!("k{k}"), 0)?;

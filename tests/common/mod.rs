@@ -92,7 +92,8 @@ pub fn within<T: Send + 'static>(
 }
 
 /// Whether this test crate is the ordered-map build of its suite: each suite that holds
-/// for both maps is built twice (`Cargo.toml` names the second build `NAME_ordered`).
+/// for both maps is built twice, the second time by `tests/NAME_ordered.rs`, a wrapper
+/// that loads `NAME.rs` as module `suite`.
 const fn ordered_build() -> bool {
     let name = env!("CARGO_CRATE_NAME").as_bytes();
     let tail = b"_ordered".as_slice();
@@ -130,6 +131,16 @@ pub type Kind = <Select<{ ordered_build() }> as Pick>::Kind;
 
 /// A database with this build's map.
 pub type TestDb<K, V> = ptvp35::DbConnection<K, V, Kind>;
+
+/// Every suite that shares this module runs this check: the `_ordered` build of a suite
+/// runs on the ordered map, the other on the hash map.
+#[test]
+fn this_build_runs_on_the_map_its_name_says() {
+    let ordered = env!("CARGO_CRATE_NAME").ends_with("_ordered");
+    let kind = std::any::type_name::<Kind>();
+    assert_eq!(kind.ends_with("Ordered"), ordered, "{kind}");
+    assert_eq!(kind.ends_with("Hashed"), !ordered, "{kind}");
+}
 
 /// The full name of the test `name` of the calling test file, as `--exact` wants it: the
 /// ordered-map build loads the file as module `suite`, so its tests are `suite::NAME`.

@@ -130,7 +130,8 @@ enum Shape<K> {
 /// A binary search with branches down to a few items, then a scan: on a table larger than
 /// the caches the next items' loads start before the comparison that needs them ends
 /// (the branch is predicted), where the standard library's branch-free search waits for
-/// each load in turn. Measured on 1M `String` keys: point reads 1.6× faster.
+/// each load in turn. Measured on 1M `String` keys, reopened: point reads 1.6× faster,
+/// 100-key range scans 1.5× (scanning the last 4 items instead of 16: both slower).
 fn count_before<T>(items: &[T], before: impl Fn(&T) -> bool) -> usize {
     let (mut lo, mut hi) = (0, items.len());
     while hi - lo > SCAN {
@@ -144,7 +145,7 @@ fn count_before<T>(items: &[T], before: impl Fn(&T) -> bool) -> usize {
     lo + items[lo..hi].iter().take_while(|i| before(i)).count()
 }
 
-/// Items left to a search when it scans instead of halving.
+/// Items left to a search when it scans instead of halving (see [`count_before`]).
 const SCAN: usize = 16;
 
 /// The child of a level whose separators are `seps` that `q` belongs to.

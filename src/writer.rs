@@ -34,8 +34,9 @@ pub(crate) enum Request<U> {
 pub(crate) trait TypedSide: Send + Sync + 'static {
     /// What undoes one write's changes to the map, kept until the write is durable.
     type Undo: Send + 'static;
-    /// Serializes every live pair, in chunks of whole lines, one shard at a time under
-    /// that shard's read lock. Returns the last sequence number the copy may include.
+    /// Serializes every live pair, in chunks of whole lines, one shard at a time (the hash
+    /// map: in pieces of a shard, each cloned under that shard's read lock). Returns the
+    /// last sequence number the copy may include.
     fn snapshot(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
     /// Refuses every later submission.
     fn refuse_writes(&self);
@@ -583,11 +584,12 @@ impl<E: TypedSide> Writer<E> {
 
     /// Finishes the rebuild whose copy is done (steps R3–R9, a few syncs on this thread).
     ///
-    /// The copy took one shard at a time, so it may hold part of a transaction applied
-    /// meanwhile. Every write this thread took from the queue since the copy began is
-    /// therefore appended to the backup again (replaying a write over a copy that already
-    /// holds it is harmless), and so is every write still queued up to the last number the
-    /// copy could have seen: the backup then holds exactly the state after that write.
+    /// The copy took a piece of a shard at a time, so it may hold part of a transaction
+    /// applied meanwhile. Every write this thread took from the queue since the copy
+    /// began is therefore appended to the backup again (replaying a write over a copy
+    /// that already holds it is harmless), and so is every write still queued up to the
+    /// last number the copy could have seen: the backup then holds exactly the state
+    /// after that write.
     fn finish_rebuild(&mut self, copied: Result<Copied>) {
         let Some(RebuildJob {
             thread,

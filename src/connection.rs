@@ -7,12 +7,12 @@ use std::fmt;
 use std::hash::Hash;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::bounds::{Key, Value};
@@ -377,6 +377,34 @@ impl CommitHandle {
             self
         }
     }
+}
+
+/// A chunk of [`DbConnection::extend`]'s pairs on its way to the thread that applies it:
+/// as read, or serialized already.
+enum Chunk<K, V> {
+    Pairs(Vec<(K, V)>),
+    Delta(Delta<K, V>),
+}
+
+/// The next pairs of `extend` (at most [`EXTEND_CHUNK`]); none once `stop` is set.
+fn read_pairs<K, V>(items: &mut impl Iterator<Item = (K, V)>, stop: &AtomicBool) -> Vec<(K, V)> {
+    let mut pairs = Vec::with_capacity(EXTEND_CHUNK);
+    pairs.extend(
+        items
+            .take_while(|_| !stop.load(Ordering::Relaxed))
+            .take(EXTEND_CHUNK),
+    );
+    pairs
+}
+
+/// One chunk of `extend` as a delta (user `Serialize` and `Hash`), its lines in a buffer
+/// of about `bytes_hint` bytes.
+fn encode_chunk<K: Key, V: Value>(pairs: Vec<(K, V)>, bytes_hint: usize) -> Result<Delta<K, V>> {
+    let mut delta = Delta::with_capacity(pairs.len(), bytes_hint);
+    for (k, v) in pairs {
+        delta.set(k, v)?;
+    }
+    Ok(delta)
 }
 
 /// What a connection shares with its writer thread: the map, the queue, and the
@@ -1056,11 +1084,14 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
 
     /// Sets every pair of `items` and returns once all of them are durable: the bulk load.
     ///
-    /// The pairs go in as transactions of up to 65,536 keys each (see [`EXTEND_CHUNK`]),
-    /// each serialized, applied and queued while the writer thread writes the one before.
-    /// Each chunk is atomic, the whole is not: a reader may see the first chunks before
-    /// the last, and after a crash the database holds some prefix of the chunks. Memory
-    /// stays near the size of the loaded map, where one [`Delta`] of every pair also
+    /// The pairs go in as transactions of up to 65,536 keys each (see [`EXTEND_CHUNK`]).
+    /// From the second chunk on, three threads share the work: this one reads the pairs,
+    /// a thread `ptvp35-extend` serializes and applies each chunk (this one serializes
+    /// a chunk itself when the other is still busy), and the writer thread writes the
+    /// chunk before. Each chunk is atomic, the whole is
+    /// not: a reader may see the first chunks before the last, and after a crash the
+    /// database holds some prefix of the chunks. Memory stays near the size of the loaded
+    /// map (a few chunks of pairs on their way), where one [`Delta`] of every pair also
     /// holds every record line and a second copy of every pair until it is applied. For
     /// all-or-nothing, build one [`Delta`] and [`commit_transaction`] it.
     ///
@@ -1069,8 +1100,15 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// # Errors
     ///
     /// [`Error::Serialize`] if a pair cannot be stored: the chunks before it are
-    /// submitted (and become durable), the chunk it was in is dropped, and nothing after
-    /// it is read. Otherwise as [`commit_transaction`](Self::commit_transaction).
+    /// submitted (and durable when this returns), the chunk it was in is dropped, and
+    /// reading `items` stops (pairs read meanwhile, at most about two chunks, are
+    /// dropped). Otherwise as [`commit_transaction`](Self::commit_transaction), and
+    /// [`Error::Io`] if the thread cannot be started.
+    ///
+    /// # Panics
+    ///
+    /// A panic in user code (the iterator, or the keys' and values' `Serialize`, `Hash`,
+    /// `Eq`, `Clone` or `Drop`) goes on in this thread once the chunks before it are in.
     ///
     /// # Examples
     ///
@@ -1088,27 +1126,87 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// # }
     /// ```
     pub fn extend<I: IntoIterator<Item = (K, V)>>(&self, items: I) -> Result<()> {
+        let mut items = items.into_iter();
+        let stop = AtomicBool::new(false);
+        let first = read_pairs(&mut items, &stop);
+        if first.len() < EXTEND_CHUNK {
+            // One chunk: no thread.
+            return self.commit_transaction(encode_chunk(first, 0)?);
+        }
+        let bytes_hint = AtomicUsize::new(0);
+        let (tx, rx) = crossbeam_channel::bounded::<Chunk<K, V>>(1);
+        std::thread::scope(|s| {
+            let worker = std::thread::Builder::new()
+                .name("ptvp35-extend".into())
+                .spawn_scoped(s, || self.submit_chunks(rx.into_iter(), &bytes_hint, &stop))
+                .map_err(|e| Error::io("start the extend thread for", &self.paths.main, e))?;
+            let mut pairs = first;
+            let read = loop {
+                // The other thread serializes the chunk if it is free for it; if not, this
+                // one does. A send fails when the other thread is gone (it failed).
+                let sent = match tx.try_send(Chunk::Pairs(pairs)) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(Chunk::Pairs(pairs))) => {
+                        match encode_chunk(pairs, bytes_hint.load(Ordering::Relaxed)) {
+                            Ok(delta) => tx.send(Chunk::Delta(delta)).map_err(drop),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Err(_) => Err(()),
+                };
+                if sent.is_err() {
+                    break Ok(());
+                }
+                pairs = read_pairs(&mut items, &stop);
+                if pairs.is_empty() {
+                    break Ok(());
+                }
+            };
+            drop(tx);
+            let submitted = match worker.join() {
+                Ok(r) => r,
+                Err(panic) => resume_unwind(panic),
+            };
+            // The other thread's failure, if any, came from an earlier chunk.
+            submitted.and(read)
+        })
+    }
+
+    /// `extend`'s other thread: serializes the chunks sent as pairs, submits each
+    /// (user `Eq` or `Ord` under the map's locks) and, once all are in, waits until the
+    /// last is durable. Sets `stop` when a chunk fails, so that the reader of the pairs
+    /// stops.
+    fn submit_chunks(
+        &self,
+        chunks: impl Iterator<Item = Chunk<K, V>>,
+        bytes_hint: &AtomicUsize,
+        stop: &AtomicBool,
+    ) -> Result<()> {
         let mut last: Option<CommitHandle> = None;
-        let mut delta = Delta::new();
-        let mut bytes_per_chunk = 0;
-        for (k, v) in items {
-            delta.set(k, v)?;
-            if delta.len() >= EXTEND_CHUNK {
-                let next = Delta::with_capacity(EXTEND_CHUNK, bytes_per_chunk);
-                let full = std::mem::replace(&mut delta, next);
-                bytes_per_chunk = bytes_per_chunk.max(full.lines_len());
-                let h = self.submit_transaction_request(full)?;
-                last = Some(match last {
+        let submit_all = || -> Result<()> {
+            for chunk in chunks {
+                let delta = match chunk {
+                    Chunk::Pairs(pairs) => encode_chunk(pairs, bytes_hint.load(Ordering::Relaxed))?,
+                    Chunk::Delta(delta) => delta,
+                };
+                bytes_hint.fetch_max(delta.lines_len(), Ordering::Relaxed);
+                let h = self.submit_transaction_request(delta)?;
+                last = Some(match last.take() {
                     Some(earlier) => h.or_later(earlier),
                     None => h,
                 });
             }
+            Ok(())
+        };
+        let r = catch_unwind(AssertUnwindSafe(submit_all));
+        if !matches!(r, Ok(Ok(()))) {
+            stop.store(true, Ordering::Relaxed);
         }
-        let h = self.submit_transaction_request(delta)?;
-        match last {
-            Some(earlier) => h.or_later(earlier).wait(),
-            None => h.wait(),
+        match r {
+            Ok(r) => r?,
+            Err(panic) => resume_unwind(panic),
         }
+        last.map_or(Ok(()), CommitHandle::wait)
     }
 
     pub(crate) fn handle(&self, seq: u64) -> CommitHandle {

@@ -318,6 +318,101 @@ fn the_writer_rebuilds_on_its_own_when_the_file_outgrows_the_data() -> Result<()
     Ok(())
 }
 
+/// A value whose `Serialize` panics on `u32::MAX`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+struct Fragile(u32);
+
+impl Serialize for Fragile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        assert!(self.0 != u32::MAX, "intended panic in Serialize");
+        s.serialize_u32(self.0)
+    }
+}
+
+/// A key whose `Ord` panics when it meets `u32::MAX` (`Hash` and `Eq` never panic).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Touchy(u32);
+
+impl PartialOrd for Touchy {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Touchy {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        assert!(
+            self.0 != u32::MAX && other.0 != u32::MAX,
+            "intended panic in Ord"
+        );
+        self.0.cmp(&other.0)
+    }
+}
+
+/// `extend` reads the pairs on the caller's thread and serializes and applies them on
+/// both: a refused pair stops the reading soon after, and a panic on either thread comes
+/// out of `extend` once the chunks before it are in.
+#[test]
+fn extend_stops_reading_after_a_refused_pair_and_passes_panics_on() -> Result<()> {
+    let dir = TempDir::new("extendstop")?;
+    let chunk = u32::try_from(ptvp35::EXTEND_CHUNK)?;
+    let len = |k: u32| usize::try_from(k).unwrap_or(usize::MAX);
+    let db = TestDb::<u32, f64>::open(dir.join("f.db"))?;
+    // 20 chunks, a NaN early in the second: the reading stops soon after it.
+    let mut read = 0u32;
+    let r = db.extend(
+        (0..20 * chunk)
+            .inspect(|_| read += 1)
+            .map(|i| (i, if i == chunk + 3 { f64::NAN } else { 1.0 })),
+    );
+    ensure!(matches!(r, Err(Error::Serialize { .. })), "{r:?}");
+    ensure!(read <= 4 * chunk, "read {read} pairs of {}", 20 * chunk);
+    ensure!(db.len() == len(chunk));
+    db.close()?;
+
+    // A panic in the caller's iterator, in the third chunk: the first two are in.
+    let db = TestDb::<u32, Fragile>::open(dir.join("p.db"))?;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.extend((0..10 * chunk).map(|i| {
+            assert!(i != 2 * chunk + 5, "intended panic in the iterator");
+            (i, Fragile(i))
+        }))
+    }));
+    ensure!(r.is_err(), "the iterator's panic did not come out");
+    ensure!(db.len() == len(2 * chunk), "{} keys", db.len());
+    // A panic in `Serialize`, in the second chunk: the first is in.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.extend((0..20 * chunk).map(|i| {
+            let v = if i == chunk + 1 { u32::MAX } else { i };
+            (10 * chunk + i, Fragile(v))
+        }))
+    }));
+    ensure!(r.is_err(), "the serializer's panic did not come out");
+    db.commit()?;
+    ensure!(db.len() == len(3 * chunk), "{} keys", db.len());
+    db.close()?;
+    let db = TestDb::<u32, Fragile>::open(dir.join("p.db"))?;
+    ensure!(db.len() == len(3 * chunk));
+    db.close()?;
+
+    // A panic in `Ord` where the ordered map applies the second chunk (on the other
+    // thread): it comes out here, the first chunk is in, and the reading stops.
+    let db = ptvp35::DbConnection::<Touchy, u32, ptvp35::Ordered>::open(dir.join("o.db"))?;
+    let mut read = 0u32;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.extend((0..20 * chunk).inspect(|_| read += 1).map(|i| {
+            let k = if i == chunk + 7 { u32::MAX } else { i };
+            (Touchy(k), i)
+        }))
+    }));
+    ensure!(r.is_err(), "the panic in Ord did not come out");
+    ensure!(read <= 4 * chunk, "read {read} pairs of {}", 20 * chunk);
+    db.commit()?;
+    ensure!(db.len() == len(chunk), "{} keys", db.len());
+    db.close()?;
+    Ok(())
+}
+
 /// `extend` loads in chunks of `EXTEND_CHUNK` keys, each atomic; a pair that cannot be
 /// stored stops it after the chunks before, which stay (and are durable).
 #[test]

@@ -413,6 +413,39 @@ fn extend_stops_reading_after_a_refused_pair_and_passes_panics_on() -> Result<()
     Ok(())
 }
 
+/// `extend` on a read-only handle fails without reading on, and two threads extending
+/// one database at once both land whole.
+#[test]
+fn extend_refused_on_a_read_only_handle_and_shared_by_two_threads() -> Result<()> {
+    let dir = TempDir::new("extendmore")?;
+    let chunk = u32::try_from(ptvp35::EXTEND_CHUNK)?;
+    let p = dir.join("e.db");
+    let db = TestDb::<u32, u32>::open(&p)?;
+    std::thread::scope(|s| -> Result<()> {
+        let a = s.spawn(|| db.extend((0..3 * chunk).map(|i| (i, i))));
+        let b = s.spawn(|| db.extend((3 * chunk..6 * chunk).map(|i| (i, i))));
+        for t in [a, b] {
+            t.join().map_err(|_| anyhow::anyhow!("extend panicked"))??;
+        }
+        Ok(())
+    })?;
+    ensure!(db.len() == usize::try_from(6 * chunk)?);
+    ensure!((0..6 * chunk).all(|i| db.get(&i) == Some(i)));
+    let ro = Options::new()
+        .read_only(true)
+        .open_as::<u32, u32, common::Kind>(&p)?;
+    let mut read = 0u32;
+    let r = ro.extend((0..20 * chunk).inspect(|_| read += 1).map(|i| (i, 0)));
+    ensure!(matches!(r, Err(Error::ReadOnly { .. })), "{r:?}");
+    ensure!(read <= 4 * chunk, "read {read} pairs of {}", 20 * chunk);
+    let r = ro.extend([(1, 1)]);
+    ensure!(matches!(r, Err(Error::ReadOnly { .. })), "{r:?}");
+    ensure!(ro.get(&5) == Some(5));
+    drop(ro);
+    db.close()?;
+    Ok(())
+}
+
 /// `extend` loads in chunks of `EXTEND_CHUNK` keys, each atomic; a pair that cannot be
 /// stored stops it after the chunks before, which stay (and are durable).
 #[test]

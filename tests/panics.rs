@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{ensure, Context, Result};
-use common::{within, TempDir};
+use common::{within, TempDir, TestDb};
 use ptvp35::{DbConnection, Delta, Hashed, MapKind, Options, Ordered};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -270,7 +270,7 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     quiet();
     let dir = TempDir::new("panic-writer")?;
     let path = dir.join("w.db");
-    let db = std::sync::Arc::new(DbConnection::<u32, WVal>::open(&path)?);
+    let db = std::sync::Arc::new(TestDb::<u32, WVal>::open(&path)?);
     db.set(1, WVal(4242))?;
     WRITER_ARMED.store(true, Ordering::SeqCst);
     let d = std::sync::Arc::clone(&db);
@@ -293,7 +293,7 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     let closed = within(10, move || db.close())?;
     ensure!(closed.is_err(), "close hides the writer's panic");
     // Reopening recovers what was acknowledged.
-    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
     if first.is_ok() {
         ensure!(db.get(&1) == Some(WVal(1)));
     }
@@ -309,7 +309,7 @@ fn after_a_panic_on_the_writer_thread_memory_matches_the_disk() -> Result<()> {
     quiet();
     let dir = TempDir::new("panic-writer-undo")?;
     let path = dir.join("w.db");
-    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
     db.set(1, WVal(4243))?;
     WRITER_ARMED_AGAIN.store(true, Ordering::SeqCst);
     let mut sent = 0;
@@ -329,7 +329,7 @@ fn after_a_panic_on_the_writer_thread_memory_matches_the_disk() -> Result<()> {
         closed.is_err(),
         "the writer's panic went unnoticed ({sent} sent)"
     );
-    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
     let mut durable: Vec<(u32, u64)> = db.snapshot().iter().map(|(k, v)| (*k, v.0)).collect();
     durable.sort_unstable();
     ensure!(
@@ -349,7 +349,7 @@ fn a_panic_while_loading_fails_the_open() -> Result<()> {
     quiet();
     let dir = TempDir::new("panic-load")?;
     let path = dir.join("l.db");
-    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
     for k in 0..64 {
         db.set_nowait(k, WVal(7777))?;
     }
@@ -359,7 +359,7 @@ fn a_panic_while_loading_fails_the_open() -> Result<()> {
     db.close()?;
     LOAD_ARMED.store(true, Ordering::SeqCst);
     // Loading replaces each 7777 by 1 and drops it: the first such drop panics.
-    let r = catch_unwind(|| DbConnection::<u32, WVal>::open(&path).map(|db| db.len()));
+    let r = catch_unwind(|| TestDb::<u32, WVal>::open(&path).map(|db| db.len()));
     LOAD_ARMED.store(false, Ordering::SeqCst);
     match r {
         Ok(Err(e)) => {
@@ -369,7 +369,7 @@ fn a_panic_while_loading_fails_the_open() -> Result<()> {
         Ok(Ok(len)) => anyhow::bail!("opened with {len} keys after a panic while loading"),
         Err(_) => anyhow::bail!("the open panicked instead of failing"),
     }
-    let db = DbConnection::<u32, WVal>::open(&path)?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
     ensure!(db.len() == 64);
     db.close()?;
     Ok(())
@@ -410,7 +410,7 @@ fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
     quiet();
     let dir = TempDir::new("panic-rebuild")?;
     let path = dir.join("s.db");
-    let db = std::sync::Arc::new(DbConnection::<u32, SVal>::open(&path)?);
+    let db = std::sync::Arc::new(TestDb::<u32, SVal>::open(&path)?);
     db.set(1, SVal(9999))?;
     db.set(2, SVal(2))?;
     SERIALIZE_ARMED.store(true, Ordering::SeqCst);
@@ -423,14 +423,14 @@ fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
     let db = std::sync::Arc::into_inner(db).context("one owner")?;
     db.close()?;
     DESERIALIZE_ARMED.store(true, Ordering::SeqCst);
-    let r = catch_unwind(|| DbConnection::<u32, SVal>::open(&path).map(|db| db.len()));
+    let r = catch_unwind(|| TestDb::<u32, SVal>::open(&path).map(|db| db.len()));
     DESERIALIZE_ARMED.store(false, Ordering::SeqCst);
     ensure!(
         matches!(r, Ok(Err(ptvp35::Error::Internal { .. }))),
         "{:?}",
         r.map_err(|_| "open panicked")
     );
-    let db = DbConnection::<u32, SVal>::open(&path)?;
+    let db = TestDb::<u32, SVal>::open(&path)?;
     ensure!(db.len() == 3);
     db.close()?;
     Ok(())
@@ -441,7 +441,7 @@ fn a_panic_while_rebuilding_or_parsing_is_an_internal_error() -> Result<()> {
 fn a_panic_in_the_transact_closure_submits_nothing() -> Result<()> {
     quiet();
     let dir = TempDir::new("panic-transact")?;
-    let db = DbConnection::<String, i64>::open(dir.join("t.db"))?;
+    let db = TestDb::<String, i64>::open(dir.join("t.db"))?;
     db.set("a".into(), 1)?;
     let r = catch_unwind(AssertUnwindSafe(|| {
         db.transact(|tx| -> Result<()> {
@@ -466,7 +466,7 @@ fn panics_inside_submits_give_their_room_in_the_queue_back() -> Result<()> {
     let db = std::sync::Arc::new(
         Options::new()
             .queue_limits(2, 1 << 20)
-            .open::<PKey, PVal>(dir.join("b.db"))?,
+            .open_as::<PKey, PVal, common::Kind>(dir.join("b.db"))?,
     );
     db.set(PKey(1), PVal(1))?;
     let d = std::sync::Arc::clone(&db);

@@ -157,6 +157,9 @@ struct Copied {
     records: u64,
 }
 
+/// Bytes of the copy the rebuild thread writes between two syncs of the backup.
+const SYNC_EVERY: usize = 8 << 20;
+
 /// The rebuild thread's work: steps R1–R3. `like` is the main file's identity, which the
 /// new file takes.
 fn copy_map<E: TypedSide>(
@@ -167,9 +170,18 @@ fn copy_map<E: TypedSide>(
 ) -> Result<Copied> {
     let mut backup = BackupWriter::create(fs, paths, like)?;
     let mut records = 0u64;
+    let mut unsynced = 0;
     let through = engine.snapshot(&mut |chunk| {
         records += crate::codec::count_lines(chunk);
-        backup.write(chunk)
+        backup.write(chunk)?;
+        // Flushed as it goes: one flush of the whole copy at the end would keep the
+        // device busy for a while, and the commits' syncs would queue behind it.
+        unsynced += chunk.len();
+        if unsynced >= SYNC_EVERY {
+            unsynced = 0;
+            backup.sync()?;
+        }
+        Ok(())
     })?;
     backup.sync()?;
     Ok(Copied {

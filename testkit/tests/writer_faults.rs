@@ -169,3 +169,36 @@ fn readers_never_see_half_an_undone_transaction() -> Result<()> {
     }
     Ok(())
 }
+
+/// A rebuild flushes its copy as it writes it (every 8 MiB), so that the commits' syncs
+/// never queue behind one flush of the whole copy: a copy of about 12 MiB is synced
+/// while it is still being written.
+#[test]
+fn a_large_rebuild_syncs_its_copy_as_it_goes() -> Result<()> {
+    let fs = SimFs::new();
+    fs.make_dir(db_path().parent().context("no parent")?);
+    let db: TestDb = open_on_as::<Map>(&fs, &opts())?;
+    let pad = "k".repeat(1000);
+    db.extend((0..12_000u64).map(|i| (format!("{pad}{i:06}"), i)))?;
+    let before = fs.trace().len();
+    db.compact()?;
+    let trace = fs.trace();
+    let backup = |p: &std::path::Path| p.to_string_lossy().ends_with(".backup");
+    let rename = trace[before..]
+        .iter()
+        .position(|op| op.kind == OpKind::Rename && backup(&op.path))
+        .context("no rename of the backup")?;
+    let ops = &trace[before..before + rename];
+    let last_write = ops
+        .iter()
+        .rposition(|op| op.kind == OpKind::Write && backup(&op.path))
+        .context("no write to the backup")?;
+    // Syncs with more of the copy written after them.
+    let syncs = ops[..last_write]
+        .iter()
+        .filter(|op| op.kind == OpKind::SyncData && backup(&op.path))
+        .count();
+    ensure!(syncs >= 1, "no sync of the backup before its last write");
+    db.close()?;
+    Ok(())
+}

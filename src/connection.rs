@@ -323,8 +323,9 @@ pub struct Stats {
     pub rebuilds: u64,
     /// The longest the last rebuild held a lock of the in-memory map (zero before the first
     /// rebuild): readers and writers of the keys behind that lock waited at most this long
-    /// for it. The hash map's rebuild clones one shard at a time under its read lock; the
-    /// ordered map's takes a snapshot, which holds a lock for a moment only.
+    /// for it. The hash map's rebuild clones at most 256 pairs of a shard under its read
+    /// lock at a time; the ordered map's takes a snapshot, which holds a lock for a
+    /// moment only. A thread preempted while it holds the lock holds it longer.
     pub rebuild_longest_lock: Duration,
     /// How long the last rebuild's install (appending the writes made during the copy,
     /// syncing and renaming the new file into place) kept the writer thread from writes:

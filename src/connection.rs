@@ -83,9 +83,6 @@ impl Default for Options {
 /// millisecond of `Clone` for a value of a few small strings.
 pub(crate) const COPY_PIECE: usize = 256;
 
-/// About how many bytes of lines a rebuild of the hash map writes at a time.
-const SINK_BYTES: usize = 1 << 20;
-
 impl Options {
     /// The defaults: 8 MiB batches, at most 65,536 requests or 256 MiB queued, automatic
     /// rebuild when the file holds more than 2 records per live key and is over 1 MiB,
@@ -449,7 +446,7 @@ impl<K: Key, V: Value, T: Table<K, V>> TypedSide for Core<K, V, T> {
                     codec::encode_set(k, v, &mut buf)?;
                 }
                 drop(pairs);
-                if shard_end || buf.len() >= SINK_BYTES {
+                if shard_end || buf.len() >= crate::kind::SINK_CHUNK {
                     sink(&buf)?;
                     buf.clear();
                 }
@@ -1145,18 +1142,18 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             let read = loop {
                 // The other thread serializes the chunk if it is free for it; if not, this
                 // one does. A send fails when the other thread is gone (it failed).
-                let sent = match tx.try_send(Chunk::Pairs(pairs)) {
-                    Ok(()) => Ok(()),
+                match tx.try_send(Chunk::Pairs(pairs)) {
+                    Ok(()) => {}
                     Err(TrySendError::Full(Chunk::Pairs(pairs))) => {
-                        match encode_chunk(pairs, bytes_hint.load(Ordering::Relaxed)) {
-                            Ok(delta) => tx.send(Chunk::Delta(delta)).map_err(drop),
+                        let delta = match encode_chunk(pairs, bytes_hint.load(Ordering::Relaxed)) {
+                            Ok(delta) => delta,
                             Err(e) => break Err(e),
+                        };
+                        if tx.send(Chunk::Delta(delta)).is_err() {
+                            break Ok(());
                         }
                     }
-                    Err(_) => Err(()),
-                };
-                if sent.is_err() {
-                    break Ok(());
+                    Err(_) => break Ok(()),
                 }
                 pairs = read_pairs(&mut items, &stop);
                 if pairs.is_empty() {

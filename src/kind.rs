@@ -204,6 +204,9 @@ pub enum Revert<K, V, P> {
     Removed(P, K, Entry<V>),
 }
 
+/// About how many bytes of lines a copy of the map hands its sink at a time.
+pub(crate) const SINK_CHUNK: usize = 1 << 20;
+
 /// Encodes every pair of `frozen` as record lines (in key order for the ordered table) and
 /// hands them to `sink` in chunks of about 1 MiB: a rebuild's copy and a backup.
 ///
@@ -214,11 +217,10 @@ pub(crate) fn encode_all<K: Key, V: Value, T: Table<K, V>>(
     frozen: &T::Frozen,
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    let mut buf = Vec::with_capacity(SINK_CHUNK + 4096);
     T::visit(frozen, &mut |k, v| {
         crate::codec::encode_set(k, v, &mut buf)?;
-        if buf.len() >= CHUNK {
+        if buf.len() >= SINK_CHUNK {
             sink(&buf)?;
             buf.clear();
         }
@@ -231,13 +233,7 @@ pub(crate) fn encode_all<K: Key, V: Value, T: Table<K, V>>(
 mod tests {
     use super::*;
     use crate::map::hash_key;
-
-    fn entry(v: u32) -> Entry<u32> {
-        Entry {
-            value: v,
-            version: 0,
-        }
-    }
+    use crate::shard::tests::entry;
 
     /// Marks taken, then keys removed, added and changed: the marks lead to the pairs
     /// still there, each once, with their values now, and to nothing else.

@@ -697,13 +697,7 @@ impl<K: Clone, V: Clone> DoubleEndedIterator for Owned<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(v: u32) -> Entry<u32> {
-        Entry {
-            value: v,
-            version: 0,
-        }
-    }
+    use crate::shard::tests::entry;
 
     fn set(t: &mut OrdTable<u32, u32>, k: u32, v: u32) -> Revert<u32, u32, OrdPos<u32>> {
         match t.set(0, k, entry(v)) {

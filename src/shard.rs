@@ -398,11 +398,12 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kind::Table;
 
-    fn entry(v: u32) -> Entry<u32> {
+    /// An entry of version 0 (for the tables' unit tests).
+    pub(crate) fn entry(v: u32) -> Entry<u32> {
         Entry {
             value: v,
             version: 0,

@@ -1,32 +1,16 @@
 //! Drives the real `ptvp35` binary: every subcommand, its output, its exit codes and its
 //! errors.
 
+mod common;
+
+use common::Dir;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{PoisonError, RwLock};
 
 use anyhow::{ensure, Context, Result};
 use ptvp35::DbConnection;
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("ptvp35-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Dir(d))
-    }
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `ptvp35 args...` with stdout and stderr piped.
 fn run(args: &[&str]) -> Result<Run> {

@@ -3,28 +3,15 @@
 //! under `PTVP35_REPORT_PEAK_RSS=1` (Linux only: the test exists there only).
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::Dir;
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("ptvp35-cli-mem-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Dir(d))
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const KEYS: usize = 500;
 const ROUNDS: usize = 9;

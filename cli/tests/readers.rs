@@ -2,6 +2,10 @@
 //! database this test process holds open (the tool is another process); `tail --follow`
 //! sees commits and a rebuild; writes wait with `--wait`; values come from stdin or a file.
 
+mod common;
+
+use common::Dir;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -13,24 +17,6 @@ use anyhow::{ensure, Context, Result};
 use ptvp35::DbConnection;
 
 type Db = DbConnection<String, i64>;
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d =
-            std::env::temp_dir().join(format!("ptvp35-cli-readers-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Dir(d))
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tool(args: &[&str], stdin: &[u8]) -> Result<Output> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ptvp35"))

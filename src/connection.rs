@@ -59,6 +59,7 @@ pub struct Options {
     read_only: bool,
     fs: Arc<dyn Fs>,
     copy_piece: usize,
+    commit_wait: Duration,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
             read_only: false,
             fs: Arc::new(RealFs),
             copy_piece: COPY_PIECE,
+            commit_wait: Duration::from_millis(1),
         }
     }
 }
@@ -86,7 +88,8 @@ pub(crate) const COPY_PIECE: usize = 256;
 impl Options {
     /// The defaults: 8 MiB batches, at most 65,536 requests or 256 MiB queued, automatic
     /// rebuild when the file holds more than 2 records per live key and is over 1 MiB,
-    /// 100 attempts for [`DbConnection::transact`], 2 threads to parse the file at open.
+    /// 100 attempts for [`DbConnection::transact`], one thread per core (at most 8) to parse the file at open,
+    /// batches held open at most 1 ms for the commits of other threads.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -97,6 +100,23 @@ impl Options {
     #[must_use]
     pub fn batch_bytes(mut self, bytes: usize) -> Self {
         self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Longest the writer holds a batch open for commits it expects (default 1 ms;
+    /// `Duration::ZERO` turns the wait off).
+    ///
+    /// Group commit: with several threads committing, a thread whose commit was just
+    /// made durable comes back with its next one a few microseconds after the writer
+    /// started the next batch without it. The writer expects as many commits in its next
+    /// batch as it just synced plus those that arrived during that sync, and waits for
+    /// them, at most as long as the last sync took and at most `max`, so that they share
+    /// one sync. With one committing thread nothing arrives during a sync, and it never
+    /// waits; a wait that gains nothing makes the writer skip the next waits, more of
+    /// them each time.
+    #[must_use]
+    pub fn commit_wait(mut self, max: Duration) -> Self {
+        self.commit_wait = max;
         self
     }
 
@@ -328,6 +348,10 @@ pub struct Stats {
     /// syncing and renaming the new file into place) kept the writer thread from writes:
     /// the longest a commit waited for the rebuild.
     pub rebuild_install: Duration,
+    /// Batches the writer held open since open, waiting for commits it expected from
+    /// other threads (see [`Options::commit_wait`]); never with a single committing
+    /// thread.
+    pub commit_waits: u64,
 }
 
 /// A submitted change that is visible already; [`CommitHandle::wait`] blocks until it is
@@ -592,6 +616,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             compact_ratio: opts.compact_ratio,
             compact_floor: opts.compact_floor,
             preallocate: opts.preallocate,
+            commit_wait: opts.commit_wait,
         };
         let writer = Writer::spawn(main, rx, Arc::clone(&shared), tracking, config)?;
         Ok(DbConnection {
@@ -1379,6 +1404,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             rebuilds: get(&c.rebuilds),
             rebuild_longest_lock: Duration::from_nanos(get(&c.rebuild_lock_ns)),
             rebuild_install: Duration::from_nanos(get(&c.rebuild_install_ns)),
+            commit_waits: get(&c.commit_waits),
         }
     }
 

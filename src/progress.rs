@@ -240,6 +240,8 @@ pub(crate) struct Counters {
     /// How long the last rebuild's install kept the writer thread from writes, in
     /// nanoseconds.
     pub(crate) rebuild_install_ns: AtomicU64,
+    /// Batches the writer held open for commits it expected (group commit).
+    pub(crate) commit_waits: AtomicU64,
 }
 
 /// `d` in nanoseconds, saturated.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -54,6 +54,8 @@ pub(crate) struct WriterConfig {
     pub(crate) compact_ratio: f64,
     pub(crate) compact_floor: u64,
     pub(crate) preallocate: bool,
+    /// Longest the writer holds a batch open for the committers it expects (zero: never).
+    pub(crate) commit_wait: Duration,
 }
 
 /// The main file as the open left it: what the writer appends to.
@@ -99,6 +101,45 @@ pub(crate) struct Writer<E: TypedSide> {
     auto_after_len: u64,
     /// The thread closing the file a rebuild replaced, if it may still run.
     closer: Option<JoinHandle<()>>,
+    /// How long the writer may wait, batch by batch, for committers it expects.
+    group: GroupCommit,
+}
+
+/// The group-commit wait of the batch being gathered.
+#[derive(Debug, Default)]
+struct BatchWait {
+    /// Writes taken into the batch.
+    writes: usize,
+    /// When the wait ends, once it began.
+    until: Option<Instant>,
+    /// A request arrived while waiting.
+    gained: bool,
+    /// No more waiting in this batch.
+    done: bool,
+}
+
+/// Group commit: a committer released by a sync comes back with its next commit a few
+/// microseconds later, just after the writer started the next batch without it, so that
+/// with several committing threads the batches alternate between two halves of them. The
+/// writer expects, in its next batch, the requests of the batch it just synced plus
+/// those that arrived during that sync, and holds the batch open for them, for at most
+/// the last sync's duration (capped by [`Options::commit_wait`](crate::Options)), and
+/// only when no more are missing than twice the cores. With one committer nothing
+/// arrives during a sync and it never waits. A wait that gains nothing doubles the
+/// number of batches written before the next wait (up to 64).
+#[derive(Debug)]
+struct GroupCommit {
+    /// Requests expected in the next batch.
+    expect: usize,
+    /// Duration of the last write and sync.
+    last_sync: Duration,
+    /// Batches still to write without waiting, after waits that gained nothing.
+    skip: u32,
+    /// The next `skip` after a wait that gains nothing.
+    backoff: u32,
+    /// The cores this process may use: at most twice as many missing committers are
+    /// waited for.
+    cores: usize,
 }
 
 struct Pending<U> {
@@ -229,6 +270,13 @@ impl<E: TypedSide> Writer<E> {
             auto_failures: 0,
             auto_after_len: 0,
             closer: None,
+            group: GroupCommit {
+                expect: 0,
+                last_sync: Duration::ZERO,
+                skip: 0,
+                backoff: 0,
+                cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            },
         };
         std::thread::Builder::new()
             .name("ptvp35-writer".into())
@@ -291,6 +339,7 @@ impl<E: TypedSide> Writer<E> {
             };
             let mut control = None;
             let mut records = 0;
+            let mut wait = BatchWait::default();
             let mut next = Some(first);
             // Take one request, then drain what is queued, up to the byte cap; a control
             // request ends the batch so that it sees everything queued before it.
@@ -313,6 +362,7 @@ impl<E: TypedSide> Writer<E> {
                             buf.extend_from_slice(&data);
                         }
                         records += n;
+                        wait.writes += 1;
                         self.taken = seq;
                         self.pending.push(Pending { seq, bytes, undo });
                     }
@@ -323,6 +373,9 @@ impl<E: TypedSide> Writer<E> {
                 }
                 if buf.len() < self.config.batch_bytes {
                     next = self.next(false);
+                    if next.is_none() {
+                        next = self.wait_for_more(&mut wait);
+                    }
                 }
             }
             if !self.pending.is_empty() {
@@ -362,6 +415,39 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
+    /// Waits, within the batch's bound, for a request the group-commit estimate expects
+    /// (see [`GroupCommit`]); `None` when the batch should be written now.
+    fn wait_for_more(&mut self, wait: &mut BatchWait) -> Option<Request<E::Undo>> {
+        let g = &mut self.group;
+        // Many more missing committers than cores cannot all be back soon: they come one
+        // by one as the cores free up, each waking the writer; better write now.
+        if wait.done || wait.writes >= g.expect || g.expect - wait.writes > 2 * g.cores {
+            return None;
+        }
+        if wait.until.is_none() {
+            let bound = g.last_sync.min(self.config.commit_wait);
+            if bound.is_zero() || g.skip > 0 {
+                g.skip = g.skip.saturating_sub(1);
+                wait.done = true;
+                return None;
+            }
+            bump(&self.tracking.counters.commit_waits, 1);
+            wait.until = Some(Instant::now() + bound);
+        }
+        let until = wait.until?;
+        if let Ok(r) = self.rx.recv_deadline(until) {
+            g.backoff = 0;
+            wait.gained = true;
+            return Some(r);
+        }
+        wait.done = true;
+        if !wait.gained {
+            g.skip = g.backoff;
+            g.backoff = (g.backoff * 2 + 1).min(64);
+        }
+        None
+    }
+
     /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
     /// `may_compact`, it first considers an automatic rebuild.
     fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64, may_compact: bool) {
@@ -371,7 +457,13 @@ impl<E: TypedSide> Writer<E> {
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            self.append(buf, records, n as u64)
+            let started = Instant::now();
+            let r = self.append(buf, records, n as u64);
+            // What arrived during the write and sync: those requests and this batch's
+            // are the committers the next batch may wait for.
+            self.group.last_sync = started.elapsed();
+            self.group.expect = n + self.rx.len();
+            r
         };
         buf.clear();
         if buf.capacity() > 2 * self.config.batch_bytes.max(1 << 20) {

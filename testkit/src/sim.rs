@@ -140,6 +140,8 @@ struct State {
     entered: u64,
     /// Calls of [`SimFs::release`] so far.
     releases: u64,
+    /// How long every file sync takes (see [`SimFs::set_sync_time`]).
+    sync_time: Duration,
 }
 /// The simulated filesystem. Cloning gives another handle to the same filesystem (the
 /// test keeps one while the engine holds another); [`SimFs::fork`] copies it.
@@ -297,6 +299,12 @@ impl SimFs {
             state: Arc::new(Mutex::new(st)),
             holds: Arc::default(),
         }
+    }
+
+    /// Makes every file sync take `time` (slept before it takes effect, holding no lock),
+    /// as a disk's flush does: for tests of what happens while a sync is under way.
+    pub fn set_sync_time(&self, time: Duration) {
+        self.state.lock().sync_time = time;
     }
 
     /// Seeds the generator that decides what a failed sync left on disk.
@@ -810,6 +818,10 @@ impl FsFile for SimFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        let time = self.fs.state.lock().sync_time;
+        if !time.is_zero() {
+            std::thread::sleep(time);
+        }
         let op = self.op(OpKind::SyncData, 0, 0);
         let mut st = self.fs.state.lock();
         let mut effect = st.tick(op)?;

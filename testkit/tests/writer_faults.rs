@@ -202,3 +202,43 @@ fn a_large_rebuild_syncs_its_copy_as_it_goes() -> Result<()> {
     db.close()?;
     Ok(())
 }
+
+/// Group commit: four threads committing one key at a time shared a sync two by two, as
+/// each one released by a sync came back just after the writer had started the next
+/// batch without it. The writer now holds a batch open for the committers it expects, so
+/// they share each sync four by four; one thread alone never makes it wait.
+#[test]
+fn four_committers_share_each_sync_and_one_alone_never_waits() -> Result<()> {
+    let fs = SimFs::new();
+    fs.make_dir(db_path().parent().context("no parent")?);
+    fs.set_sync_time(Duration::from_millis(10));
+    let db: TestDb = open_on_as::<Map>(&fs, &opts().commit_wait(Duration::from_secs(1)))?;
+    for i in 0..20 {
+        db.set(format!("alone{i}"), i)?;
+    }
+    let alone = db.stats();
+    ensure!(alone.commit_waits == 0, "one committer waited: {alone:?}");
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let db = &db;
+                s.spawn(move || -> Result<()> {
+                    for i in 0..40 {
+                        db.set(format!("t{t}-{i}"), i)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().expect("a committer panicked"))
+    })?;
+    let four = db.stats();
+    let (requests, syncs) = (four.requests - alone.requests, four.syncs - alone.syncs);
+    ensure!(requests == 160, "{four:?}");
+    // Two by two, 80 syncs; four by four, 40 and a few for the start and the end.
+    ensure!(syncs <= 53, "160 commits took {syncs} syncs: {four:?}");
+    db.close()?;
+    Ok(())
+}

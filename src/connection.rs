@@ -88,8 +88,8 @@ pub(crate) const COPY_PIECE: usize = 256;
 impl Options {
     /// The defaults: 8 MiB batches, at most 65,536 requests or 256 MiB queued, automatic
     /// rebuild when the file holds more than 2 records per live key and is over 1 MiB,
-    /// 100 attempts for [`DbConnection::transact`], one thread per core (at most 8) to parse the file at open,
-    /// batches held open at most 1 ms for the commits of other threads.
+    /// 100 attempts for [`DbConnection::transact`], one thread per core (at most 8) to
+    /// parse the file at open, batches held open at most 1 ms for other threads' commits.
     #[must_use]
     pub fn new() -> Self {
         Self::default()

@@ -110,8 +110,8 @@ pub(crate) struct Writer<E: TypedSide> {
 struct BatchWait {
     /// Writes taken into the batch.
     writes: usize,
-    /// When the wait ends, once it began.
-    until: Option<Instant>,
+    /// When the wait began, and when it ends.
+    span: Option<(Instant, Instant)>,
     /// A request arrived while waiting.
     gained: bool,
     /// No more waiting in this batch.
@@ -125,21 +125,34 @@ struct BatchWait {
 /// those that arrived during that sync, and holds the batch open for them, for at most
 /// the last sync's duration (capped by [`Options::commit_wait`](crate::Options)), and
 /// only when no more are missing than twice the cores. With one committer nothing
-/// arrives during a sync and it never waits. A wait that gains nothing doubles the
-/// number of batches written before the next wait (up to 64).
+/// arrives during a sync and it never waits. A wait that gains nothing, or that takes
+/// more than half a sync (the committers come back slowly: busy cores), is not worth
+/// it: the writer then skips the next waits, twice as many each time (up to 64).
 #[derive(Debug)]
 struct GroupCommit {
     /// Requests expected in the next batch.
     expect: usize,
     /// Duration of the last write and sync.
     last_sync: Duration,
-    /// Batches still to write without waiting, after waits that gained nothing.
+    /// Batches still to write without waiting, after waits not worth it.
     skip: u32,
-    /// The next `skip` after a wait that gains nothing.
+    /// The next `skip` after a wait not worth it.
     backoff: u32,
     /// The cores this process may use: at most twice as many missing committers are
     /// waited for.
     cores: usize,
+}
+
+impl GroupCommit {
+    /// Judges a wait that `gained` requests or not and took `took`.
+    fn judge(&mut self, gained: bool, took: Duration) {
+        if gained && took <= self.last_sync / 2 {
+            self.backoff = 0;
+        } else {
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2 + 1).min(64);
+        }
+    }
 }
 
 struct Pending<U> {
@@ -378,6 +391,7 @@ impl<E: TypedSide> Writer<E> {
                     }
                 }
             }
+            self.judge_wait(&wait);
             if !self.pending.is_empty() {
                 if self.poisoned {
                     // Only reachable for requests sent before the refusal took effect.
@@ -424,7 +438,7 @@ impl<E: TypedSide> Writer<E> {
         if wait.done || wait.writes >= g.expect || g.expect - wait.writes > 2 * g.cores {
             return None;
         }
-        if wait.until.is_none() {
+        if wait.span.is_none() {
             let bound = g.last_sync.min(self.config.commit_wait);
             if bound.is_zero() || g.skip > 0 {
                 g.skip = g.skip.saturating_sub(1);
@@ -432,20 +446,24 @@ impl<E: TypedSide> Writer<E> {
                 return None;
             }
             bump(&self.tracking.counters.commit_waits, 1);
-            wait.until = Some(Instant::now() + bound);
+            let now = Instant::now();
+            wait.span = Some((now, now + bound));
         }
-        let until = wait.until?;
+        let (_, until) = wait.span?;
         if let Ok(r) = self.rx.recv_deadline(until) {
-            g.backoff = 0;
             wait.gained = true;
             return Some(r);
         }
         wait.done = true;
-        if !wait.gained {
-            g.skip = g.backoff;
-            g.backoff = (g.backoff * 2 + 1).min(64);
-        }
         None
+    }
+
+    /// After a batch is gathered: a wait that gained nothing or took more than half the
+    /// last sync makes the next waits rarer (see [`GroupCommit`]).
+    fn judge_wait(&mut self, wait: &BatchWait) {
+        if let Some((began, _)) = wait.span {
+            self.group.judge(wait.gained, began.elapsed());
+        }
     }
 
     /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
@@ -846,5 +864,39 @@ impl<E: TypedSide> Writer<E> {
             let _ = job.thread.join();
             reply_all(&job.replies, &Err(Error::Closed));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupCommit {
+        GroupCommit {
+            expect: 4,
+            last_sync: Duration::from_millis(10),
+            skip: 0,
+            backoff: 0,
+            cores: 2,
+        }
+    }
+
+    /// Waits that gain nothing, or gain late (busy cores), skip 0, 1, 3, 7, ... up to 64
+    /// batches before the next wait; one quick gain waits again at once.
+    #[test]
+    fn waits_not_worth_it_make_the_next_waits_rarer() {
+        let mut g = group();
+        let mut skips = Vec::new();
+        for i in 0..9 {
+            // Alternately nothing gained and a gain after more than half a sync.
+            g.judge(i % 2 == 1, Duration::from_millis(6));
+            skips.push(g.skip);
+        }
+        assert_eq!(skips, [0, 1, 3, 7, 15, 31, 63, 64, 64]);
+        g.judge(true, Duration::from_millis(5));
+        assert_eq!((g.skip, g.backoff), (64, 0), "the skips already set stay");
+        g.skip = 0;
+        g.judge(false, Duration::from_millis(1));
+        assert_eq!((g.skip, g.backoff), (0, 1));
     }
 }

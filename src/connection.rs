@@ -112,8 +112,24 @@ impl Options {
     /// batch as it just synced plus those that arrived during that sync, and waits for
     /// them, at most as long as the last sync took and at most `max`, so that they share
     /// one sync. With one committing thread nothing arrives during a sync, and it never
-    /// waits; a wait that gains nothing makes the writer skip the next waits, more of
-    /// them each time.
+    /// waits; a wait that gains nothing, or gains only after half a sync (the cores are
+    /// busy), makes the writer skip the next waits, more of them each time.
+    ///
+    /// ```
+    /// # fn main() -> anyhow::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("ptvp35-doc-cw-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use std::time::Duration;
+    /// let db: ptvp35::DbConnection<String, u64> = ptvp35::Options::new()
+    ///     .commit_wait(Duration::ZERO) // every batch is written as soon as it is drained
+    ///     .open(dir.join("no-wait.db"))?;
+    /// db.set("a".into(), 1)?;
+    /// assert_eq!(db.stats().commit_waits, 0);
+    /// # db.close()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn commit_wait(mut self, max: Duration) -> Self {
         self.commit_wait = max;

@@ -108,8 +108,6 @@ pub(crate) struct Writer<E: TypedSide> {
 /// The group-commit wait of the batch being gathered.
 #[derive(Debug, Default)]
 struct BatchWait {
-    /// Writes taken into the batch.
-    writes: usize,
     /// When the wait began, and when it ends.
     span: Option<(Instant, Instant)>,
     /// A request arrived while waiting.
@@ -375,7 +373,6 @@ impl<E: TypedSide> Writer<E> {
                             buf.extend_from_slice(&data);
                         }
                         records += n;
-                        wait.writes += 1;
                         self.taken = seq;
                         self.pending.push(Pending { seq, bytes, undo });
                     }
@@ -433,9 +430,11 @@ impl<E: TypedSide> Writer<E> {
     /// (see [`GroupCommit`]); `None` when the batch should be written now.
     fn wait_for_more(&mut self, wait: &mut BatchWait) -> Option<Request<E::Undo>> {
         let g = &mut self.group;
+        // The batch's writes so far (`pending` holds exactly those).
+        let writes = self.pending.len();
         // Many more missing committers than cores cannot all be back soon: they come one
         // by one as the cores free up, each waking the writer; better write now.
-        if wait.done || wait.writes >= g.expect || g.expect - wait.writes > 2 * g.cores {
+        if wait.done || writes >= g.expect || g.expect - writes > 2 * g.cores {
             return None;
         }
         if wait.span.is_none() {

@@ -745,9 +745,11 @@ pub fn reopen(cfg: &Cfg) -> Result<()> {
     tab.notes.push(format!(
         "Each open in a fresh process, {} repetitions; the databases are the ones workload 4 wrote. \
          redb, SQLite and sled read from disk on demand (their open does not load the data; the page cache is warm); \
-         ptvp35, pickledb and rustbreak load everything. ptvp35 parses on 2 threads (its default). \
+         ptvp35, pickledb and rustbreak load everything. ptvp35 parses on {} threads (its default: the cores, at most {}). \
          \"÷ typed HashMap\" divides by the resident memory of the 1-thread parse into a typed HashMap.",
-        cfg.reps
+        cfg.reps,
+        cores.max(1),
+        ptvp35::MAX_DEFAULT_PARSE_THREADS
     ));
     tab.notes.push(
         "⁴ rustbreak's RON format (ron 0.6) cannot read its own file into `serde_json::Value`: \

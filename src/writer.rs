@@ -585,7 +585,7 @@ impl<E: TypedSide> Writer<E> {
     /// made durable by the batch's own sync; recovery cuts them (they never validate) and
     /// a clean close trims them. At most a mebibyte at a time: the batch's sync flushes
     /// them, and its committers wait for that (an eighth of a 145 MB file, as a rebuild
-    /// leaves it, took 40-80 ms to flush).
+    /// leaves it, made such commits take 30-80 ms).
     fn preallocate(&mut self, end: u64) -> Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let chunk = (self.len / 8).clamp(256 << 10, 1 << 20);

@@ -169,7 +169,7 @@ fn preallocated_zeros_of_a_live_database_are_cut_without_an_error_entry() -> Res
 
 /// The zeros a commit writes ahead are flushed by that commit's sync: on a large file
 /// they stay at a mebibyte, so no one commit waits for a long flush (a rebuild's first
-/// commit after its install used to write an eighth of the file: 18 MiB, 40-80 ms).
+/// commit after its install used to write an eighth of the file: 18 MiB, 30-80 ms).
 #[test]
 fn a_commit_preallocates_at_most_a_mebibyte_on_a_large_file() -> Result<()> {
     let dir = TempDir::new("prealloc-large")?;

@@ -59,8 +59,15 @@ fn rebuild(dir: &Path) -> Result<()> {
     db.compact()?;
     let secs = t.elapsed().as_secs_f64();
     let hwm = proc_kib("VmHWM");
+    let stats = db.stats();
+    let (lock, install) = (
+        stats.rebuild_longest_lock.as_secs_f64(),
+        stats.rebuild_install.as_secs_f64(),
+    );
     db.close()?;
-    println!("RESULT {{\"secs\":{secs},\"hwm_kib\":{hwm}}}");
+    println!(
+        "RESULT {{\"secs\":{secs},\"hwm_kib\":{hwm},\"lock_secs\":{lock},\"install_secs\":{install}}}"
+    );
     Ok(())
 }
 

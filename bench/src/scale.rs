@@ -113,6 +113,29 @@ pub fn scale(cfg: &Cfg) -> Result<()> {
         cfg.reps
     ));
     tab.print();
+    let mut idle = Table::new(
+        "8b. Rebuild with nothing else running: the longest lock and the install's stall",
+        &[
+            "keys",
+            "longest lock held, median (min–max)",
+            "writer stalled at install, median (min–max)",
+        ],
+    );
+    for (ki, &n) in keys.iter().enumerate() {
+        let runs = &results[STEPS.len() - 1][ki];
+        let of = |f: fn(&ChildOut) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>());
+        idle.row(vec![
+            num(n as f64),
+            crate::report::sum(of(|o| o.lock_secs), secs),
+            crate::report::sum(of(|o| o.install_secs), secs),
+        ]);
+    }
+    idle.notes.push(
+        "The rebuild steps above (`Stats::rebuild_longest_lock` and `Stats::rebuild_install` after `compact()`): \
+         no reader or writer waits, so these are the rebuild's own, not a preempted thread's."
+            .into(),
+    );
+    idle.print();
     let xs: Vec<usize> = keys
         .iter()
         .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))

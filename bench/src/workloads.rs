@@ -506,6 +506,12 @@ pub struct ChildOut {
     pub hwm_kib: u64,
     #[serde(default)]
     pub rss_kib: u64,
+    /// A rebuild's longest lock (`Stats::rebuild_longest_lock`).
+    #[serde(default)]
+    pub lock_secs: f64,
+    /// A rebuild's install stall (`Stats::rebuild_install`).
+    #[serde(default)]
+    pub install_secs: f64,
 }
 
 pub fn child(args: &[String]) -> Result<ChildOut> {

@@ -132,7 +132,7 @@ pub fn scale(cfg: &Cfg) -> Result<()> {
     }
     idle.notes.push(
         "The rebuild steps above (`Stats::rebuild_longest_lock` and `Stats::rebuild_install` after `compact()`): \
-         no reader or writer waits, so these are the rebuild's own, not a preempted thread's."
+         no reader or writer runs beside the rebuild, so no lock is held longer for want of a core."
             .into(),
     );
     idle.print();

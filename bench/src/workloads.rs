@@ -754,7 +754,7 @@ pub fn reopen(cfg: &Cfg) -> Result<()> {
          ptvp35, pickledb and rustbreak load everything. ptvp35 parses on {} threads (its default: the cores, at most {}). \
          \"÷ typed HashMap\" divides by the resident memory of the 1-thread parse into a typed HashMap.",
         cfg.reps,
-        cores.max(1),
+        cores,
         ptvp35::MAX_DEFAULT_PARSE_THREADS
     ));
     tab.notes.push(

@@ -206,6 +206,8 @@ impl BackupWriter {
     /// (R1) Creates or empties `P.backup`, takes its lock, so that the file that becomes
     /// `P` is already locked when it is renamed into place, and gives it the owner, group
     /// and permissions of `P` (`like`), so that a rebuild keeps the file's identity.
+    /// (R4) Then syncs the directory: the backup's entry is durable long before the flag
+    /// ([`install`](Self::install)) vouches for it, and that sync is off the writer thread.
     pub(crate) fn create(fs: Arc<dyn Fs>, paths: Paths, like: &FileMeta) -> Result<Self> {
         let Some(mut file) = open_locked(&*fs, &paths.backup, true)? else {
             return Err(Error::Locked {
@@ -218,6 +220,7 @@ impl BackupWriter {
             &paths.backup,
             file.set_owner_and_mode(like),
         )?;
+        sync_dir(&*fs, &paths)?;
         Ok(BackupWriter {
             fs,
             paths,
@@ -250,12 +253,13 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// Steps R3–R9: makes the backup durable, flags it, renames it over `P`, records the
+    /// Steps R3' and R5–R9: makes the backup durable, flags it, renames it over `P`, records the
     /// new count with a new salt and drops the flag.
     ///
-    /// (R3) fsync `P.backup`; (R4) fsync the directory, so the flag below never vouches for
-    /// a missing file; (R5) create `P.recover`, (R6) fsync the directory: from here the
-    /// backup is the authoritative copy; (R7) rename `P.backup` over `P`, fsync the
+    /// (R3') fsync `P.backup` (its entry is durable since [`create`](Self::create), R4,
+    /// so the flag below never vouches for a missing file); (R5) create `P.recover`, empty
+    /// (only its name counts, so it is not synced itself), (R6) fsync the directory: from
+    /// here the backup is the authoritative copy; (R7) rename `P.backup` over `P`, fsync the
     /// directory; (R8) overwrite `P.truncate` with the new length and a new salt and fsync
     /// it (safe while `P.recover` exists, which makes recovery ignore it); (R9) remove
     /// `P.recover`, fsync the directory.
@@ -292,12 +296,15 @@ impl BackupWriter {
         })
     }
 
-    /// Steps R3–R6.
+    /// Steps R3', R5 and R6.
     fn flag(&mut self) -> Result<()> {
         let (fs, paths) = (&*self.fs, &self.paths);
         wrap("fsync", &paths.backup, self.file.sync_data())?;
-        sync_dir(fs, paths)?;
-        write_file(fs, &paths.recover, b"")?;
+        drop(wrap(
+            "create",
+            &paths.recover,
+            fs.open(&paths.recover, true),
+        )?);
         sync_dir(fs, paths)
     }
 }

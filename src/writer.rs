@@ -212,8 +212,8 @@ struct Copied {
 /// Bytes of the copy the rebuild thread writes between two syncs of the backup.
 const SYNC_EVERY: usize = 8 << 20;
 
-/// The rebuild thread's work: steps R1–R3. `like` is the main file's identity, which the
-/// new file takes.
+/// The rebuild thread's work: steps R1, R4, R2 and R3. `like` is the main file's
+/// identity, which the new file takes.
 fn copy_map<E: TypedSide>(
     fs: Arc<dyn Fs>,
     paths: Paths,
@@ -650,8 +650,9 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// Starts a rebuild on the thread `ptvp35-rebuild` (steps R1–R3): it copies the map
-    /// into `P.backup` one shard at a time while this thread goes on appending to `P`.
+    /// Starts a rebuild on the thread `ptvp35-rebuild` (steps R1, R4, R2, R3): it copies
+    /// the map into `P.backup` one shard at a time while this thread goes on appending to
+    /// `P`.
     /// `reply`, if any, learns how the rebuild ended.
     fn start_rebuild(&mut self, reply: Option<Sender<Result<()>>>) {
         if let Some(job) = &mut self.job {
@@ -705,7 +706,8 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// Finishes the rebuild whose copy is done (steps R3–R9, a few syncs on this thread).
+    /// Finishes the rebuild whose copy is done (steps R3' and R5–R9, five syncs on this
+    /// thread).
     ///
     /// The copy took a piece of a shard at a time, so it may hold part of a transaction
     /// applied meanwhile. Every write this thread took from the queue since the copy

@@ -68,10 +68,12 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     /// merge of every shard).
     const SPREAD: bool;
 
-    /// Room for `n` more keys.
+    /// Room for `n` more keys, so that the next `n` changes move no pair that is there
+    /// (the hash table's buckets stay put, which [`revert`](Table::revert) relies on).
+    /// The hash table may run the user's `Hash` here; a panic leaves it as it was.
     fn reserve(&mut self, n: usize);
 
-    /// Number of keys (about, for the hash table, if 64-bit hashes collide).
+    /// Number of keys.
     fn len(&self) -> usize;
 
     /// The entry of `k`, whose hash is `hash`.
@@ -89,13 +91,15 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     /// time ([`visit_marked`](Table::visit_marked)).
     type Mark: Send;
 
-    /// Appends a mark for every pair (the hash table: each key's hash; the ordered table:
-    /// a clone of each key, user `Clone`).
+    /// Appends a mark for every pair (the hash table: each pair's bucket; the ordered
+    /// table: a clone of each key, user `Clone`).
     fn marks(&self, out: &mut Vec<Self::Mark>);
 
     /// Calls `f` on every pair at one of `marks` now: each pair once if the marks are
-    /// distinct; none for a mark whose pair is gone.
-    fn visit_marked(&self, marks: &[Self::Mark], f: &mut dyn FnMut(&K, &Entry<V>));
+    /// distinct; none for a mark whose pair is gone. Returns `false`, having called `f` on
+    /// nothing, if the marks no longer lead anywhere (the hash table regrew since they
+    /// were taken): the caller takes them again.
+    fn visit_marked(&self, marks: &[Self::Mark], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool;
 
     /// Sets `k` to `e`. A panic (user `Eq` or `Ord`) comes before anything changes.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, Self::Pos>;
@@ -236,9 +240,11 @@ mod tests {
     use crate::shard::tests::entry;
 
     /// Marks taken, then keys removed, added and changed: the marks lead to the pairs
-    /// still there, each once, with their values now, and to nothing else.
+    /// still there, each once, with their values now, and to nothing else but keys added
+    /// since (the hash table: a new key may take a bucket a removed one freed).
     fn marks_lead_to_the_pairs_still_there<T: Table<u32, u32>>() {
         let mut t = T::default();
+        t.reserve(1100);
         for k in 0..1000u32 {
             t.set(hash_key(&k), k, entry(k));
         }
@@ -256,14 +262,40 @@ mod tests {
         }
         let mut seen = Vec::new();
         for some in marks.chunks(7) {
-            t.visit_marked(some, &mut |k, e| seen.push((*k, e.value)));
+            assert!(t.visit_marked(some, &mut |k, e| seen.push((*k, e.value))));
         }
         seen.sort_unstable();
+        let added: Vec<(u32, u32)> = seen.iter().copied().filter(|p| p.0 >= 1000).collect();
+        assert!(added.iter().all(|&(k, v)| k == v));
+        assert!(added.windows(2).all(|w| w[0] < w[1]));
+        seen.retain(|p| p.0 < 1000);
         let expected: Vec<(u32, u32)> = (0..1000u32)
             .filter(|k| k % 3 != 0)
             .map(|k| (k, if k % 3 == 1 { k + 5000 } else { k }))
             .collect();
         assert_eq!(seen, expected);
+    }
+
+    /// A hash table that regrew after its marks were taken refuses them, visiting nothing.
+    #[test]
+    fn hash_table_marks_go_stale_when_it_regrows() {
+        let mut t = Shard::<u32, u32>::default();
+        t.reserve(10);
+        for k in 0..10u32 {
+            t.set(hash_key(&k), k, entry(k));
+        }
+        let mut marks = Vec::new();
+        t.marks(&mut marks);
+        let mut seen = 0;
+        assert!(t.visit_marked(&marks, &mut |_, _| seen += 1));
+        assert_eq!(seen, 10);
+        t.reserve(1000);
+        assert!(!t.visit_marked(&marks, &mut |_, _| seen += 1));
+        assert_eq!(seen, 10);
+        marks.clear();
+        t.marks(&mut marks);
+        assert!(t.visit_marked(&marks, &mut |_, _| seen += 1));
+        assert_eq!(seen, 20);
     }
 
     #[test]

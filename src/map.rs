@@ -374,9 +374,11 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
     /// lock was held.
     ///
     /// Not a consistent view: a pair added to a shard after its marks were taken, or
-    /// removed before its piece, is missed, and a write may show in one piece and not
+    /// removed before its piece, may be missed, and a write may show in one piece and not
     /// in another. A pair that no write touches while the copy runs is copied exactly
-    /// once; a rebuild replays every write made meanwhile (see `writer.rs`).
+    /// once, unless writes make its shard's hash table regrow meanwhile (the shard is
+    /// then noted and copied again, so some pairs twice); a rebuild replays every write
+    /// made meanwhile (see `writer.rs`).
     pub(crate) fn copy_in_pieces<E>(
         &self,
         piece: usize,
@@ -402,15 +404,34 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
             t.marks(&mut marks);
             longest = longest.max(held.elapsed());
             drop(t);
-            let pieces = marks.len().div_ceil(piece);
-            for (i, some) in marks.chunks(piece).enumerate() {
+            let mut at = 0;
+            loop {
+                let end = (at + piece).min(marks.len());
                 let t = s.0.read();
                 let held = Instant::now();
-                let mut pairs = Vec::with_capacity(some.len());
-                t.visit_marked(some, &mut |k, e| pairs.push((k.clone(), e.value.clone())));
+                let mut pairs = Vec::with_capacity(end - at);
+                let led = t.visit_marked(&marks[at..end], &mut |k, e| {
+                    pairs.push((k.clone(), e.value.clone()));
+                });
+                if !led {
+                    // The table regrew: its pairs moved. Noted again and copied again
+                    // from the start; a pair copied twice is harmless (the later line
+                    // wins, and every write made meanwhile is replayed after both).
+                    marks.clear();
+                    t.marks(&mut marks);
+                    longest = longest.max(held.elapsed());
+                    drop(t);
+                    at = 0;
+                    continue;
+                }
                 longest = longest.max(held.elapsed());
                 drop(t);
-                after(pairs, i + 1 == pieces)?;
+                at = end;
+                let last = at == marks.len();
+                after(pairs, last)?;
+                if last {
+                    break;
+                }
             }
         }
         Ok(longest)
@@ -472,6 +493,12 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         // user `Drop`s.
         let mut guards: Vec<(usize, RwLockWriteGuard<'_, T>)> =
             set.iter().map(|i| (i, self.shards[i].0.write())).collect();
+        // Room for every change, so that applying them moves no pair (the hash table's
+        // reverts find theirs by bucket). The hash table regrows here if it must, running
+        // the user's `Hash`; a panic leaves every table as it was. Once for a large write.
+        for (i, g) in &mut guards {
+            g.reserve(per_shard[*i]);
+        }
         // 2. Checks (user `Eq`, nothing changes).
         for (hash, k, seen) in reads {
             let g = &guards[slot(hash, &guards)].1;
@@ -489,12 +516,6 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         order.seq += 1;
         let seq = order.seq;
         undo.seq = seq;
-        if bulk {
-            // Grow each shard once, not step by step.
-            for (i, g) in &mut guards {
-                g.reserve(per_shard[*i]);
-            }
-        }
         // 3. Apply, step by step; a panic (user `Eq`) reverts the steps taken.
         let (added, removed) = match Self::apply(&mut guards, &mut rest, seq, &mut undo, &mut trash)
         {
@@ -774,6 +795,39 @@ mod tests {
         c.iter()
             .map(|&(k, v)| Change::new(PanickyKey(k), v))
             .collect()
+    }
+
+    /// Writes between the pieces of a copy make the shards regrow (their pairs move to
+    /// other buckets): every pair that no write touched is still copied, with its value.
+    #[test]
+    fn a_copy_in_pieces_keeps_every_pair_while_the_shards_regrow() {
+        let map: Map<u32, u32> = Map::new();
+        let base: Vec<_> = (0..2000).map(|k| Change::new(k, Some(k + 1))).collect();
+        assert!(map.submit(base, None, |_, _| Ok(())).is_ok());
+        let mut copied: Vec<(u32, u32)> = Vec::new();
+        let mut grown = false;
+        map.copy_in_pieces(2, |pairs, _| -> Result<(), ()> {
+            copied.extend(pairs);
+            if !grown && !copied.is_empty() {
+                // About 20 more keys a shard, where 8 fill the room of most.
+                grown = true;
+                let more: Vec<_> = (10_000..15_000).map(|k| Change::new(k, Some(0))).collect();
+                assert!(map.submit(more, None, |_, _| Ok(())).is_ok());
+            }
+            Ok(())
+        })
+        .expect("the copy goes through");
+        let mut original: Vec<(u32, u32)> = copied.iter().copied().filter(|p| p.0 < 2000).collect();
+        let with_repeats = original.len();
+        original.sort_unstable();
+        original.dedup();
+        let missing: Vec<u32> = (0..2000)
+            .filter(|&k| original.binary_search(&(k, k + 1)).is_err())
+            .collect();
+        assert!(missing.is_empty(), "not copied: {missing:?}");
+        assert_eq!(original.len(), 2000, "copied with another value");
+        // The shard being copied regrew and was copied again from its start.
+        assert!(with_repeats > original.len(), "no shard was noted again");
     }
 
     #[test]

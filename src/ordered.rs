@@ -366,13 +366,15 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
         out.extend(self.pairs().map(|(k, _)| k.clone()));
     }
 
-    fn visit_marked(&self, marks: &[K], f: &mut dyn FnMut(&K, &Entry<V>)) {
+    /// Keys lead to their pairs whatever changed: always `true`.
+    fn visit_marked(&self, marks: &[K], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
         for k in marks {
             if let (n, l, Ok(p)) = locate(&self.root, k) {
                 let (k, e) = &self.root.nodes[n].leaves[l][p];
                 f(k, e);
             }
         }
+        true
     }
 
     fn set(&mut self, _hash: u64, k: K, e: Entry<V>) -> Applied<K, V, OrdPos<K>> {

@@ -1,20 +1,22 @@
 //! One shard of the map: keys found by a hash computed once, before any lock, so that
-//! the only user code that runs under a shard's lock is `Eq` (to find a key) and
 //! nothing that changes the shard can panic half-way.
 //!
-//! The shard is a `HashMap` from each key's 64-bit hash to the keys with that hash (one,
-//! unless 64 bits collide). Growing it rehashes stored `u64`s, never the user's `Hash`,
-//! which could panic in the middle of the standard map's rehash and lose entries. Each
-//! change finds its key first (user `Eq`, reading only) and then changes the shard with
-//! moves alone; it returns where it made the change, so that it is reverted exactly,
-//! without user code, and a transaction cut short by a panic is rolled back whole.
+//! The shard is a `hashbrown::HashTable` of `(key, entry)` pairs, 120 bytes a slot for a
+//! typical key and value where a table keyed by the hash as well would take 8 more (the
+//! hash and the write's number are what an entry carries beside the user's pair; the
+//! number stays). The table never regrows on its own: [`Shard::reserve`] regrows it
+//! here, with every key's hash (user `Hash`) computed before any pair moves, so that a
+//! panic leaves it as it was (a table that rehashed with a panicking `Hash` could lose
+//! entries). Each change finds its key first (user `Eq`, reading only) and then changes
+//! the table with moves alone, in room reserved before the write began; it returns the
+//! bucket where it made the change, so that it is reverted exactly, without user code,
+//! and a transaction cut short by a panic is rolled back whole.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use hashbrown::HashTable;
 
 use crate::bounds::{Key, Value};
 use crate::kind::{Applied, Revert, Table};
-use crate::map::Change;
+use crate::map::{hash_key, Change};
 
 /// One value, with the sequence number of the write that set it (what `transact` checks).
 #[derive(Debug, Clone)]
@@ -23,8 +25,9 @@ pub struct Entry<V> {
     pub(crate) version: u64,
 }
 
-/// Passes a key's precomputed hash through. The top bits chose the shard and are the
-/// same for every key in it, so they are rotated away from the bits the table uses.
+/// Passes a key's precomputed hash through (for a standard `HashMap` keyed by the hash,
+/// as the `Delta`'s index is). The top bits chose the shard and are the same for every
+/// key in it, so they are rotated away from the bits the table uses.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct PassThrough(u64);
 
@@ -41,103 +44,34 @@ impl std::hash::Hasher for PassThrough {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.rotate_left(32);
+        self.0 = table_hash(n);
     }
 }
 
-/// The keys of one hash, nearly always one of them.
-#[derive(Debug)]
-enum Bucket<K, V> {
-    One(K, Entry<V>),
-    Many(Vec<(K, Entry<V>)>),
+/// The hash a shard's table places a key by: the top bits chose the shard and are the
+/// same for every key in it, so they are rotated away from the low bits (where the
+/// table looks) and the top seven (its tag).
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
 }
 
-impl<K, V> Bucket<K, V> {
-    fn len(&self) -> usize {
-        match self {
-            Bucket::One(..) => 1,
-            Bucket::Many(v) => v.len(),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&K, &Entry<V>)> {
-        let (one, many) = match self {
-            Bucket::One(k, e) => (Some((k, e)), &[][..]),
-            Bucket::Many(v) => (None, &v[..]),
-        };
-        one.into_iter().chain(many.iter().map(|(k, e)| (k, e)))
-    }
-
-    fn entry_mut(&mut self, i: usize) -> &mut Entry<V> {
-        match self {
-            Bucket::One(_, e) => e,
-            Bucket::Many(v) => &mut v[i].1,
-        }
-    }
-
-    fn push(&mut self, k: K, e: Entry<V>) {
-        match self {
-            Bucket::Many(v) => v.push((k, e)),
-            Bucket::One(..) => {
-                let Bucket::One(k0, e0) = std::mem::replace(self, Bucket::Many(Vec::new())) else {
-                    unreachable!("matched One above")
-                };
-                *self = Bucket::Many(vec![(k0, e0), (k, e)]);
-            }
-        }
-    }
-
-    /// Removes the pair at `i`, moving the last one into its place. Only for a bucket of
-    /// two or more (a bucket of one is removed from the shard instead).
-    fn swap_remove(&mut self, i: usize) -> (K, Entry<V>) {
-        match self {
-            Bucket::Many(v) => v.swap_remove(i),
-            Bucket::One(..) => unreachable!("a bucket of one is removed whole"),
-        }
-    }
-
-    /// Undoes [`swap_remove`](Self::swap_remove) of `i`.
-    fn unswap_remove(&mut self, i: usize, k: K, e: Entry<V>) {
-        self.push(k, e);
-        if let Bucket::Many(v) = self {
-            let last = v.len() - 1;
-            v.swap(i, last);
-        }
-    }
-
-    /// Undoes [`push`](Self::push).
-    fn pop(&mut self) -> Option<(K, Entry<V>)> {
-        match self {
-            Bucket::Many(v) => v.pop(),
-            Bucket::One(..) => None,
-        }
-    }
-
-    fn into_one(self) -> Option<(K, Entry<V>)> {
-        match self {
-            Bucket::One(k, e) => Some((k, e)),
-            Bucket::Many(mut v) => v.pop(),
-        }
-    }
+/// The table hash of a stored key (user `Hash`), for a regrowth.
+fn rehash<K: std::hash::Hash, V>(pair: &(K, Entry<V>)) -> u64 {
+    table_hash(hash_key(&pair.0))
 }
 
-impl<K: Eq, V> Bucket<K, V> {
-    /// Where `k` is (runs the user's `Eq`; changes nothing).
-    fn find(&self, k: &K) -> Option<usize> {
-        match self {
-            Bucket::One(x, _) => (x == k).then_some(0),
-            Bucket::Many(v) => v.iter().position(|(x, _)| x == k),
-        }
-    }
-}
-
-/// Where a change was made in a hash table: the key's hash, the index in its bucket,
-/// and whether the key had (or got) a bucket of its own.
+/// Where a change was made in a hash table: the key's hash and its bucket.
 #[derive(Debug, Clone, Copy)]
 pub struct HashPos {
     hash: u64,
     index: usize,
-    alone: bool,
+}
+
+/// A pair noted by a copy: its bucket, valid while the table has not regrown since.
+#[derive(Debug, Clone, Copy)]
+pub struct HashMark {
+    generation: u64,
+    index: usize,
 }
 
 /// What a change let go of: dropped (user `Drop`) only once every lock is released.
@@ -159,13 +93,16 @@ impl<K, V> Default for Trash<K, V> {
 /// One shard's pairs.
 #[derive(Debug)]
 pub struct Shard<K, V> {
-    buckets: HashMap<u64, Bucket<K, V>, BuildHasherDefault<PassThrough>>,
+    table: HashTable<(K, Entry<V>)>,
+    /// How many times the table regrew (its pairs moved to other buckets).
+    generation: u64,
 }
 
 impl<K, V> Default for Shard<K, V> {
     fn default() -> Self {
         Shard {
-            buckets: HashMap::default(),
+            table: HashTable::new(),
+            generation: 0,
         }
     }
 }
@@ -177,16 +114,25 @@ impl<K: Eq, V> Shard<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        match self.buckets.get(&hash)? {
-            Bucket::One(x, e) => (x.borrow() == q).then_some(e),
-            Bucket::Many(v) => v.iter().find(|(x, _)| x.borrow() == q).map(|(_, e)| e),
-        }
+        self.table
+            .find(table_hash(hash), |(x, _)| x.borrow() == q)
+            .map(|(_, e)| e)
     }
 
-    fn bucket(&mut self, hash: u64) -> &mut Bucket<K, V> {
-        self.buckets
-            .get_mut(&hash)
-            .expect("the bucket was found under the same lock")
+    /// The bucket of `k` (runs the user's `Eq`; changes nothing).
+    fn find(&self, hash: u64, k: &K) -> Option<usize> {
+        self.table
+            .find_bucket_index(table_hash(hash), |(x, _)| x == k)
+    }
+}
+
+impl<K: Key, V: Value> Shard<K, V> {
+    /// Inserts a pair whose key is absent, in room already reserved: nothing moves.
+    fn insert_new(&mut self, hash: u64, k: K, e: Entry<V>) -> usize {
+        debug_assert!(self.table.capacity() > self.table.len(), "room reserved");
+        self.table
+            .insert_unique(table_hash(hash), (k, e), rehash)
+            .bucket_index()
     }
 }
 
@@ -223,8 +169,32 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         Box::new(frozen.into_iter())
     }
 
+    /// Regrows the table if it has room for fewer than `n` more keys: every key's hash
+    /// first (user `Hash`: a panic there leaves the table as it was), then every pair
+    /// moved into a new table, with no user code.
     fn reserve(&mut self, n: usize) {
-        self.buckets.reserve(n);
+        let room = self.table.capacity() - self.table.len();
+        if room >= n {
+            return;
+        }
+        let hashes: Vec<(usize, u64)> = self
+            .table
+            .iter_buckets()
+            .map(|i| {
+                let pair = self.table.get_bucket(i).expect("a full bucket");
+                (i, rehash(pair))
+            })
+            .collect();
+        let mut grown = HashTable::with_capacity(self.table.len() + n);
+        for (i, hash) in hashes {
+            let (pair, _) = match self.table.get_bucket_entry(i) {
+                Ok(entry) => entry.remove(),
+                Err(_) => unreachable!("the bucket was full a moment ago"),
+            };
+            grown.insert_unique(hash, pair, rehash);
+        }
+        self.table = grown;
+        self.generation += 1;
     }
 
     fn get(&self, hash: u64, k: &K) -> Option<&Entry<V>> {
@@ -232,7 +202,7 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     }
 
     fn len(&self) -> usize {
-        self.buckets.len()
+        self.table.len()
     }
 
     fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Entry<V>)>
@@ -240,121 +210,94 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         K: 'a,
         V: 'a,
     {
-        self.buckets.values().flat_map(Bucket::iter)
+        self.table.iter().map(|(k, e)| (k, e))
     }
 
-    type Mark = u64;
+    type Mark = HashMark;
 
-    fn marks(&self, out: &mut Vec<u64>) {
-        out.extend(self.buckets.keys());
+    /// Reads the table's control bytes only, not its pairs.
+    fn marks(&self, out: &mut Vec<HashMark>) {
+        let generation = self.generation;
+        out.extend(
+            self.table
+                .iter_buckets()
+                .map(|index| HashMark { generation, index }),
+        );
     }
 
-    fn visit_marked(&self, marks: &[u64], f: &mut dyn FnMut(&K, &Entry<V>)) {
-        for (k, e) in marks
-            .iter()
-            .filter_map(|h| self.buckets.get(h))
-            .flat_map(Bucket::iter)
-        {
-            f(k, e);
+    fn visit_marked(&self, marks: &[HashMark], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
+        if marks.iter().any(|m| m.generation != self.generation) {
+            return false;
         }
+        for m in marks {
+            if let Some((k, e)) = self.table.get_bucket(m.index) {
+                f(k, e);
+            }
+        }
+        true
     }
 
-    /// A panic (in `Eq`) comes before anything changes.
+    /// A panic (in `Eq`) comes before anything changes. The caller reserved room.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, HashPos> {
-        let found = self.buckets.get(&hash).map(|b| b.find(&k));
-        match found {
+        match self.find(hash, &k) {
             None => {
-                self.buckets.insert(hash, Bucket::One(k, e));
-                Applied::Added(HashPos {
-                    hash,
-                    index: 0,
-                    alone: true,
-                })
+                let index = self.insert_new(hash, k, e);
+                Applied::Added(HashPos { hash, index })
             }
-            Some(None) => {
-                self.bucket(hash).push(k, e);
-                Applied::Added(HashPos {
-                    hash,
-                    index: 0,
-                    alone: false,
-                })
-            }
-            Some(Some(index)) => {
+            Some(index) => {
                 // The shard keeps its own copy of the key; the caller's goes back.
-                let old = std::mem::replace(self.bucket(hash).entry_mut(index), e);
-                let at = HashPos {
-                    hash,
-                    index,
-                    alone: false,
-                };
-                Applied::Replaced(at, k, old)
+                let (_, slot) = self.table.get_bucket_mut(index).expect("just found");
+                let old = std::mem::replace(slot, e);
+                Applied::Replaced(HashPos { hash, index }, k, old)
             }
         }
     }
 
     /// A panic (in `Eq`) comes before anything changes.
     fn remove(&mut self, hash: u64, k: K) -> Result<(HashPos, K, Entry<V>), K> {
-        let Some(Some(index)) = self.buckets.get(&hash).map(|b| b.find(&k)) else {
+        let Some(index) = self.find(hash, &k) else {
             return Err(k);
         };
-        let alone = self.bucket(hash).len() == 1;
-        let (key, old) = if alone {
-            let pair = self.buckets.remove(&hash).and_then(Bucket::into_one);
-            pair.expect("the bucket holds the key found in it")
-        } else {
-            self.bucket(hash).swap_remove(index)
+        let ((key, old), _) = match self.table.get_bucket_entry(index) {
+            Ok(entry) => entry.remove(),
+            Err(_) => unreachable!("just found"),
         };
         drop(k);
-        Ok((HashPos { hash, index, alone }, key, old))
+        Ok((HashPos { hash, index }, key, old))
     }
 
     fn revert(&mut self, step: Revert<K, V, HashPos>, trash: &mut Trash<K, V>) {
         match step {
             Revert::Added(at) => {
-                let pair = if at.alone {
-                    self.buckets.remove(&at.hash).and_then(Bucket::into_one)
-                } else {
-                    self.buckets.get_mut(&at.hash).and_then(Bucket::pop)
-                };
-                if let Some((k, e)) = pair {
+                if let Ok(entry) = self.table.get_bucket_entry(at.index) {
+                    let ((k, e), _) = entry.remove();
                     trash.keys.push(k);
                     trash.entries.push(e);
                 }
             }
             Revert::Replaced(at, key, old) => {
                 trash.keys.push(key);
-                if let Some(b) = self.buckets.get_mut(&at.hash) {
-                    trash
-                        .entries
-                        .push(std::mem::replace(b.entry_mut(at.index), old));
+                if let Some((_, e)) = self.table.get_bucket_mut(at.index) {
+                    trash.entries.push(std::mem::replace(e, old));
                 }
             }
             Revert::Removed(at, key, old) => {
-                if at.alone {
-                    self.buckets.insert(at.hash, Bucket::One(key, old));
-                } else {
-                    self.bucket(at.hash).unswap_remove(at.index, key, old);
-                }
+                // The room the removal freed (or the room reserved) takes it back.
+                self.insert_new(at.hash, key, old);
             }
         }
     }
 
     fn put_back(&mut self, hash: u64, k: K, e: Entry<V>, trash: &mut Trash<K, V>) -> bool {
-        match self.buckets.get_mut(&hash) {
-            None => {
-                self.buckets.insert(hash, Bucket::One(k, e));
-                false
-            }
-            Some(b) => {
-                if let Some(i) = b.find(&k) {
-                    trash.entries.push(std::mem::replace(b.entry_mut(i), e));
-                    trash.keys.push(k);
-                    true
-                } else {
-                    b.push(k, e);
-                    false
-                }
-            }
+        if let Some(index) = self.find(hash, &k) {
+            let (_, slot) = self.table.get_bucket_mut(index).expect("just found");
+            trash.entries.push(std::mem::replace(slot, e));
+            trash.keys.push(k);
+            true
+        } else {
+            self.reserve(1);
+            self.insert_new(hash, k, e);
+            false
         }
     }
 
@@ -373,26 +316,10 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     }
 
     fn take_out_since(&mut self, since: u64, trash: &mut Trash<K, V>, removed: &mut usize) {
-        let mut out = |(k, e): (K, Entry<V>)| {
+        for (k, e) in self.table.extract_if(|(_, e)| e.version >= since) {
             trash.keys.push(k);
             trash.entries.push(e);
             *removed += 1;
-        };
-        // Buckets of several keys first (64-bit hashes that collide: nearly never).
-        for b in self.buckets.values_mut() {
-            if let Bucket::Many(v) = b {
-                v.extract_if(.., |(_, e)| e.version >= since)
-                    .for_each(&mut out);
-            }
-        }
-        let gone = self.buckets.extract_if(|_, b| match b {
-            Bucket::One(_, e) => e.version >= since,
-            Bucket::Many(v) => v.is_empty(),
-        });
-        for (_, b) in gone {
-            if let Bucket::One(k, e) = b {
-                out((k, e));
-            }
         }
     }
 }
@@ -429,9 +356,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn steps_revert_exactly_in_reverse_order_even_within_one_bucket() {
-        // Every key in one bucket: the colliding case is the one with indices.
+    fn steps_revert_exactly_in_reverse_order_even_with_one_hash() {
+        // Every key of one hash: they probe past each other's buckets.
         let mut s: Shard<u32, u32> = Shard::default();
+        s.reserve(16);
         let mut steps = Vec::new();
         for k in 0..4 {
             steps.push(set(&mut s, k, k));
@@ -459,6 +387,7 @@ pub(crate) mod tests {
     #[test]
     fn put_back_and_take_out_undo_by_key() {
         let mut s: Shard<u32, u32> = Shard::default();
+        s.reserve(16);
         let mut trash = Trash::default();
         let _ = s.set(1, 5, entry(5));
         let _ = s.set(1, 6, entry(6));
@@ -472,8 +401,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn take_out_since_takes_the_newer_versions_even_within_one_bucket() {
+    fn take_out_since_takes_the_newer_versions_even_with_one_hash() {
         let mut s: Shard<u32, u32> = Shard::default();
+        s.reserve(16);
         let versioned = |value, version| Entry { value, version };
         for (k, hash, version) in [(1, 1, 3), (2, 1, 5), (3, 2, 5), (4, 3, 4), (5, 3, 6)] {
             let _ = s.set(hash, k, versioned(k, version));
@@ -483,5 +413,44 @@ pub(crate) mod tests {
         assert_eq!(removed, 3);
         assert_eq!(pairs(&s), [(1, 1), (4, 4)]);
         assert_eq!(trash.keys.len(), 3);
+    }
+
+    /// A key whose `Hash` panics while `PANIC_ON_HASH` is set.
+    #[derive(Debug, PartialEq, Eq, Clone, serde::Serialize, serde::Deserialize)]
+    struct Touchy(u32);
+
+    static PANIC_ON_HASH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            assert!(
+                !PANIC_ON_HASH.load(std::sync::atomic::Ordering::Relaxed),
+                "Touchy's Hash"
+            );
+            self.0.hash(h);
+        }
+    }
+
+    #[test]
+    fn a_regrowth_whose_hash_panics_leaves_the_table_as_it_was() {
+        let mut s: Shard<Touchy, u32> = Shard::default();
+        s.reserve(100);
+        for k in 0..100 {
+            let _ = s.set(hash_key(&Touchy(k)), Touchy(k), entry(k));
+        }
+        let hashes: Vec<u64> = (0..100).map(|k| hash_key(&Touchy(k))).collect();
+        PANIC_ON_HASH.store(true, std::sync::atomic::Ordering::Relaxed);
+        let grew = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.reserve(1000)));
+        PANIC_ON_HASH.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(grew.is_err());
+        assert_eq!(s.len(), 100);
+        for (k, h) in (0..100).zip(&hashes) {
+            assert_eq!(s.get(*h, &Touchy(k)).map(|e| e.value), Some(k));
+        }
+        s.reserve(1000);
+        assert!(s.table.capacity() >= 1100);
+        for (k, h) in (0..100).zip(&hashes) {
+            assert_eq!(s.get(*h, &Touchy(k)).map(|e| e.value), Some(k));
+        }
     }
 }

@@ -147,28 +147,49 @@ fn a_panic_in_clone_ord_or_drop_during_a_submit_to_the_ordered_map_changes_all_o
     submit_all_or_nothing::<Ordered>()
 }
 
+/// The same with a write that makes the hash map's shards regrow, which runs the user's
+/// `Hash` on every key of a shard under its lock (the ordered map has nothing to regrow,
+/// and runs the same write).
+#[test]
+fn a_panic_while_a_write_makes_the_shards_regrow_changes_all_or_nothing() -> Result<()> {
+    let calls = (1..=40).chain((41..).step_by(97));
+    submit_all_or_nothing_with::<Hashed>(0..1000, 900..1400, calls.clone())?;
+    submit_all_or_nothing_with::<Ordered>(0..1000, 900..1400, calls.step_by(5))
+}
+
 fn submit_all_or_nothing<M: MapKind<PKey, PVal>>() -> Result<()> {
+    submit_all_or_nothing_with::<M>(0..10, 5..15, 1..=200)
+}
+
+/// Arms a panic at each call in `calls` (until one does not fire) of a write that sets
+/// `set` and removes the first key of `base` and an absent one, over a database of
+/// `base`.
+fn submit_all_or_nothing_with<M: MapKind<PKey, PVal>>(
+    base: std::ops::Range<u32>,
+    set: std::ops::Range<u32>,
+    calls: impl Iterator<Item = u64>,
+) -> Result<()> {
     quiet();
     let mut fired_somewhere = false;
-    for n in 1..=200 {
+    for n in calls {
         let dir = TempDir::new("panic-submit")?;
         let path = dir.join("p.db");
         let db: PDb<M> = Options::new().open_as(&path)?;
-        let mut base = Delta::new();
-        for k in 0..10 {
-            base.set(PKey(k), PVal(1))?;
+        let mut initial = Delta::new();
+        for k in base.clone() {
+            initial.set(PKey(k), PVal(1))?;
         }
-        db.commit_transaction(base)?;
+        db.commit_transaction(initial)?;
         let before = state(&db);
         let mut d = Delta::new();
-        for k in 5..15 {
+        for k in set.clone() {
             d.set(PKey(k), PVal(2))?;
         }
-        d.remove(&PKey(0))?;
-        d.remove(&PKey(99))?;
+        d.remove(&PKey(base.start))?;
+        d.remove(&PKey(u32::MAX))?;
         let mut after = before.clone();
-        after.retain(|&(k, _)| k != 0 && !(5..15).contains(&k));
-        after.extend((5..15).map(|k| (k, 2)));
+        after.retain(|&(k, _)| k != base.start && !set.contains(&k));
+        after.extend(set.clone().map(|k| (k, 2)));
         after.sort_unstable();
         // An iterator alive across the submit: the ordered map's leaves are shared.
         let held = db.iter();
@@ -186,7 +207,10 @@ fn submit_all_or_nothing<M: MapKind<PKey, PVal>>() -> Result<()> {
         let now = state(&db);
         ensure!(
             now == before || now == after,
-            "call {n}: a torn transaction is visible: {now:?}"
+            "call {n}: a torn transaction is visible: {} pairs, first unlike the state \
+             before: {:?}",
+            now.len(),
+            now.iter().zip(&before).find(|(a, b)| a != b)
         );
         ensure!(fired || r.is_ok(), "call {n}: {r:?}");
         let shown = now.clone();

@@ -1,10 +1,9 @@
-//! One shard of the map: keys found by a hash computed once, before any lock, so that
+//! One shard of the map: keys placed by a hash computed before any lock, so that
 //! nothing that changes the shard can panic half-way.
 //!
-//! The shard is a `hashbrown::HashTable` of `(key, entry)` pairs, 120 bytes a slot for a
-//! typical key and value where a table keyed by the hash as well would take 8 more (the
-//! hash and the write's number are what an entry carries beside the user's pair; the
-//! number stays). The table never regrows on its own: [`Shard::reserve`] regrows it
+//! The shard is a `hashbrown::HashTable` of `(key, entry)` pairs: beside the user's pair
+//! a slot holds the write's number only (8 bytes), where a table keyed by the hash held
+//! the hash too. The table never regrows on its own: [`Shard::reserve`] regrows it
 //! here, with every key's hash (user `Hash`) computed before any pair moves, so that a
 //! panic leaves it as it was (a table that rehashed with a panicking `Hash` could lose
 //! entries). Each change finds its key first (user `Eq`, reading only) and then changes

@@ -496,6 +496,8 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         // Room for every change, so that applying them moves no pair (the hash table's
         // reverts find theirs by bucket). The hash table regrows here if it must, running
         // the user's `Hash`; a panic leaves every table as it was. Once for a large write.
+        // Counted for every change, not only the new keys (telling them apart would run
+        // `Eq` twice): a table within that many keys of full regrows a little early.
         for (i, g) in &mut guards {
             g.reserve(per_shard[*i]);
         }

@@ -170,12 +170,27 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
 
     /// Regrows the table if it has room for fewer than `n` more keys: every key's hash
     /// first (user `Hash`: a panic there leaves the table as it was), then every pair
-    /// moved into a new table, with no user code.
+    /// moved into a new table, with no user code. Removals leave tombstones that use up
+    /// room too, so a table whose keys would fill at most half of it is rebuilt at its
+    /// size (the tombstones gone), and a fuller one at least doubles, as the standard
+    /// map does: either way it then has room for many changes, not just `n`.
     fn reserve(&mut self, n: usize) {
-        let room = self.table.capacity() - self.table.len();
-        if room >= n {
+        let len = self.table.len();
+        if self.table.capacity() - len >= n {
             return;
         }
+        // The most keys the table's buckets hold, tombstones or not (its load factor).
+        let buckets = self.table.num_buckets();
+        let full = if buckets < 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
+        };
+        let want = if len + n <= full / 2 {
+            full
+        } else {
+            (len + n).max(full + 1)
+        };
         let hashes: Vec<(usize, u64)> = self
             .table
             .iter_buckets()
@@ -184,7 +199,7 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
                 (i, rehash(pair))
             })
             .collect();
-        let mut grown = HashTable::with_capacity(self.table.len() + n);
+        let mut grown = HashTable::with_capacity(want);
         for (i, hash) in hashes {
             let (pair, _) = match self.table.get_bucket_entry(i) {
                 Ok(entry) => entry.remove(),
@@ -451,5 +466,41 @@ pub(crate) mod tests {
         for (k, h) in (0..100).zip(&hashes) {
             assert_eq!(s.get(*h, &Touchy(k)).map(|e| e.value), Some(k));
         }
+    }
+
+    /// Keys removed and added one for one in a nearly full shard: the tombstones the
+    /// removals leave use up its room, and each regrowth must make room for many more
+    /// changes, not a few (else every few changes rehash the whole shard).
+    #[test]
+    fn churn_in_a_nearly_full_shard_regrows_it_rarely() {
+        let mut s: Shard<u32, u32> = Shard::default();
+        s.reserve(100);
+        let full = s.table.capacity();
+        let below_full = u32::try_from(full - 2).expect("a small table");
+        let mut live: std::collections::VecDeque<u32> = (0..below_full).collect();
+        for &k in &live {
+            s.reserve(1);
+            let _ = s.set(hash_key(&k), k, entry(k));
+        }
+        let mut trash = Trash::default();
+        for k in 1_000..21_000u32 {
+            let old = live.pop_front().expect("keys left");
+            assert!(s.take_out(hash_key(&old), old, &mut trash));
+            s.reserve(1);
+            let _ = s.set(hash_key(&k), k, entry(k));
+            live.push_back(k);
+        }
+        assert_eq!(s.len(), live.len());
+        assert!(
+            s.table.capacity() <= 4 * full,
+            "grew to {}",
+            s.table.capacity()
+        );
+        // About one regrowth per half a table of changes at most.
+        assert!(
+            s.generation <= 20_000 / (full as u64 / 4),
+            "{} regrowths",
+            s.generation
+        );
     }
 }

@@ -95,6 +95,11 @@ pub struct Shard<K, V> {
     table: HashTable<(K, Entry<V>)>,
     /// How many times the table regrew (its pairs moved to other buckets).
     generation: u64,
+    /// While a write's steps are reverted: each bucket a reverted removal took its pair
+    /// from, with the bucket the pair went back to, where they differ (the first free
+    /// bucket of its probe sequence may be one that a later step freed). The steps
+    /// before it name the first; the pair is in the second. Emptied by the next change.
+    moved: Vec<(usize, usize)>,
 }
 
 impl<K, V> Default for Shard<K, V> {
@@ -102,6 +107,7 @@ impl<K, V> Default for Shard<K, V> {
         Shard {
             table: HashTable::new(),
             generation: 0,
+            moved: Vec::new(),
         }
     }
 }
@@ -126,6 +132,23 @@ impl<K: Eq, V> Shard<K, V> {
 }
 
 impl<K: Key, V: Value> Shard<K, V> {
+    /// Where the pair that a step of the write being reverted found in bucket `index` is
+    /// now (see `moved`).
+    fn now_at(&self, index: usize) -> usize {
+        self.moved
+            .iter()
+            .rev()
+            .find(|m| m.0 == index)
+            .map_or(index, |m| m.1)
+    }
+
+    /// A change begins: no revert under way.
+    fn forget_moves(&mut self) {
+        if !self.moved.is_empty() {
+            self.moved.clear();
+        }
+    }
+
     /// Inserts a pair whose key is absent, in room already reserved: nothing moves.
     fn insert_new(&mut self, hash: u64, k: K, e: Entry<V>) -> usize {
         debug_assert!(self.table.capacity() > self.table.len(), "room reserved");
@@ -253,6 +276,7 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
 
     /// A panic (in `Eq`) comes before anything changes. The caller reserved room.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, HashPos> {
+        self.forget_moves();
         match self.find(hash, &k) {
             None => {
                 let index = self.insert_new(hash, k, e);
@@ -269,6 +293,7 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
 
     /// A panic (in `Eq`) comes before anything changes.
     fn remove(&mut self, hash: u64, k: K) -> Result<(HashPos, K, Entry<V>), K> {
+        self.forget_moves();
         let Some(index) = self.find(hash, &k) else {
             return Err(k);
         };
@@ -283,21 +308,30 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
     fn revert(&mut self, step: Revert<K, V, HashPos>, trash: &mut Trash<K, V>) {
         match step {
             Revert::Added(at) => {
-                if let Ok(entry) = self.table.get_bucket_entry(at.index) {
+                let index = self.now_at(at.index);
+                if let Ok(entry) = self.table.get_bucket_entry(index) {
                     let ((k, e), _) = entry.remove();
                     trash.keys.push(k);
                     trash.entries.push(e);
                 }
+                // The pair that was there is gone: the bucket names none now.
+                self.moved.retain(|m| m.0 != at.index);
             }
             Revert::Replaced(at, key, old) => {
                 trash.keys.push(key);
-                if let Some((_, e)) = self.table.get_bucket_mut(at.index) {
+                let index = self.now_at(at.index);
+                if let Some((_, e)) = self.table.get_bucket_mut(index) {
                     trash.entries.push(std::mem::replace(e, old));
                 }
             }
             Revert::Removed(at, key, old) => {
-                // The room the removal freed (or the room reserved) takes it back.
-                self.insert_new(at.hash, key, old);
+                // The room the removal freed (or the room reserved) takes it back, in
+                // the first free bucket of its probe sequence.
+                let index = self.insert_new(at.hash, key, old);
+                self.moved.retain(|m| m.0 != at.index);
+                if index != at.index {
+                    self.moved.push((at.index, index));
+                }
             }
         }
     }
@@ -502,5 +536,25 @@ pub(crate) mod tests {
             "{} regrowths",
             s.generation
         );
+    }
+
+    /// A removal reverted puts its pair back in the first free bucket, which may be one an
+    /// earlier step of the same write freed, not its own: the steps before it must still
+    /// find the pair (here a replacement of the same key, then the first removal).
+    #[test]
+    fn a_pair_put_back_in_another_bucket_is_still_reverted_exactly() {
+        let mut s: Shard<u32, u32> = Shard::default();
+        s.reserve(16);
+        let _ = set(&mut s, 1, 10); // X, then A after it in their one probe sequence
+        let _ = set(&mut s, 2, 20);
+        let before = pairs(&s);
+        let mut steps = vec![remove(&mut s, 1), set(&mut s, 2, 21), remove(&mut s, 2)];
+        assert!(pairs(&s).is_empty());
+        let mut trash = Trash::default();
+        while let Some(step) = steps.pop() {
+            s.revert(step, &mut trash);
+        }
+        assert_eq!(pairs(&s), before);
+        assert_eq!(s.get(7, &2).map(|e| e.value), Some(20));
     }
 }

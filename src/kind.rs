@@ -92,14 +92,20 @@ pub trait Table<K, V>: Default + Send + Sync + 'static {
     type Mark: Send;
 
     /// Appends a mark for every pair (the hash table: each pair's bucket; the ordered
-    /// table: a clone of each key, user `Clone`).
-    fn marks(&self, out: &mut Vec<Self::Mark>);
+    /// table: a clone of each key, user `Clone`). Returns the stamp to give
+    /// [`visit_marked`](Table::visit_marked) with them.
+    fn marks(&self, out: &mut Vec<Self::Mark>) -> u64;
 
-    /// Calls `f` on every pair at one of `marks` now: each pair once if the marks are
-    /// distinct; none for a mark whose pair is gone. Returns `false`, having called `f` on
-    /// nothing, if the marks no longer lead anywhere (the hash table regrew since they
-    /// were taken): the caller takes them again.
-    fn visit_marked(&self, marks: &[Self::Mark], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool;
+    /// Calls `f` on every pair at one of `marks` (taken with `stamp`) now: each pair once
+    /// if the marks are distinct; none for a mark whose pair is gone. Returns `false`,
+    /// having called `f` on nothing, if the marks no longer lead anywhere (the hash table
+    /// regrew since they were taken): the caller takes them again.
+    fn visit_marked(
+        &self,
+        stamp: u64,
+        marks: &[Self::Mark],
+        f: &mut dyn FnMut(&K, &Entry<V>),
+    ) -> bool;
 
     /// Sets `k` to `e`. A panic (user `Eq` or `Ord`) comes before anything changes.
     fn set(&mut self, hash: u64, k: K, e: Entry<V>) -> Applied<K, V, Self::Pos>;
@@ -249,7 +255,7 @@ mod tests {
             t.set(hash_key(&k), k, entry(k));
         }
         let mut marks = Vec::new();
-        t.marks(&mut marks);
+        let stamp = t.marks(&mut marks);
         assert_eq!(marks.len(), 1000);
         for k in (0..1000u32).step_by(3) {
             assert!(t.remove(hash_key(&k), k).is_ok());
@@ -262,7 +268,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         for some in marks.chunks(7) {
-            assert!(t.visit_marked(some, &mut |k, e| seen.push((*k, e.value))));
+            assert!(t.visit_marked(stamp, some, &mut |k, e| seen.push((*k, e.value))));
         }
         seen.sort_unstable();
         let added: Vec<(u32, u32)> = seen.iter().copied().filter(|p| p.0 >= 1000).collect();
@@ -285,16 +291,16 @@ mod tests {
             t.set(hash_key(&k), k, entry(k));
         }
         let mut marks = Vec::new();
-        t.marks(&mut marks);
+        let stamp = t.marks(&mut marks);
         let mut seen = 0;
-        assert!(t.visit_marked(&marks, &mut |_, _| seen += 1));
+        assert!(t.visit_marked(stamp, &marks, &mut |_, _| seen += 1));
         assert_eq!(seen, 10);
         t.reserve(1000);
-        assert!(!t.visit_marked(&marks, &mut |_, _| seen += 1));
+        assert!(!t.visit_marked(stamp, &marks, &mut |_, _| seen += 1));
         assert_eq!(seen, 10);
         marks.clear();
-        t.marks(&mut marks);
-        assert!(t.visit_marked(&marks, &mut |_, _| seen += 1));
+        let stamp = t.marks(&mut marks);
+        assert!(t.visit_marked(stamp, &marks, &mut |_, _| seen += 1));
         assert_eq!(seen, 20);
     }
 

@@ -401,7 +401,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
                 continue;
             }
             marks.clear();
-            t.marks(&mut marks);
+            let mut stamp = t.marks(&mut marks);
             longest = longest.max(held.elapsed());
             drop(t);
             let mut at = 0;
@@ -410,7 +410,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
                 let t = s.0.read();
                 let held = Instant::now();
                 let mut pairs = Vec::with_capacity(end - at);
-                let led = t.visit_marked(&marks[at..end], &mut |k, e| {
+                let led = t.visit_marked(stamp, &marks[at..end], &mut |k, e| {
                     pairs.push((k.clone(), e.value.clone()));
                 });
                 if !led {
@@ -418,7 +418,7 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
                     // from the start; a pair copied twice is harmless (the later line
                     // wins, and every write made meanwhile is replayed after both).
                     marks.clear();
-                    t.marks(&mut marks);
+                    stamp = t.marks(&mut marks);
                     longest = longest.max(held.elapsed());
                     drop(t);
                     at = 0;

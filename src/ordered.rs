@@ -362,12 +362,13 @@ impl<K: Key + Ord, V: Value> Table<K, V> for OrdTable<K, V> {
 
     type Mark = K;
 
-    fn marks(&self, out: &mut Vec<K>) {
+    fn marks(&self, out: &mut Vec<K>) -> u64 {
         out.extend(self.pairs().map(|(k, _)| k.clone()));
+        0
     }
 
     /// Keys lead to their pairs whatever changed: always `true`.
-    fn visit_marked(&self, marks: &[K], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
+    fn visit_marked(&self, _stamp: u64, marks: &[K], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
         for k in marks {
             if let (n, l, Ok(p)) = locate(&self.root, k) {
                 let (k, e) = &self.root.nodes[n].leaves[l][p];

@@ -66,13 +66,6 @@ pub struct HashPos {
     index: usize,
 }
 
-/// A pair noted by a copy: its bucket, valid while the table has not regrown since.
-#[derive(Debug, Clone, Copy)]
-pub struct HashMark {
-    generation: u64,
-    index: usize,
-}
-
 /// What a change let go of: dropped (user `Drop`) only once every lock is released.
 #[derive(Debug)]
 pub struct Trash<K, V> {
@@ -144,9 +137,7 @@ impl<K: Key, V: Value> Shard<K, V> {
 
     /// A change begins: no revert under way.
     fn forget_moves(&mut self) {
-        if !self.moved.is_empty() {
-            self.moved.clear();
-        }
+        self.moved.clear();
     }
 
     /// Inserts a pair whose key is absent, in room already reserved: nothing moves.
@@ -250,24 +241,22 @@ impl<K: Key, V: Value> Table<K, V> for Shard<K, V> {
         self.table.iter().map(|(k, e)| (k, e))
     }
 
-    type Mark = HashMark;
+    /// A pair's bucket, which stays its own while the table does not regrow.
+    type Mark = usize;
 
-    /// Reads the table's control bytes only, not its pairs.
-    fn marks(&self, out: &mut Vec<HashMark>) {
-        let generation = self.generation;
-        out.extend(
-            self.table
-                .iter_buckets()
-                .map(|index| HashMark { generation, index }),
-        );
+    /// Reads the table's control bytes only, not its pairs. The stamp is the number of
+    /// regrowths so far.
+    fn marks(&self, out: &mut Vec<usize>) -> u64 {
+        out.extend(self.table.iter_buckets());
+        self.generation
     }
 
-    fn visit_marked(&self, marks: &[HashMark], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
-        if marks.iter().any(|m| m.generation != self.generation) {
+    fn visit_marked(&self, stamp: u64, marks: &[usize], f: &mut dyn FnMut(&K, &Entry<V>)) -> bool {
+        if stamp != self.generation {
             return false;
         }
-        for m in marks {
-            if let Some((k, e)) = self.table.get_bucket(m.index) {
+        for &index in marks {
+            if let Some((k, e)) = self.table.get_bucket(index) {
                 f(k, e);
             }
         }

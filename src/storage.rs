@@ -253,16 +253,16 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// Steps R3' and R5–R9: makes the backup durable, flags it, renames it over `P`, records the
-    /// new count with a new salt and drops the flag.
+    /// Steps R3' and R5–R9: makes the backup durable, flags it, renames it over `P`,
+    /// records the new count with a new salt and drops the flag.
     ///
     /// (R3') fsync `P.backup` (its entry is durable since [`create`](Self::create), R4,
-    /// so the flag below never vouches for a missing file); (R5) create `P.recover`, empty
-    /// (only its name counts, so it is not synced itself), (R6) fsync the directory: from
-    /// here the backup is the authoritative copy; (R7) rename `P.backup` over `P`, fsync the
-    /// directory; (R8) overwrite `P.truncate` with the new length and a new salt and fsync
-    /// it (safe while `P.recover` exists, which makes recovery ignore it); (R9) remove
-    /// `P.recover`, fsync the directory.
+    /// so the flag below never vouches for a missing file); (R5) create `P.recover`,
+    /// empty (only its name counts, so it is not synced itself), (R6) fsync the
+    /// directory: from here the backup is the authoritative copy; (R7) rename `P.backup`
+    /// over `P`, fsync the directory; (R8) overwrite `P.truncate` with the new length and
+    /// a new salt and fsync it (safe while `P.recover` exists, which makes recovery
+    /// ignore it); (R9) remove `P.recover`, fsync the directory.
     ///
     /// # Errors
     ///

@@ -652,8 +652,7 @@ impl<E: TypedSide> Writer<E> {
 
     /// Starts a rebuild on the thread `ptvp35-rebuild` (steps R1, R4, R2, R3): it copies
     /// the map into `P.backup` one shard at a time while this thread goes on appending to
-    /// `P`.
-    /// `reply`, if any, learns how the rebuild ended.
+    /// `P`. `reply`, if any, learns how the rebuild ended.
     fn start_rebuild(&mut self, reply: Option<Sender<Result<()>>>) {
         if let Some(job) = &mut self.job {
             job.replies.extend(reply);

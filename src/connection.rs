@@ -174,10 +174,14 @@ impl Options {
         self
     }
 
-    /// Threads that parse the file at open and fill the map (1 disables the split); by
-    /// default the cores this process may use ([`std::thread::available_parallelism`]),
-    /// at most [`MAX_DEFAULT_PARSE_THREADS`]. A file is split into parts of at least
-    /// about 1 MiB, so a small file is read on one thread whatever this says.
+    /// Threads that parse the file at open; by default the cores this process may use
+    /// ([`std::thread::available_parallelism`]), at most [`MAX_DEFAULT_PARSE_THREADS`].
+    /// As many fill the map beside them (the calling thread is one of those), each
+    /// applying the records of its part of the map as soon as they are parsed, so that
+    /// what a later record replaces is freed, and its memory reused, during the open.
+    /// With 1, the calling thread does everything, chunk after chunk. A file is split
+    /// into chunks of at least about 1 MiB, so a small file is read on the calling
+    /// thread whatever this says.
     #[must_use]
     pub fn parse_threads(mut self, threads: usize) -> Self {
         self.parse_threads = threads.clamp(1, 64);

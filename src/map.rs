@@ -143,34 +143,58 @@ impl ShardSet {
     }
 }
 
-/// Applies `chunks` (records in file order) to `shards`, the shards from `base` on; returns
-/// how many keys it added less how many it removed.
-fn fill_part<K: Key, V: Value, T: Table<K, V>>(
-    shards: &mut [Padded<T>],
+/// One part of the shards, filled at open by one thread ([`Map::fill_parts`]): the
+/// records of every key that lives in these shards, in file order.
+pub(crate) struct Part<'a, K, V, T> {
+    shards: &'a mut [Padded<T>],
+    /// The index of the first of `shards` in the map.
     base: usize,
-    chunks: Vec<HashedRecords<K, V>>,
-) -> isize {
-    let mut n: isize = 0;
-    let mut trash = Trash::default();
-    for (hash, r) in chunks.into_iter().flatten() {
-        let shard = shards[shard_index(hash) - base].0.get_mut();
-        match r {
-            Record::Set(k, value) => {
-                if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
-                    n += 1;
-                }
-            }
-            Record::Remove(k) => {
-                if shard.take_out(hash, k, &mut trash) {
-                    n -= 1;
-                }
+    /// Keys added less keys removed so far.
+    live: isize,
+    _pairs: std::marker::PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key, V: Value, T: Table<K, V>> Part<'_, K, V, T> {
+    /// Room for this part's share of `records`, the records of the whole file at most (a
+    /// key's hash spreads its records evenly over the shards); a shard that gets more
+    /// keys than its table holds grows as it fills. Nothing to spare: a table's buckets
+    /// are a power of two, so that most shards have room for more than their share
+    /// anyway, and a little more for each would double every table whose share is near
+    /// a power of two.
+    pub(crate) fn reserve_share(&mut self, records: usize) {
+        let each = if T::SPREAD { records / SHARDS } else { records };
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            if T::SPREAD || self.base + i == 0 {
+                s.0.get_mut().reserve(each);
             }
         }
-        // Drop what was replaced now, not all at the end.
-        trash.keys.clear();
-        trash.entries.clear();
     }
-    n
+
+    /// Applies the next records of this part (each with its key's hash), in file order:
+    /// the last record of each key wins. Runs the user's `Eq` and `Drop` (and `Hash`, if
+    /// a shard regrows); a panic leaves the part half filled, and the map must not be
+    /// used.
+    pub(crate) fn apply(&mut self, records: HashedRecords<K, V>) {
+        let mut trash = Trash::default();
+        for (hash, r) in records {
+            let shard = self.shards[shard_index(hash) - self.base].0.get_mut();
+            match r {
+                Record::Set(k, value) => {
+                    if !shard.put_back(hash, k, Entry { value, version: 0 }, &mut trash) {
+                        self.live += 1;
+                    }
+                }
+                Record::Remove(k) => {
+                    if shard.take_out(hash, k, &mut trash) {
+                        self.live -= 1;
+                    }
+                }
+            }
+            // Drop what was replaced now, not all at the end.
+            trash.keys.clear();
+            trash.entries.clear();
+        }
+    }
 }
 
 /// What one applied change did, enough to revert it with what `submit` keeps aside (the
@@ -186,18 +210,16 @@ enum Done<P> {
 const BULK: usize = 1024;
 
 /// Records parsed from one chunk of the file, sorted by the part of the map their keys
-/// belong to (one part per load thread), with how many fall in each shard (to size the
-/// shards before filling them).
+/// belong to (one part per filling thread, [`Map::fill_parts`]).
 pub(crate) struct Sorted<K, V> {
     /// Each record with its key's hash (computed once, on the parsing thread).
     parts: Vec<HashedRecords<K, V>>,
-    per_shard: Vec<usize>,
     /// Whether keys spread over the shards ([`Table::SPREAD`]); else all go to the first.
     spread: bool,
 }
 
 /// Records of one chunk for one part of the map, each with its key's hash.
-type HashedRecords<K, V> = Vec<(u64, Record<K, V>)>;
+pub(crate) type HashedRecords<K, V> = Vec<(u64, Record<K, V>)>;
 
 /// The first shard of part `p` of `n`: shard `i` is in part `i * n / SHARDS`.
 fn part_start(p: usize, n: usize) -> usize {
@@ -209,7 +231,6 @@ impl<K: Key, V: Value> Sorted<K, V> {
     pub(crate) fn new<T: Table<K, V>>(parts: usize) -> Self {
         Sorted {
             parts: (0..parts.clamp(1, SHARDS)).map(|_| Vec::new()).collect(),
-            per_shard: vec![0; SHARDS],
             spread: T::SPREAD,
         }
     }
@@ -218,10 +239,13 @@ impl<K: Key, V: Value> Sorted<K, V> {
     /// spread over its shards).
     pub(crate) fn push(&mut self, r: Record<K, V>) {
         let hash = if self.spread { hash_key(r.key()) } else { 0 };
-        let i = shard_index(hash);
-        self.per_shard[i] += 1;
         let n = self.parts.len();
-        self.parts[i * n / SHARDS].push((hash, r));
+        self.parts[shard_index(hash) * n / SHARDS].push((hash, r));
+    }
+
+    /// The records of each part, in the order pushed.
+    pub(crate) fn into_parts(self) -> Vec<HashedRecords<K, V>> {
+        self.parts
     }
 
     /// Records sorted so far.
@@ -245,51 +269,48 @@ impl<K: Key, V: Value, T: Table<K, V>> Map<K, V, T> {
         }
     }
 
-    /// Fills the map at open (it is not shared yet: no locks are taken) from the file's
-    /// chunks, in file order, each sorted by [`Sorted::push`] into the same number of
-    /// parts. Each part of the shards is filled on its own thread; a key always lives in
-    /// the same part, so the last record of each key wins, as in a sequential read.
+    /// Fills the map at open (it is not shared yet: no locks are taken) in `parts` parts
+    /// at once, each on its own thread (the first on this one): `work(p, part)` applies
+    /// to part `p` the records of its keys ([`Sorted::push`] sorts a chunk's records into
+    /// the same number of parts), in file order. A key always lives in the same part,
+    /// so the last record of each key wins, as in a sequential read.
     ///
     /// # Errors
     ///
-    /// `Err(())` if filling a part panicked (in the user's `Hash`, `Eq` or `Drop`): the
-    /// map is then incomplete and must not be used.
-    pub(crate) fn fill(&mut self, chunks: Vec<Sorted<K, V>>) -> Result<(), ()> {
-        let n = chunks.first().map_or(1, |c| c.parts.len());
-        let mut per_shard = vec![0usize; SHARDS];
-        let mut parts: Vec<Vec<HashedRecords<K, V>>> = (0..n).map(|_| Vec::new()).collect();
-        for chunk in chunks {
-            for (total, c) in per_shard.iter_mut().zip(&chunk.per_shard) {
-                *total += c;
-            }
-            for (all, part) in parts.iter_mut().zip(chunk.parts) {
-                all.push(part);
-            }
-        }
-        for (s, k) in self.shards.iter_mut().zip(&per_shard) {
-            s.0.get_mut().reserve(*k);
-        }
+    /// `Err(())` if `work` panicked for a part (in the user's `Hash`, `Eq` or `Drop`):
+    /// the map is then incomplete and must not be used.
+    pub(crate) fn fill_parts<W>(&mut self, parts: usize, work: W) -> Result<(), ()>
+    where
+        W: Fn(usize, &mut Part<'_, K, V, T>) + Sync,
+    {
+        let n = parts.clamp(1, SHARDS);
         // Each part's shards, split off in order.
         let mut rest: &mut [Padded<T>] = &mut self.shards;
         let mut jobs = Vec::with_capacity(n);
-        for (p, records) in parts.into_iter().enumerate() {
+        for p in 0..n {
             let (mine, later) = rest.split_at_mut(part_start(p + 1, n) - part_start(p, n));
             rest = later;
-            jobs.push((part_start(p, n), mine, records));
+            jobs.push((
+                p,
+                Part {
+                    shards: mine,
+                    base: part_start(p, n),
+                    live: 0,
+                    _pairs: std::marker::PhantomData,
+                },
+            ));
         }
+        let work = &work;
+        let run = move |(p, mut part): (usize, Part<'_, K, V, T>)| {
+            catch_unwind(AssertUnwindSafe(|| work(p, &mut part)))
+                .ok()
+                .map(|()| part.live)
+        };
         let counts: Vec<Option<isize>> = std::thread::scope(|s| {
             let mut jobs = jobs.into_iter();
             let first = jobs.next();
-            let others: Vec<_> = jobs
-                .map(|(base, shards, records)| {
-                    s.spawn(move || {
-                        catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
-                    })
-                })
-                .collect();
-            let mine = first.and_then(|(base, shards, records)| {
-                catch_unwind(AssertUnwindSafe(|| fill_part(shards, base, records))).ok()
-            });
+            let others: Vec<_> = jobs.map(|job| s.spawn(move || run(job))).collect();
+            let mine = first.and_then(run);
             std::iter::once(mine)
                 .chain(others.into_iter().map(|h| h.join().ok().flatten()))
                 .collect()

@@ -2,10 +2,10 @@
 //! parsed on several threads, applied in file order.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
-use std::path::{Path, PathBuf};
 
 use crate::bounds::{Key, Value};
 use crate::codec;
@@ -108,7 +108,7 @@ fn load_here<K: Key, V: Value, T: Table<K, V>>(
     lines: u64,
 ) -> Result<(Map<K, V, T>, u64)> {
     let failed = Mutex::new(None);
-    let records = std::sync::atomic::AtomicU64::new(0);
+    let records = AtomicU64::new(0);
     let filled = map.fill_parts(1, |_, part| {
         part.reserve_share(usize::try_from(lines).unwrap_or(usize::MAX));
         for &(start, end) in chunks {

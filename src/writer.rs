@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
@@ -164,9 +165,22 @@ struct RebuildJob {
     done: Receiver<Result<Copied>>,
     thread: JoinHandle<()>,
     replies: Vec<Sender<Result<()>>>,
-    /// Every write taken from the queue since the copy began: its lines and records.
-    tail: Vec<(Vec<u8>, u64)>,
+    /// Every write taken from the queue since the copy began and not yet appended to the
+    /// backup: its lines and records. The rebuild thread takes them in rounds once the
+    /// copy is written (step R3a); the install appends the rest (R3').
+    tail: Arc<Mutex<Tail>>,
 }
+
+/// Writes taken from the queue during a rebuild, in the order taken: lines and records.
+type Tail = Vec<(Vec<u8>, u64)>;
+
+/// Rounds of R3a at most: each appends the writes taken during the round before, so
+/// that under a steady load the last round (and what the install appends) is small.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// A round of R3a that appends fewer bytes than this is the last: what arrives during
+/// the next round would be fewer still, and the install appends it.
+const CATCH_UP_ENOUGH: usize = 64 << 10;
 
 /// Runs when the writer thread ends, however it ends: refuses later writes and frees
 /// every caller waiting for room in the queue; if the thread unwinds from a panic, fails
@@ -212,13 +226,15 @@ struct Copied {
 /// Bytes of the copy the rebuild thread writes between two syncs of the backup.
 const SYNC_EVERY: usize = 8 << 20;
 
-/// The rebuild thread's work: steps R1, R4, R2 and R3. `like` is the main file's
-/// identity, which the new file takes.
+/// The rebuild thread's work: steps R1, R4, R2, R3a and R3. `like` is the main file's
+/// identity, which the new file takes; `tail` the writes the writer thread takes
+/// meanwhile.
 fn copy_map<E: TypedSide>(
     fs: Arc<dyn Fs>,
     paths: Paths,
     like: &FileMeta,
     engine: &E,
+    tail: &Mutex<Tail>,
 ) -> Result<Copied> {
     let mut backup = BackupWriter::create(fs, paths, like)?;
     let mut records = 0u64;
@@ -235,6 +251,25 @@ fn copy_map<E: TypedSide>(
         }
         Ok(())
     })?;
+    // (R3a) The writes taken since the copy began, in the order taken, round after round
+    // while they are many, so that the writer's install (R3') appends and syncs only
+    // those of the last round. The same bytes, in the same order, as if the install had
+    // appended them all.
+    for _ in 0..CATCH_UP_ROUNDS {
+        let taken = std::mem::take(&mut *tail.lock());
+        if taken.is_empty() {
+            break;
+        }
+        let mut buf = Vec::with_capacity(taken.iter().map(|(d, _)| d.len()).sum());
+        for (data, n) in taken {
+            buf.extend_from_slice(&data);
+            records += n;
+        }
+        backup.write(&buf)?;
+        if buf.len() < CATCH_UP_ENOUGH {
+            break;
+        }
+    }
     backup.sync()?;
     Ok(Copied {
         backup,
@@ -363,8 +398,8 @@ impl<E: TypedSide> Writer<E> {
                         undo,
                     } => {
                         let bytes = data.len();
-                        if let Some(job) = &mut self.job {
-                            job.tail.push((data.clone(), n));
+                        if let Some(job) = &self.job {
+                            job.tail.lock().push((data.clone(), n));
                         }
                         if buf.is_empty() {
                             // A large transaction is written from its own buffer, uncopied.
@@ -679,10 +714,12 @@ impl<E: TypedSide> Writer<E> {
             self.paths.clone(),
             Arc::clone(&self.engine),
         );
+        let tail = Arc::new(Mutex::new(Tail::new()));
+        let taken = Arc::clone(&tail);
         let spawned = std::thread::Builder::new()
             .name("ptvp35-rebuild".into())
             .spawn(move || {
-                let _ = done_tx.send(copy_map(fs, paths, &like, &*engine));
+                let _ = done_tx.send(copy_map(fs, paths, &like, &*engine, &taken));
             });
         match spawned {
             Ok(thread) => {
@@ -690,7 +727,7 @@ impl<E: TypedSide> Writer<E> {
                     done,
                     thread,
                     replies: reply.into_iter().collect(),
-                    tail: Vec::new(),
+                    tail,
                 });
             }
             Err(e) => {
@@ -711,9 +748,10 @@ impl<E: TypedSide> Writer<E> {
     /// The copy took a piece of a shard at a time, so it may hold part of a transaction
     /// applied meanwhile. Every write this thread took from the queue since the copy
     /// began is therefore appended to the backup again (replaying a write over a copy
-    /// that already holds it is harmless), and so is every write still queued up to the
-    /// last number the copy could have seen: the backup then holds exactly the state
-    /// after that write.
+    /// that already holds it is harmless; most of them the rebuild thread appended
+    /// already, R3a, and this thread appends the rest), and so is every write still
+    /// queued up to the last number the copy could have seen: the backup then holds
+    /// exactly the state after that write.
     fn finish_rebuild(&mut self, copied: Result<Copied>) {
         let Some(RebuildJob {
             thread,
@@ -742,6 +780,8 @@ impl<E: TypedSide> Writer<E> {
         };
         let mut replayed = Vec::new();
         let started = Instant::now();
+        // The rebuild thread has ended: what it left of the tail is the install's.
+        let tail = std::mem::take(&mut *tail.lock());
         let r = self.install(copied, tail, &mut replayed);
         self.tracking
             .counters

@@ -69,7 +69,7 @@ fn load_in<K: Key, V: Value, T: Table<K, V>>(
     // Each line holds at most one record: the tables are sized for them all at once
     // (growing them as they fill costs a rehash of every key and leaves the old tables'
     // memory behind).
-    let lines = count_lines(data, parsers);
+    let lines = usize::try_from(count_lines(data, parsers)).unwrap_or(usize::MAX);
     let mut map = Map::new();
     if parsers == 1 {
         return load_here(map, data, &chunks, path, lines);
@@ -80,17 +80,16 @@ fn load_in<K: Key, V: Value, T: Table<K, V>>(
             s.spawn(|| line.parse::<T>(data, &chunks, path));
         }
         map.fill_parts(parts, |p, part| {
-            part.reserve_share(usize::try_from(lines).unwrap_or(usize::MAX));
+            part.reserve_share(lines);
             line.fill(p, part, &chunks);
         })
     });
     let st = line.state.into_inner();
     let mut records = 0;
-    for (slot, &(start, _)) in st.slots.into_iter().zip(&chunks) {
+    for slot in st.slots {
         match slot {
             Slot::Parsed { records: n, .. } => records += n,
-            // Its line numbers count from the chunk's start.
-            Slot::Failed(e) => return Err(renumber(e, codec::count_lines(&data[..start]))),
+            Slot::Failed(e) => return Err(e),
             // Not parsed: an earlier chunk failed, or a part's fill panicked.
             Slot::Waiting => break,
         }
@@ -105,25 +104,23 @@ fn load_here<K: Key, V: Value, T: Table<K, V>>(
     data: &[u8],
     chunks: &[(usize, usize)],
     path: &Path,
-    lines: u64,
+    lines: usize,
 ) -> Result<(Map<K, V, T>, u64)> {
     let failed = Mutex::new(None);
     let records = AtomicU64::new(0);
     let filled = map.fill_parts(1, |_, part| {
-        part.reserve_share(usize::try_from(lines).unwrap_or(usize::MAX));
-        for &(start, end) in chunks {
-            // A panic in user code (`Deserialize`, `Hash`) is an open error all the same.
-            let parsed = catch_unwind(AssertUnwindSafe(|| {
-                parse_chunk::<K, V, T>(&data[start..end], start, path, 1)
-            }))
-            .unwrap_or_else(|_| Err(panicked(path)));
-            match parsed {
+        part.reserve_share(lines);
+        for &chunk in chunks {
+            match parse_at::<K, V, T>(data, chunk, path, 1) {
                 Ok(sorted) => {
                     records.fetch_add(sorted.len(), Ordering::Relaxed);
-                    part.apply(sorted.into_parts().into_iter().flatten().collect());
+                    // One part: all the chunk's records.
+                    for records in sorted.into_parts() {
+                        part.apply(records);
+                    }
                 }
                 Err(e) => {
-                    *failed.lock() = Some(renumber(e, codec::count_lines(&data[..start])));
+                    *failed.lock() = Some(e);
                     return;
                 }
             }
@@ -207,13 +204,7 @@ impl<K: Key, V: Value> Pipeline<K, V> {
                 st.next += 1;
                 st.next - 1
             };
-            let (start, end) = chunks[i];
-            // A panic in user code (`Deserialize`, `Hash`) is an open error all the same.
-            let parsed = catch_unwind(AssertUnwindSafe(|| {
-                parse_chunk::<K, V, T>(&data[start..end], start, path, parts)
-            }))
-            .unwrap_or_else(|_| Err(panicked(path)));
-            let slot = match parsed {
+            let slot = match parse_at::<K, V, T>(data, chunks[i], path, parts) {
                 Ok(sorted) => Slot::Parsed {
                     records: sorted.len(),
                     parts: sorted.into_parts().into_iter().map(Some).collect(),
@@ -317,6 +308,22 @@ fn split_lines(data: &[u8], n: usize, min: usize) -> Vec<(usize, usize)> {
         out.push((start, data.len()));
     }
     out
+}
+
+/// Parses the chunk `start..end` of `data` ([`parse_chunk`]): a panic in user code
+/// (`Deserialize`, `Hash`) is an open error all the same, and a bad line's number counts
+/// from the file's start.
+fn parse_at<K: Key, V: Value, T: Table<K, V>>(
+    data: &[u8],
+    (start, end): (usize, usize),
+    path: &Path,
+    parts: usize,
+) -> Result<Sorted<K, V>> {
+    catch_unwind(AssertUnwindSafe(|| {
+        parse_chunk::<K, V, T>(&data[start..end], start, path, parts)
+    }))
+    .unwrap_or_else(|_| Err(panicked(path)))
+    .map_err(|e| renumber(e, codec::count_lines(&data[..start])))
 }
 
 /// Parses one chunk, sorted for a map filled in `parts` parts.

@@ -222,6 +222,7 @@ pub(crate) fn open<K: Key, V: Value, M: MapKind<K, V>>(
             copy_piece: crate::connection::COPY_PIECE,
         }),
         writer: parking_lot::Mutex::new(None),
+        writer_state: None,
         paths,
         report,
         transact_attempts: 1,

@@ -90,6 +90,11 @@ impl Durability {
         }
     }
 
+    /// Every request up to this one is durable.
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
         // Nothing panics while holding it; a poisoned lock still holds consistent state.
         self.state

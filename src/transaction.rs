@@ -725,7 +725,7 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
             let delta = view.take_delta();
             let reads = view.take_reads();
             let changes = !delta.is_empty();
-            match self.submit_delta(delta, Some(&reads)) {
+            match self.submit_delta(delta, Some(&reads), true) {
                 Ok(seq) => {
                     // With no change, what it read is what must be durable.
                     let seq = if changes {

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::codec::chain::Chain;
 use crate::error::{Error, Result};
@@ -29,6 +29,9 @@ pub(crate) enum Request<U> {
     Compact(Sender<Result<()>>),
     /// Make everything before this durable, end the session cleanly, report, and stop.
     Shutdown(Sender<Result<()>>),
+    /// Nothing to do: wakes the writer thread after a commit written by its caller started
+    /// a rebuild, so that the thread waits for the rebuild's end too.
+    Wake,
 }
 
 /// The typed side of the database, as the writer sees it.
@@ -171,6 +174,10 @@ struct RebuildJob {
     tail: Arc<Mutex<Tail>>,
 }
 
+/// The writer's state, shared by its thread and a lone committer (see
+/// [`Writer::may_write_alone`]).
+pub(crate) type WriterState<E> = Arc<Mutex<Writer<E>>>;
+
 /// Writes taken from the queue during a rebuild, in the order taken: lines and records.
 type Tail = Vec<(Vec<u8>, u64)>;
 
@@ -184,8 +191,12 @@ const CATCH_UP_ENOUGH: usize = 64 << 10;
 
 /// Runs when the writer thread ends, however it ends: refuses later writes and frees
 /// every caller waiting for room in the queue; if the thread unwinds from a panic, fails
-/// every request that is not durable, so that no waiter blocks forever.
+/// every request that is not durable, so that no waiter blocks forever. Then lets go of
+/// the queue (the writer's state outlives the thread: the connection shares it), so
+/// that what is still queued is dropped and a later request fails at once instead of
+/// waiting for a reply.
 struct OnExit<E: TypedSide> {
+    state: WriterState<E>,
     engine: Arc<E>,
     tracking: Arc<Tracking>,
     path: std::path::PathBuf,
@@ -205,6 +216,9 @@ impl<E: TypedSide> Drop for OnExit<E> {
         } else {
             self.tracking.progress.stop();
         }
+        let mut w = self.state.lock();
+        w.stop = true;
+        w.rx = crossbeam_channel::never();
     }
 }
 
@@ -280,14 +294,15 @@ fn copy_map<E: TypedSide>(
 
 impl<E: TypedSide> Writer<E> {
     /// Starts the thread `ptvp35-writer`, which appends to `main` what it takes from
-    /// `rx` and undoes it in `engine` if it fails.
+    /// `rx` and undoes it in `engine` if it fails. Returns the thread and its state, which
+    /// a committing thread may lock to write its own commit (see [`Writer::may_write_alone`]).
     pub(crate) fn spawn(
         main: MainFile,
         rx: Receiver<Request<E::Undo>>,
         engine: Arc<E>,
         tracking: Arc<Tracking>,
         config: WriterConfig,
-    ) -> Result<JoinHandle<()>> {
+    ) -> Result<(JoinHandle<()>, WriterState<E>)> {
         let MainFile {
             fs,
             paths,
@@ -324,41 +339,52 @@ impl<E: TypedSide> Writer<E> {
                 cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             },
         };
-        std::thread::Builder::new()
+        let shared = Arc::new(Mutex::new(writer));
+        let state = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
             .name("ptvp35-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| Error::io("spawn writer thread for", &path, e))
+            .spawn(move || Self::run(&state))
+            .map_err(|e| Error::io("spawn writer thread for", &path, e))?;
+        Ok((thread, shared))
     }
 
-    fn run(mut self) {
-        let path = self.paths.main.display().to_string();
-        let _on_exit = OnExit {
-            engine: Arc::clone(&self.engine),
-            tracking: Arc::clone(&self.tracking),
-            path: self.paths.main.clone(),
+    fn run(state: &Arc<Mutex<Self>>) {
+        let w = state.lock();
+        let path = w.paths.main.display().to_string();
+        let on_exit = OnExit {
+            state: Arc::clone(state),
+            engine: Arc::clone(&w.engine),
+            tracking: Arc::clone(&w.tracking),
+            path: w.paths.main.clone(),
         };
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
-        self.join_closer();
+        drop(w);
+        // Declared after `on_exit`, so dropped before it: it locks the state.
+        let mut w = on_exit.state.lock();
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::serve(&mut w)));
+        w.join_closer();
         if let Err(panic) = served {
             // User code run on this thread panicked (a replaced value's `Drop`, a key's
             // `Eq` in an undo). Poison as a failed sync does, so that memory matches the
             // disk and every waiter hears, then let the panic go on: `close` reports it.
             let e = Error::internal(format!("the writer thread of {path} panicked"));
-            let pending = std::mem::take(&mut self.pending);
+            let pending = std::mem::take(&mut w.pending);
             let last = pending.last().map_or(0, |p| p.seq);
-            self.poison(pending, last, e);
+            w.poison(pending, last, e);
             std::panic::resume_unwind(panic);
         }
     }
 
-    /// The batching loop, until a shutdown.
-    fn serve(&mut self) {
+    /// The batching loop, until a shutdown. The state is locked throughout, except while
+    /// the thread waits for a request with nothing else to do: a committing thread may
+    /// then write its own commit ([`Writer::may_write_alone`]).
+    fn serve(w: &mut MutexGuard<'_, Self>) {
         let mut buf = Vec::new();
+        let rx = w.rx.clone();
         loop {
-            let first = if self.deferred.is_empty() {
-                if let Some(job) = &self.job {
+            let first = if w.deferred.is_empty() {
+                if let Some(job) = &w.job {
                     crossbeam_channel::select! {
-                        recv(self.rx) -> r => match r {
+                        recv(rx) -> r => match r {
                             Ok(r) => r,
                             Err(_) => break,
                         },
@@ -366,97 +392,185 @@ impl<E: TypedSide> Writer<E> {
                             let copied = copied.unwrap_or_else(|_| Err(Error::internal(
                                 "the rebuild thread panicked",
                             )));
-                            self.finish_rebuild(copied);
+                            w.finish_rebuild(copied);
                             // A failed install poisons, which may take a shutdown from
                             // the queue: stop then, or `close` waits forever.
-                            if self.stop {
+                            if w.stop {
                                 break;
                             }
                             continue;
                         }
                     }
                 } else {
-                    let Some(r) = self.next(true) else { break };
-                    r
+                    match MutexGuard::unlocked(w, || rx.recv()) {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    }
                 }
             } else {
-                let Some(r) = self.next(false) else { break };
+                let Some(r) = w.next(false) else { break };
                 r
             };
-            let mut control = None;
-            let mut records = 0;
-            let mut wait = BatchWait::default();
-            let mut next = Some(first);
-            // Take one request, then drain what is queued, up to the byte cap; a control
-            // request ends the batch so that it sees everything queued before it.
-            while let Some(req) = next.take() {
-                match req {
-                    Request::Write {
-                        seq,
-                        data,
-                        records: n,
-                        undo,
-                    } => {
-                        let bytes = data.len();
-                        if let Some(job) = &self.job {
-                            job.tail.lock().push((data.clone(), n));
-                        }
-                        if buf.is_empty() {
-                            // A large transaction is written from its own buffer, uncopied.
-                            buf = data;
-                        } else {
-                            buf.extend_from_slice(&data);
-                        }
-                        records += n;
-                        self.taken = seq;
-                        self.pending.push(Pending { seq, bytes, undo });
-                    }
-                    other => {
-                        control = Some(other);
-                        break;
-                    }
-                }
-                if buf.len() < self.config.batch_bytes {
-                    next = self.next(false);
-                    if next.is_none() {
-                        next = self.wait_for_more(&mut wait);
-                    }
-                }
+            if w.batch(first, &mut buf) {
+                break;
             }
-            self.judge_wait(&wait);
-            if !self.pending.is_empty() {
-                if self.poisoned {
-                    // Only reachable for requests sent before the refusal took effect.
-                    let failed = std::mem::take(&mut self.pending);
-                    let (n, bytes) = (failed.len(), failed.iter().map(|p| p.bytes).sum());
-                    self.engine
-                        .undo(failed.into_iter().map(|p| p.undo).collect());
-                    self.tracking.budget.release(n, bytes);
-                    buf.clear();
-                } else {
-                    self.write_batch(&mut buf, records, control.is_none());
-                }
-            }
-            match control {
-                Some(Request::Compact(reply)) => self.start_rebuild(Some(reply)),
-                Some(Request::Shutdown(reply)) => {
-                    self.abandon_rebuild();
-                    self.join_closer();
-                    let r = if self.poisoned {
-                        // The session's flags stay; the next open recovers from them.
-                        Err(self.poisoned_error())
+        }
+    }
+
+    /// Gathers a batch that begins with `first`, writes it and handles the control
+    /// request that ended it, if any. Returns whether the thread should stop.
+    fn batch(&mut self, first: Request<E::Undo>, buf: &mut Vec<u8>) -> bool {
+        let mut control = None;
+        let mut records = 0;
+        let mut wait = BatchWait::default();
+        let mut next = Some(first);
+        // Take one request, then drain what is queued, up to the byte cap; a control
+        // request ends the batch so that it sees everything queued before it.
+        while let Some(req) = next.take() {
+            match req {
+                Request::Write {
+                    seq,
+                    data,
+                    records: n,
+                    undo,
+                } => {
+                    let bytes = data.len();
+                    if let Some(job) = &self.job {
+                        job.tail.lock().push((data.clone(), n));
+                    }
+                    if buf.is_empty() {
+                        // A large transaction is written from its own buffer, uncopied.
+                        *buf = data;
                     } else {
-                        self.trim_preallocation()
-                            .and_then(|()| storage::end_session(&*self.fs, &self.paths))
-                    };
-                    let _ = reply.send(r);
+                        buf.extend_from_slice(&data);
+                    }
+                    records += n;
+                    self.taken = seq;
+                    self.pending.push(Pending { seq, bytes, undo });
+                }
+                Request::Wake => {}
+                other => {
+                    control = Some(other);
                     break;
                 }
-                // An automatic rebuild was considered in `write_batch`.
-                _ => {}
             }
-            if self.stop {
-                break;
+            if buf.len() < self.config.batch_bytes {
+                next = self.next(false);
+                if next.is_none() {
+                    next = self.wait_for_more(&mut wait);
+                }
+            }
+        }
+        self.judge_wait(&wait);
+        if !self.pending.is_empty() {
+            if self.poisoned {
+                // Only reachable for requests sent before the refusal took effect.
+                let failed = std::mem::take(&mut self.pending);
+                let (n, bytes) = (failed.len(), failed.iter().map(|p| p.bytes).sum());
+                self.engine
+                    .undo(failed.into_iter().map(|p| p.undo).collect());
+                self.tracking.budget.release(n, bytes);
+                buf.clear();
+            } else {
+                // Last: dropping the replaced values runs user code (`Drop`), which may
+                // panic; the batch is acknowledged by then.
+                drop(self.write_batch(buf, records, control.is_none()));
+            }
+        }
+        match control {
+            Some(Request::Compact(reply)) => self.start_rebuild(Some(reply)),
+            Some(Request::Shutdown(reply)) => {
+                self.abandon_rebuild();
+                self.join_closer();
+                let r = if self.poisoned {
+                    // The session's flags stay; the next open recovers from them.
+                    Err(self.poisoned_error())
+                } else {
+                    self.trim_preallocation()
+                        .and_then(|()| storage::end_session(&*self.fs, &self.paths))
+                };
+                let _ = reply.send(r);
+                // No commit may be written alone after this.
+                self.stop = true;
+            }
+            // An automatic rebuild was considered in `write_batch`.
+            _ => {}
+        }
+        self.stop
+    }
+
+    /// Whether the committing thread that holds this state (taken with `try_lock` while
+    /// it numbered write `seq`, under the map's order lock) may write and sync that write
+    /// itself instead of queueing it: when the writer thread has nothing to do and would
+    /// not wait for other committers. The writer thread keeps its state locked except
+    /// while it waits with nothing to do, so the lock alone says it is idle or about to
+    /// be; the rest makes sure. Every earlier write is durable (none is queued or in the
+    /// writer thread's hands, so none can be written after this one), nothing is queued,
+    /// no rebuild runs (its copy must see every write; the writer thread keeps its state
+    /// locked while one runs anyway), and the last batch held one commit with none
+    /// arriving during its sync (with more committers, the writer thread's batches gather
+    /// them). Later writes are numbered only once this one is claimed, and queue behind
+    /// it. Such a commit crosses no thread: no wake-up of the writer thread and none
+    /// back, which is most of what one committing thread waits for beyond the sync.
+    pub(crate) fn may_write_alone(&self, seq: u64) -> bool {
+        !self.poisoned
+            && !self.stop
+            && self.job.is_none()
+            && self.deferred.is_empty()
+            && self.pending.is_empty()
+            && self.group.expect <= 1
+            && self.rx.is_empty()
+            && self.tracking.progress.durable() + 1 == seq
+    }
+
+    /// Writes and syncs write `seq` on the calling thread, as a batch of its own (once
+    /// [`Writer::may_write_alone`] said so, the state still locked), and acknowledges it,
+    /// or fails and poisons as the writer thread would; an automatic rebuild may start,
+    /// as after any batch. Returns what undoes the write (the values it replaced, which
+    /// the caller drops once it let go of this state: user `Drop`) and whether the
+    /// writer thread must be woken (a rebuild started, which that thread finishes).
+    ///
+    /// A panic of user code here (a custom [`Fs`], or `Eq` while a failed write is
+    /// undone) poisons the database as a panic on the writer thread does, then goes on
+    /// in the caller.
+    pub(crate) fn write_alone(
+        &mut self,
+        seq: u64,
+        data: Vec<u8>,
+        records: u64,
+        undo: E::Undo,
+    ) -> (Option<E::Undo>, bool) {
+        let mut buf = data;
+        let bytes = buf.len();
+        self.taken = seq;
+        self.pending.push(Pending { seq, bytes, undo });
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.write_batch(&mut buf, records, true)
+        }));
+        match written {
+            Ok(done) => (done.into_iter().next().map(|p| p.undo), self.job.is_some()),
+            Err(panic) => {
+                let path = self.paths.main.display().to_string();
+                let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let e = Error::internal(format!(
+                        "a commit to {path} panicked while its caller's thread wrote it"
+                    ));
+                    let pending = std::mem::take(&mut self.pending);
+                    let last = pending.last().map_or(0, |p| p.seq);
+                    self.poison(pending, last, e);
+                }));
+                self.tracking.budget.release(1, bytes);
+                if poisoned.is_err() {
+                    // The undo panicked too: as when the writer thread dies, refuse
+                    // every later write and fail every waiter.
+                    self.poisoned = true;
+                    self.engine.refuse_writes();
+                    self.tracking.budget.close();
+                    self.tracking.progress.abort(Error::internal(format!(
+                        "a commit to {path} panicked while its caller's thread wrote it"
+                    )));
+                }
+                std::panic::resume_unwind(panic);
             }
         }
     }
@@ -501,8 +615,15 @@ impl<E: TypedSide> Writer<E> {
     }
 
     /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
-    /// `may_compact`, it first considers an automatic rebuild.
-    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64, may_compact: bool) {
+    /// `may_compact`, it first considers an automatic rebuild. Returns what undoes the
+    /// acknowledged writes, for the caller to drop (the replaced values: user `Drop`).
+    #[must_use = "dropping the replaced values runs user code: drop them last"]
+    fn write_batch(
+        &mut self,
+        buf: &mut Vec<u8>,
+        records: u64,
+        may_compact: bool,
+    ) -> Vec<Pending<E::Undo>> {
         let last = self.pending.last().map_or(0, |p| p.seq);
         let bytes: usize = self.pending.iter().map(|p| p.bytes).sum();
         let n = self.pending.len();
@@ -532,14 +653,13 @@ impl<E: TypedSide> Writer<E> {
                 }
                 self.tracking.progress.advance(last);
                 self.tracking.budget.release(n, bytes);
-                // Last: dropping the replaced values runs user code (`Drop`), which may
-                // panic; the batch is acknowledged by then.
-                drop(done);
+                done
             }
             Err(e) => {
                 self.cut_failed_tail();
                 self.poison(done, last, e);
                 self.tracking.budget.release(n, bytes);
+                Vec::new()
             }
         }
     }
@@ -568,6 +688,7 @@ impl<E: TypedSide> Writer<E> {
                     let _ = reply.send(Err(self.poisoned_error()));
                     self.stop = true;
                 }
+                Request::Wake => {}
             }
         }
         self.engine.undo(undos);

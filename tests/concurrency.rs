@@ -2,9 +2,12 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
 use anyhow::{ensure, Result};
 use common::{TempDir, TestDb};
-use ptvp35::Options;
+use ptvp35::{FileMeta, Fs, FsFile, Options, RealFs};
 
 #[test]
 fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
@@ -232,6 +235,18 @@ fn rebuilds_while_transfers_run(opts: &Options, name: &str) -> Result<()> {
 /// reordered them would show after the reopen.
 #[test]
 fn writes_during_one_rebuild_are_all_in_the_rebuilt_file() -> Result<()> {
+    writes_during_one_rebuild(false)
+}
+
+/// As above, with writes that wait: one thread's `set` is written by that thread itself
+/// when the writer is idle, and must not be while a rebuild runs (the copy would miss
+/// it).
+#[test]
+fn waited_writes_during_one_rebuild_are_all_in_the_rebuilt_file() -> Result<()> {
+    writes_during_one_rebuild(true)
+}
+
+fn writes_during_one_rebuild(wait: bool) -> Result<()> {
     let dir = TempDir::new("catchup")?;
     let p = dir.join("c.db");
     // One pair a piece: the copy takes long enough for many writes to land beside it.
@@ -252,7 +267,11 @@ fn writes_during_one_rebuild_are_all_in_the_rebuilt_file() -> Result<()> {
             for (j, v) in last.iter_mut().enumerate() {
                 n += 1;
                 *v = n;
-                db.set_nowait(format!("hot{j}"), n)?;
+                if wait {
+                    db.set(format!("hot{j}"), n)?;
+                } else {
+                    db.set_nowait(format!("hot{j}"), n)?;
+                }
             }
         }
         db.commit()?;
@@ -272,5 +291,155 @@ fn writes_during_one_rebuild_are_all_in_the_rebuilt_file() -> Result<()> {
         );
     }
     ensure!(db.len() == 101_024, "{} keys", db.len());
+    Ok(())
+}
+
+/// Forwards to the real filesystem and notes the thread of every sync of the main file.
+#[derive(Debug, Default)]
+struct SyncThreads(Arc<Mutex<Vec<String>>>);
+
+#[derive(Debug)]
+struct NotedFile {
+    file: Box<dyn FsFile>,
+    main: bool,
+    syncs: Arc<Mutex<Vec<String>>>,
+}
+
+impl FsFile for NotedFile {
+    fn read_at(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read_at(at, buf)
+    }
+    fn write_at(&mut self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_at(at, data)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn len(&mut self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if self.main {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            self.syncs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(name);
+        }
+        self.file.sync_data()
+    }
+    fn meta(&mut self) -> std::io::Result<FileMeta> {
+        self.file.meta()
+    }
+    fn set_owner_and_mode(&mut self, like: &FileMeta) -> std::io::Result<()> {
+        self.file.set_owner_and_mode(like)
+    }
+    fn try_lock(&mut self) -> std::io::Result<bool> {
+        self.file.try_lock()
+    }
+}
+
+impl Fs for SyncThreads {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(NotedFile {
+            file: RealFs.open(path, create)?,
+            main: path.extension().is_some_and(|e| e == "db"),
+            syncs: Arc::clone(&self.0),
+        }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        RealFs.read(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        RealFs.exists(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn meta(&self, path: &Path) -> std::io::Result<Option<FileMeta>> {
+        RealFs.meta(path)
+    }
+    fn resolve(&self, path: &Path) -> std::io::Result<PathBuf> {
+        RealFs.resolve(path)
+    }
+    fn salt(&self) -> u64 {
+        RealFs.salt()
+    }
+}
+
+/// One thread whose commits wait, with the writer thread idle, writes and syncs each of
+/// them itself: the commit crosses no thread. Writes that do not wait go through the
+/// writer thread, as before. (A commit that comes while the writer thread is still on
+/// its way back to waiting goes through it too: a machine busy with other tests may
+/// make a few do so, hence "most".)
+#[test]
+fn a_lone_committer_syncs_its_own_commits() -> Result<()> {
+    let dir = TempDir::new("lone")?;
+    let syncs = Arc::new(Mutex::new(Vec::new()));
+    let fs = Arc::new(SyncThreads(Arc::clone(&syncs)));
+    let opts = Options::new().filesystem(fs);
+    let db = opts.open_as::<String, u64, common::Kind>(&dir.join("lone.db"))?;
+    let taken = || {
+        std::mem::take(
+            &mut *syncs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    };
+    let here = std::thread::current().name().unwrap_or("?").to_owned();
+    ensure!(here != "ptvp35-writer");
+    // Commits of each kind that one sync on this thread made durable.
+    let mut alone = [0; 4];
+    for i in 0..20 {
+        taken();
+        db.set(format!("k{i}"), i)?;
+        let set = taken();
+        db.remove(&format!("r{i}"))?;
+        let removed = taken();
+        let mut delta = ptvp35::Delta::new();
+        delta.set(format!("d{i}"), i)?;
+        delta.set("d".into(), i)?;
+        db.commit_transaction(delta)?;
+        let committed = taken();
+        db.transact(|tx| -> ptvp35::Result<()> {
+            let v = tx.get("t").unwrap_or(0);
+            tx.set_nowait("t".into(), v + 1)
+        })?;
+        let transacted = taken();
+        for (n, synced) in alone.iter_mut().zip([set, removed, committed, transacted]) {
+            if synced == [here.clone()] {
+                *n += 1;
+            }
+        }
+    }
+    ensure!(
+        alone.iter().all(|n| *n >= 10),
+        "of 20 set, remove, commit_transaction and transact each, synced alone: {alone:?}"
+    );
+    taken();
+    for i in 0..3 {
+        db.set_nowait(format!("n{i}"), i)?;
+    }
+    db.commit()?;
+    let queued = taken();
+    ensure!(
+        !queued.is_empty() && queued.iter().all(|t| t == "ptvp35-writer"),
+        "writes that did not wait synced by {queued:?}"
+    );
+    db.close()?;
+    let db = opts.open_as::<String, u64, common::Kind>(&dir.join("lone.db"))?;
+    ensure!(db.get("t") == Some(20) && db.get("d") == Some(19) && db.get("k19") == Some(19));
+    ensure!(
+        db.get("n2") == Some(2) && db.len() == 45,
+        "{} keys",
+        db.len()
+    );
+    db.close()?;
     Ok(())
 }

@@ -271,6 +271,7 @@ struct WVal(u64);
 
 static WRITER_ARMED: AtomicBool = AtomicBool::new(false);
 static WRITER_ARMED_AGAIN: AtomicBool = AtomicBool::new(false);
+static CALLER_ARMED: AtomicBool = AtomicBool::new(false);
 static LOAD_ARMED: AtomicBool = AtomicBool::new(false);
 
 impl Drop for WVal {
@@ -278,6 +279,7 @@ impl Drop for WVal {
         let armed = match self.0 {
             4242 => &WRITER_ARMED,
             4243 => &WRITER_ARMED_AGAIN,
+            4244 => &CALLER_ARMED,
             7777 => &LOAD_ARMED,
             _ => return,
         };
@@ -298,8 +300,11 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     db.set(1, WVal(4242))?;
     WRITER_ARMED.store(true, Ordering::SeqCst);
     let d = std::sync::Arc::clone(&db);
-    // The replaced value is dropped by the writer once this is durable.
-    let first = within(10, move || d.set(1, WVal(1)))?;
+    // The replaced value is dropped by the writer once this is durable (queued: a `set`
+    // with the writer idle would write itself, and drop it on its own thread).
+    let first = within(10, move || {
+        d.set_nowait(1, WVal(1)).and_then(|()| d.commit())
+    })?;
     let d = std::sync::Arc::clone(&db);
     let second = within(10, move || d.set(2, WVal(2)))?;
     ensure!(
@@ -321,6 +326,35 @@ fn a_panic_on_the_writer_thread_fails_waiters_and_later_writes() -> Result<()> {
     if first.is_ok() {
         ensure!(db.get(&1) == Some(WVal(1)));
     }
+    db.close()?;
+    Ok(())
+}
+
+/// A commit that its caller's thread wrote itself (one committer, the writer idle) drops
+/// the value it replaced on that thread, once durable: a panic there reaches the caller
+/// as any panic of its own code would, and the write stays, in memory and on disk, with
+/// the database open for more.
+#[test]
+fn a_panic_dropping_what_a_lone_commit_replaced_reaches_its_caller() -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-lone")?;
+    let path = dir.join("w.db");
+    let db = TestDb::<u32, WVal>::open(&path)?;
+    db.set(1, WVal(4244))?;
+    CALLER_ARMED.store(true, Ordering::SeqCst);
+    let (db, panicked) = within(10, move || {
+        let r = catch_unwind(AssertUnwindSafe(|| db.set(1, WVal(1))));
+        (db, r.err().is_some_and(|p| p.is::<Intended>()))
+    })?;
+    ensure!(
+        panicked,
+        "the replaced value's panic did not reach the caller of `set`"
+    );
+    ensure!(db.get(&1) == Some(WVal(1)), "the write is not in memory");
+    db.set(2, WVal(2))?;
+    db.close()?;
+    let db = TestDb::<u32, WVal>::open(&path)?;
+    ensure!(db.get(&1) == Some(WVal(1)) && db.get(&2) == Some(WVal(2)));
     db.close()?;
     Ok(())
 }

@@ -27,6 +27,16 @@ impl Engine {
         })
     }
 
+    /// Every commit queued to the writer thread: what a lone committer saves.
+    pub fn open_queued(dir: &Path) -> Result<Self> {
+        Ok(Engine {
+            db: ptvp35::Options::new()
+                .caller_writes(false)
+                .open(path(dir))?,
+            extend: false,
+        })
+    }
+
     pub fn open_extend(dir: &Path) -> Result<Self> {
         Ok(Engine {
             db: DbConnection::open(path(dir))?,

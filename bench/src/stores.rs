@@ -48,6 +48,9 @@ pub enum Kind {
     Ptvp35,
     /// ptvp35's bulk API, `DbConnection::extend` (chunked transactions).
     Ptvp35Extend,
+    /// ptvp35 with every commit queued to its writer thread, as before a lone committer
+    /// wrote its own commits (`Options::caller_writes(false)`).
+    Ptvp35Queued,
     Redb,
     Sled,
     Sqlite,
@@ -67,9 +70,10 @@ pub enum Kind {
     MemLimit,
 }
 
-pub const ALL: [Kind; 13] = [
+pub const ALL: [Kind; 14] = [
     Kind::Ptvp35,
     Kind::Ptvp35Extend,
+    Kind::Ptvp35Queued,
     Kind::Redb,
     Kind::Sled,
     Kind::Sqlite,
@@ -88,6 +92,7 @@ impl Kind {
         match self {
             Kind::Ptvp35 => "ptvp35",
             Kind::Ptvp35Extend => "ptvp35-extend",
+            Kind::Ptvp35Queued => "ptvp35-queued",
             Kind::Redb => "redb",
             Kind::Sled => "sled",
             Kind::Sqlite => "sqlite",
@@ -111,6 +116,7 @@ impl Kind {
         match self {
             Kind::Ptvp35 => "ptvp35",
             Kind::Ptvp35Extend => "ptvp35 `extend`",
+            Kind::Ptvp35Queued => "ptvp35, every commit queued",
             Kind::Redb => "redb 4",
             Kind::Sled => "sled 0.34 ¹",
             Kind::Sqlite => "SQLite (WAL, FULL)",
@@ -149,6 +155,7 @@ pub fn open(kind: Kind, dir: &Path) -> Result<Box<dyn Store>> {
     Ok(match kind {
         Kind::Ptvp35 => Box::new(crate::engine::Engine::open(dir)?),
         Kind::Ptvp35Extend => Box::new(crate::engine::Engine::open_extend(dir)?),
+        Kind::Ptvp35Queued => Box::new(crate::engine::Engine::open_queued(dir)?),
         Kind::Redb => Box::new(RedbStore::open(dir)?),
         Kind::Sled => Box::new(SledStore::open(dir)?),
         Kind::Sqlite => Box::new(SqliteStore::open(dir)?),

@@ -209,7 +209,7 @@ fn commit_table(
         let mut open: Vec<(Kind, Box<dyn Store>)> = Vec::new();
         let mut kinds = DURABLE_PEERS.to_vec();
         if t == 1 {
-            kinds.extend([Kind::LogGrow, Kind::LogPrealloc]);
+            kinds.extend([Kind::Ptvp35Queued, Kind::LogGrow, Kind::LogPrealloc]);
         }
         for k in kinds {
             let dir = cfg.dir.join(name).join(format!("t{t}-{}", k.id()));
@@ -293,6 +293,10 @@ fn commit_table(
                 secs(Summary::of(&c.max).med),
                 if k.power_safe() { "yes" } else { "no" }.to_owned(),
             ]);
+            if k == Kind::Ptvp35Queued {
+                // One thread only: a row, not a line of the plot.
+                continue;
+            }
             match series.iter_mut().find(|s| s.label == k.label()) {
                 Some(s) => s.points.push((t, r.med)),
                 None => series.push(Series {

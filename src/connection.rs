@@ -1367,13 +1367,13 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
         // Numbered and applied: written even if dropping something in the map panicked
         // afterwards, or memory would hold a write the file never gets.
         if let Some((mut w, seq, line, undo)) = lone {
-            let (replaced, wake) = w.write_alone(seq, line, records, undo);
+            let (ack, wake) = w.write_alone(seq, line, records, undo);
             if wake {
                 let _ = sh.tx.send(Request::Wake);
             }
             drop(w);
-            // User `Drop`, on the caller's thread, once the write is durable.
-            drop(replaced);
+            // Drops the replaced values (user `Drop`) on the caller's thread, last.
+            ack.give(&sh.tracking);
         }
         let r = match r {
             Ok(r) => r,

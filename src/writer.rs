@@ -163,6 +163,42 @@ struct Pending<U> {
     undo: U,
 }
 
+/// A durable batch's acknowledgement, still to give: its waiters wake, its room in the
+/// queue is given back, then what undoes its writes is dropped (the replaced values: user
+/// `Drop`, last). The writer thread gives it at once; a lone committer once it let go
+/// of the writer's state.
+#[must_use = "the batch's waiters wait until it is given"]
+pub(crate) struct Ack<U> {
+    last: u64,
+    requests: usize,
+    bytes: usize,
+    done: Vec<Pending<U>>,
+}
+
+impl<U> Default for Ack<U> {
+    fn default() -> Self {
+        Ack {
+            last: 0,
+            requests: 0,
+            bytes: 0,
+            done: Vec::new(),
+        }
+    }
+}
+
+impl<U> Ack<U> {
+    /// Gives the acknowledgement (nothing for an empty or failed batch).
+    pub(crate) fn give(self, tracking: &Tracking) {
+        if self.requests == 0 {
+            return;
+        }
+        tracking.progress.advance(self.last);
+        tracking.budget.release(self.requests, self.bytes);
+        // Last: may panic (user `Drop`); the batch is acknowledged by then.
+        drop(self.done);
+    }
+}
+
 /// A rebuild whose copy runs on its own thread.
 struct RebuildJob {
     done: Receiver<Result<Copied>>,
@@ -319,8 +355,8 @@ impl<E: TypedSide> Writer<E> {
             allocated: len,
             chain,
             rx,
-            engine,
-            tracking,
+            engine: Arc::clone(&engine),
+            tracking: Arc::clone(&tracking),
             config,
             deferred: VecDeque::new(),
             taken: 0,
@@ -339,28 +375,30 @@ impl<E: TypedSide> Writer<E> {
                 cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             },
         };
-        let shared = Arc::new(Mutex::new(writer));
-        let state = Arc::clone(&shared);
+        let on_exit = OnExit {
+            state: Arc::new(Mutex::new(writer)),
+            engine,
+            tracking,
+            path: path.clone(),
+        };
+        let shared = Arc::clone(&on_exit.state);
+        // The open returns once the thread waits for requests: a first commit then finds
+        // it idle (`may_write_alone`), not on its way there.
+        let (ready, idle) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("ptvp35-writer".into())
-            .spawn(move || Self::run(&state))
+            .spawn(move || Self::run(&on_exit, ready))
             .map_err(|e| Error::io("spawn writer thread for", &path, e))?;
+        let _ = idle.recv();
         Ok((thread, shared))
     }
 
-    fn run(state: &Arc<Mutex<Self>>) {
-        let w = state.lock();
-        let path = w.paths.main.display().to_string();
-        let on_exit = OnExit {
-            state: Arc::clone(state),
-            engine: Arc::clone(&w.engine),
-            tracking: Arc::clone(&w.tracking),
-            path: w.paths.main.clone(),
-        };
-        drop(w);
-        // Declared after `on_exit`, so dropped before it: it locks the state.
+    fn run(on_exit: &OnExit<E>, ready: Sender<()>) {
+        let path = on_exit.path.display().to_string();
         let mut w = on_exit.state.lock();
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::serve(&mut w)));
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::serve(&mut w, ready);
+        }));
         w.join_closer();
         if let Err(panic) = served {
             // User code run on this thread panicked (a replaced value's `Drop`, a key's
@@ -377,7 +415,8 @@ impl<E: TypedSide> Writer<E> {
     /// The batching loop, until a shutdown. The state is locked throughout, except while
     /// the thread waits for a request with nothing else to do: a committing thread may
     /// then write its own commit ([`Writer::may_write_alone`]).
-    fn serve(w: &mut MutexGuard<'_, Self>) {
+    fn serve(w: &mut MutexGuard<'_, Self>, ready: Sender<()>) {
+        let mut ready = Some(ready);
         let mut buf = Vec::new();
         let rx = w.rx.clone();
         loop {
@@ -402,7 +441,14 @@ impl<E: TypedSide> Writer<E> {
                         }
                     }
                 } else {
-                    match MutexGuard::unlocked(w, || rx.recv()) {
+                    // Idle: let go of the state while waiting.
+                    let r = MutexGuard::unlocked(w, || {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                        rx.recv()
+                    });
+                    match r {
                         Ok(r) => r,
                         Err(_) => break,
                     }
@@ -417,8 +463,8 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// Gathers a batch that begins with `first`, writes it and handles the control
-    /// request that ended it, if any. Returns whether the thread should stop.
+    /// Gathers a batch that begins with `first`, writes and acknowledges it, and handles
+    /// the control request that ended it, if any. Returns whether the thread should stop.
     fn batch(&mut self, first: Request<E::Undo>, buf: &mut Vec<u8>) -> bool {
         let mut control = None;
         let mut records = 0;
@@ -472,9 +518,10 @@ impl<E: TypedSide> Writer<E> {
                 self.tracking.budget.release(n, bytes);
                 buf.clear();
             } else {
-                // Last: dropping the replaced values runs user code (`Drop`), which may
-                // panic; the batch is acknowledged by then.
-                drop(self.write_batch(buf, records, control.is_none()));
+                // Still holding the state: a user `Drop` that panics here ends this
+                // thread (poisoning) before any commit can be written alone.
+                self.write_batch(buf, records, control.is_none())
+                    .give(&self.tracking);
             }
         }
         match control {
@@ -524,11 +571,11 @@ impl<E: TypedSide> Writer<E> {
     }
 
     /// Writes and syncs write `seq` on the calling thread, as a batch of its own (once
-    /// [`Writer::may_write_alone`] said so, the state still locked), and acknowledges it,
-    /// or fails and poisons as the writer thread would; an automatic rebuild may start,
-    /// as after any batch. Returns what undoes the write (the values it replaced, which
-    /// the caller drops once it let go of this state: user `Drop`) and whether the
-    /// writer thread must be woken (a rebuild started, which that thread finishes).
+    /// [`Writer::may_write_alone`] said so, the state still locked), or fails and
+    /// poisons as the writer thread would; an automatic rebuild may start, as after any
+    /// batch. Returns the write's acknowledgement, for the caller to give once it let go
+    /// of this state (it drops the values the write replaced: user `Drop`), and whether
+    /// the writer thread must be woken (a rebuild started, which that thread finishes).
     ///
     /// A panic of user code here (a custom [`Fs`], or `Eq` while a failed write is
     /// undone) poisons the database as a panic on the writer thread does, then goes on
@@ -539,7 +586,7 @@ impl<E: TypedSide> Writer<E> {
         data: Vec<u8>,
         records: u64,
         undo: E::Undo,
-    ) -> (Option<E::Undo>, bool) {
+    ) -> (Ack<E::Undo>, bool) {
         let mut buf = data;
         let bytes = buf.len();
         self.taken = seq;
@@ -548,7 +595,7 @@ impl<E: TypedSide> Writer<E> {
             self.write_batch(&mut buf, records, true)
         }));
         match written {
-            Ok(done) => (done.into_iter().next().map(|p| p.undo), self.job.is_some()),
+            Ok(ack) => (ack, self.job.is_some()),
             Err(panic) => {
                 let path = self.paths.main.display().to_string();
                 let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -614,16 +661,10 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// Writes and syncs one batch, then acknowledges (or fails) every request in it. With
-    /// `may_compact`, it first considers an automatic rebuild. Returns what undoes the
-    /// acknowledged writes, for the caller to drop (the replaced values: user `Drop`).
-    #[must_use = "dropping the replaced values runs user code: drop them last"]
-    fn write_batch(
-        &mut self,
-        buf: &mut Vec<u8>,
-        records: u64,
-        may_compact: bool,
-    ) -> Vec<Pending<E::Undo>> {
+    /// Writes and syncs one batch, then fails every request in it, or returns its
+    /// acknowledgement for the caller to give. With `may_compact`, it first considers an
+    /// automatic rebuild.
+    fn write_batch(&mut self, buf: &mut Vec<u8>, records: u64, may_compact: bool) -> Ack<E::Undo> {
         let last = self.pending.last().map_or(0, |p| p.seq);
         let bytes: usize = self.pending.iter().map(|p| p.bytes).sum();
         let n = self.pending.len();
@@ -651,15 +692,18 @@ impl<E: TypedSide> Writer<E> {
                 if may_compact {
                     self.maybe_compact();
                 }
-                self.tracking.progress.advance(last);
-                self.tracking.budget.release(n, bytes);
-                done
+                Ack {
+                    last,
+                    requests: n,
+                    bytes,
+                    done,
+                }
             }
             Err(e) => {
                 self.cut_failed_tail();
                 self.poison(done, last, e);
                 self.tracking.budget.release(n, bytes);
-                Vec::new()
+                Ack::default()
             }
         }
     }

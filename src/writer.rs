@@ -402,8 +402,11 @@ impl<E: TypedSide> Writer<E> {
         w.join_closer();
         if let Err(panic) = served {
             // User code run on this thread panicked (a replaced value's `Drop`, a key's
-            // `Eq` in an undo). Poison as a failed sync does, so that memory matches the
-            // disk and every waiter hears, then let the panic go on: `close` reports it.
+            // `Eq` in an undo, a custom `Fs`). Poison as a failed sync does, so that
+            // memory matches the disk and every waiter hears, then let the panic go on:
+            // `close` reports it. A batch may be written and not synced: cut it, as
+            // after a failed sync, or a reopen in this process reads it back.
+            w.cut_failed_tail();
             let e = Error::internal(format!("the writer thread of {path} panicked"));
             let pending = std::mem::take(&mut w.pending);
             let last = pending.last().map_or(0, |p| p.seq);
@@ -602,6 +605,8 @@ impl<E: TypedSide> Writer<E> {
                     let e = Error::internal(format!(
                         "a commit to {path} panicked while its caller's thread wrote it"
                     ));
+                    // Written and not synced, perhaps: cut, as after a failed sync.
+                    self.cut_failed_tail();
                     let pending = std::mem::take(&mut self.pending);
                     let last = pending.last().map_or(0, |p| p.seq);
                     self.poison(pending, last, e);

@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Result};
-use common::{TempDir, TestDb};
-use ptvp35::{FileMeta, Fs, FsFile, Options, RealFs};
+use common::{SyncHookFs, TempDir, TestDb};
+use ptvp35::Options;
 
 #[test]
 fn eight_threads_setting_disjoint_keys_all_land() -> Result<()> {
@@ -294,85 +294,6 @@ fn writes_during_one_rebuild(wait: bool) -> Result<()> {
     Ok(())
 }
 
-/// Forwards to the real filesystem and notes the thread of every sync of the main file.
-#[derive(Debug, Default)]
-struct SyncThreads(Arc<Mutex<Vec<String>>>);
-
-#[derive(Debug)]
-struct NotedFile {
-    file: Box<dyn FsFile>,
-    main: bool,
-    syncs: Arc<Mutex<Vec<String>>>,
-}
-
-impl FsFile for NotedFile {
-    fn read_at(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.file.read_at(at, buf)
-    }
-    fn write_at(&mut self, at: u64, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_at(at, data)
-    }
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)
-    }
-    fn len(&mut self) -> std::io::Result<u64> {
-        self.file.len()
-    }
-    fn sync_data(&mut self) -> std::io::Result<()> {
-        if self.main {
-            let name = std::thread::current().name().unwrap_or("?").to_owned();
-            self.syncs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(name);
-        }
-        self.file.sync_data()
-    }
-    fn meta(&mut self) -> std::io::Result<FileMeta> {
-        self.file.meta()
-    }
-    fn set_owner_and_mode(&mut self, like: &FileMeta) -> std::io::Result<()> {
-        self.file.set_owner_and_mode(like)
-    }
-    fn try_lock(&mut self) -> std::io::Result<bool> {
-        self.file.try_lock()
-    }
-}
-
-impl Fs for SyncThreads {
-    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn FsFile>> {
-        Ok(Box::new(NotedFile {
-            file: RealFs.open(path, create)?,
-            main: path.extension().is_some_and(|e| e == "db"),
-            syncs: Arc::clone(&self.0),
-        }))
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-        RealFs.read(path)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        RealFs.exists(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-    fn meta(&self, path: &Path) -> std::io::Result<Option<FileMeta>> {
-        RealFs.meta(path)
-    }
-    fn resolve(&self, path: &Path) -> std::io::Result<PathBuf> {
-        RealFs.resolve(path)
-    }
-    fn salt(&self) -> u64 {
-        RealFs.salt()
-    }
-}
-
 /// One thread whose commits wait, with the writer thread idle, writes and syncs each of
 /// them itself: the commit crosses no thread. Writes that do not wait go through the
 /// writer thread, as before. (A commit that comes while the writer thread is still on
@@ -382,7 +303,17 @@ impl Fs for SyncThreads {
 fn a_lone_committer_syncs_its_own_commits() -> Result<()> {
     let dir = TempDir::new("lone")?;
     let syncs = Arc::new(Mutex::new(Vec::new()));
-    let fs = Arc::new(SyncThreads(Arc::clone(&syncs)));
+    let noted = Arc::clone(&syncs);
+    // Notes the thread of every sync of the main file.
+    let fs = Arc::new(SyncHookFs::new(move |path: &Path| {
+        if path.extension().is_some_and(|e| e == "db") {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            noted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(name);
+        }
+    }));
     let opts = Options::new().filesystem(fs);
     let db = opts.open_as::<String, u64, common::Kind>(&dir.join("lone.db"))?;
     let taken = || {

@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{ensure, Context, Result};
-use common::{within, TempDir, TestDb};
+use common::{within, SyncHookFs, TempDir, TestDb};
 use ptvp35::{DbConnection, Delta, Hashed, MapKind, Options, Ordered};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -567,6 +567,80 @@ fn a_panic_while_a_large_write_to_the_ordered_map_is_sorted_changes_nothing() ->
         "a panic before any lock changed the map"
     );
     db.set(PKey(2), PVal(2))?;
+    db.close()?;
+    Ok(())
+}
+
+/// A panic of user code while the caller's thread writes its own commit (here: a custom
+/// file system's sync of the main file) poisons the database as one on the writer
+/// thread does: the caller gets the panic, the write is undone in memory and cut from
+/// the file, later writes are refused, `close` reports it, and a reopen shows the state
+/// without it.
+#[test]
+fn a_panic_in_the_file_system_during_a_lone_commit_poisons_the_database() -> Result<()> {
+    file_system_panics_while_syncing(false)
+}
+
+/// The same on the writer thread: the waiter fails, and the batch that was written but
+/// not synced is cut, or a reopen in this process reads it back from the page cache,
+/// whole, and shows a write whose caller was told it failed.
+#[test]
+fn a_panic_in_the_file_system_on_the_writer_thread_poisons_the_database() -> Result<()> {
+    file_system_panics_while_syncing(true)
+}
+
+fn file_system_panics_while_syncing(queued: bool) -> Result<()> {
+    quiet();
+    let dir = TempDir::new("panic-fs")?;
+    let path = dir.join("f.db");
+    let armed = std::sync::Arc::new(AtomicBool::new(false));
+    let arm = std::sync::Arc::clone(&armed);
+    let fs = SyncHookFs::new(move |p: &std::path::Path| {
+        if p.extension().is_some_and(|e| e == "db") && arm.swap(false, Ordering::SeqCst) {
+            std::panic::panic_any(Intended);
+        }
+    });
+    let opts = Options::new().filesystem(std::sync::Arc::new(fs));
+    let db = opts.open_as::<u32, u64, common::Kind>(&path)?;
+    db.set(1, 1)?;
+    armed.store(true, Ordering::SeqCst);
+    let (db, failed) = within(10, move || {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            if queued {
+                db.set_nowait(2, 2).and_then(|()| db.commit())
+            } else {
+                db.set(2, 2)
+            }
+        }));
+        let failed = match r {
+            // On the writer thread: the waiter hears of it.
+            Ok(r) => queued && r.is_err(),
+            // On the caller's thread: the caller gets the panic.
+            Err(p) => !queued && p.is::<Intended>(),
+        };
+        (db, failed)
+    })?;
+    ensure!(failed, "the file system's panic went unnoticed");
+    ensure!(
+        db.get(&2).is_none(),
+        "the write that failed is still in memory"
+    );
+    let (db, later) = within(10, move || {
+        let r = db.set(3, 3);
+        (db, r)
+    })?;
+    ensure!(later.is_err(), "writes go on after the panic: {later:?}");
+    ensure!(db.get(&3).is_none(), "a refused write is visible");
+    let closed = within(10, move || db.close())?;
+    ensure!(closed.is_err(), "close hides the panic");
+    let db = TestDb::<u32, u64>::open(&path)?;
+    ensure!(
+        db.get(&1) == Some(1) && db.get(&2).is_none() && db.len() == 1,
+        "reopened: {:?} {:?}, {} keys",
+        db.get(&1),
+        db.get(&2),
+        db.len()
+    );
     db.close()?;
     Ok(())
 }

@@ -105,3 +105,97 @@ pub fn test_name(module_path: &str, name: &str) -> String {
         None => name.to_owned(),
     }
 }
+
+/// The real file system, calling a hook with the file's path before every file sync (to
+/// note which thread syncs, or to fail or panic there).
+pub struct SyncHookFs {
+    on_sync: std::sync::Arc<dyn Fn(&Path) + Send + Sync>,
+}
+
+impl SyncHookFs {
+    pub fn new(on_sync: impl Fn(&Path) + Send + Sync + 'static) -> Self {
+        SyncHookFs {
+            on_sync: std::sync::Arc::new(on_sync),
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncHookFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncHookFs")
+    }
+}
+
+struct HookedFile {
+    file: Box<dyn ptvp35::FsFile>,
+    path: PathBuf,
+    on_sync: std::sync::Arc<dyn Fn(&Path) + Send + Sync>,
+}
+
+impl std::fmt::Debug for HookedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HookedFile({})", self.path.display())
+    }
+}
+
+impl ptvp35::FsFile for HookedFile {
+    fn read_at(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read_at(at, buf)
+    }
+    fn write_at(&mut self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_at(at, data)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn len(&mut self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        (self.on_sync)(&self.path);
+        self.file.sync_data()
+    }
+    fn meta(&mut self) -> std::io::Result<ptvp35::FileMeta> {
+        self.file.meta()
+    }
+    fn set_owner_and_mode(&mut self, like: &ptvp35::FileMeta) -> std::io::Result<()> {
+        self.file.set_owner_and_mode(like)
+    }
+    fn try_lock(&mut self) -> std::io::Result<bool> {
+        self.file.try_lock()
+    }
+}
+
+impl ptvp35::Fs for SyncHookFs {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn ptvp35::FsFile>> {
+        Ok(Box::new(HookedFile {
+            file: ptvp35::RealFs.open(path, create)?,
+            path: path.to_path_buf(),
+            on_sync: std::sync::Arc::clone(&self.on_sync),
+        }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        ptvp35::RealFs.read(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        ptvp35::RealFs.exists(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        ptvp35::RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        ptvp35::RealFs.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        ptvp35::RealFs.sync_dir(dir)
+    }
+    fn meta(&self, path: &Path) -> std::io::Result<Option<ptvp35::FileMeta>> {
+        ptvp35::RealFs.meta(path)
+    }
+    fn resolve(&self, path: &Path) -> std::io::Result<PathBuf> {
+        ptvp35::RealFs.resolve(path)
+    }
+    fn salt(&self) -> u64 {
+        ptvp35::RealFs.salt()
+    }
+}

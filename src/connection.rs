@@ -906,13 +906,22 @@ impl<K: Key, V: Value, M: MapKind<K, V>> DbConnection<K, V, M> {
     /// Sets `key` to `value` and returns once the change is durable.
     ///
     /// Concurrent callers share syncs (group commit): many threads calling `set` at once
-    /// cost about one sync per batch, not one each.
+    /// cost about one sync per batch, not one each. A caller alone (the writer thread
+    /// idle, no other commit expected) writes and syncs its change on its own thread,
+    /// sparing two thread wake-ups; the same holds for [`remove`](Self::remove),
+    /// [`commit_transaction`](Self::commit_transaction) and `transact`.
     ///
     /// # Errors
     ///
     /// [`Error::Serialize`] if the key or value cannot be stored (nothing changes);
     /// [`Error::Io`] if the batch's write or sync failed; [`Error::Poisoned`] if an earlier
     /// failure stopped writes.
+    ///
+    /// # Panics
+    ///
+    /// If the `Drop` of the value this replaces panics when this thread wrote the change
+    /// itself, once the change is durable (the database stays open). Dropped on the writer
+    /// thread instead, such a panic poisons the database.
     ///
     /// # Examples
     ///

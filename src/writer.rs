@@ -1113,4 +1113,40 @@ mod tests {
         g.judge(true, Duration::from_millis(7));
         assert_eq!((g.skip, g.backoff), (1, 3));
     }
+
+    /// A committer holding the writer's state may write its commit alone only when the
+    /// writer thread has nothing in hand: here a write it took from the queue, and waits
+    /// for the state to write, must go first.
+    #[test]
+    fn a_write_is_written_alone_only_after_every_earlier_one_is_durable() -> crate::Result<()> {
+        let dir = crate::test_dir::Dir::new("writer-alone").expect("a scratch directory");
+        let db = crate::DbConnection::<String, u64>::open(dir.0.join("a.db"))?;
+        db.set("a".into(), 1)?;
+        let state = Arc::clone(db.writer_state.as_ref().expect("a writer"));
+        {
+            let w = state.lock();
+            assert!(w.may_write_alone(2), "the writer thread is idle");
+            assert!(!w.may_write_alone(3), "write 2 is not durable");
+        }
+        let w = state.lock();
+        db.set_nowait("b".into(), 2)?;
+        // The writer thread takes write 2 from the queue, then waits for the state.
+        let since = Instant::now();
+        while !w.rx.is_empty() {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "write 2 never taken"
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            !w.may_write_alone(3),
+            "write 2 is in the writer thread's hands"
+        );
+        drop(w);
+        db.commit()?;
+        assert!(state.lock().may_write_alone(3), "idle again");
+        drop(state);
+        db.close()
+    }
 }

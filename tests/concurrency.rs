@@ -374,3 +374,70 @@ fn a_lone_committer_syncs_its_own_commits() -> Result<()> {
     db.close()?;
     Ok(())
 }
+
+/// Threads that mix commits they wait for (which one of them may write alone when the
+/// writer thread is idle), writes they do not wait for (queued) and transactions, on a
+/// few shared keys, with rebuilds between: what memory shows at the end is what the file
+/// holds after a reopen. A write that reached the file out of its number's order, or
+/// that a rebuild missed, would make them differ.
+#[test]
+fn mixed_lone_and_queued_commits_leave_the_file_as_memory() -> Result<()> {
+    let dir = TempDir::new("mixed")?;
+    let p = dir.join("m.db");
+    let opts = Options::new().rebuild_piece(4);
+    for round in 0..4u64 {
+        let db = opts.open_as::<String, u64, common::Kind>(&p)?;
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let db = &db;
+                    s.spawn(move || -> Result<()> {
+                        let mut x = round * 1000 + t * 7 + 1;
+                        for i in 0..150u64 {
+                            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                            let key = format!("k{}", (x >> 33) % 8);
+                            let value = round << 32 | t << 24 | i;
+                            if t == 0 && i % 50 == 25 {
+                                db.compact()?;
+                            }
+                            match (x >> 40) % 5 {
+                                0 | 1 => db.set(key, value)?,
+                                2 => db.set_nowait(key, value)?,
+                                3 if i % 2 == 0 => db.remove(&key)?,
+                                3 => {
+                                    let mut d = ptvp35::Delta::new();
+                                    d.set(key, value)?;
+                                    d.set(format!("t{t}"), value)?;
+                                    db.commit_transaction(d)?;
+                                }
+                                _ => db.transact(|tx| -> ptvp35::Result<()> {
+                                    let v = tx.get(&key).unwrap_or(0);
+                                    tx.set_nowait(key.clone(), v + 1)
+                                })?,
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a committer panicked"))??;
+            }
+            Ok(())
+        })?;
+        db.commit()?;
+        let mut shown: Vec<(String, u64)> = db.snapshot().into_iter().collect();
+        shown.sort_unstable();
+        db.close()?;
+        let db = opts.open_as::<String, u64, common::Kind>(&p)?;
+        let mut kept: Vec<(String, u64)> = db.snapshot().into_iter().collect();
+        kept.sort_unstable();
+        ensure!(
+            shown == kept,
+            "round {round}: memory showed {shown:?}, the file holds {kept:?}"
+        );
+        db.close()?;
+    }
+    Ok(())
+}

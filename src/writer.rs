@@ -217,6 +217,17 @@ pub(crate) type WriterState<E> = Arc<Mutex<Writer<E>>>;
 /// Writes taken from the queue during a rebuild, in the order taken: lines and records.
 type Tail = Vec<(Vec<u8>, u64)>;
 
+/// The lines of `tail` in one buffer, in order, and how many records they hold.
+fn joined(tail: Tail) -> (Vec<u8>, u64) {
+    let mut buf = Vec::with_capacity(tail.iter().map(|(d, _)| d.len()).sum());
+    let mut records = 0;
+    for (data, n) in tail {
+        buf.extend_from_slice(&data);
+        records += n;
+    }
+    (buf, records)
+}
+
 /// Rounds of R3a at most: each appends the writes taken during the round before, so
 /// that under a steady load the last round (and what the install appends) is small.
 const CATCH_UP_ROUNDS: usize = 8;
@@ -310,11 +321,8 @@ fn copy_map<E: TypedSide>(
         if taken.is_empty() {
             break;
         }
-        let mut buf = Vec::with_capacity(taken.iter().map(|(d, _)| d.len()).sum());
-        for (data, n) in taken {
-            buf.extend_from_slice(&data);
-            records += n;
-        }
+        let (buf, n) = joined(taken);
+        records += n;
         backup.write(&buf)?;
         if buf.len() < CATCH_UP_ENOUGH {
             break;
@@ -457,7 +465,7 @@ impl<E: TypedSide> Writer<E> {
                     }
                 }
             } else {
-                let Some(r) = w.next(false) else { break };
+                let Some(r) = w.next() else { break };
                 r
             };
             if w.batch(first, &mut buf) {
@@ -504,7 +512,7 @@ impl<E: TypedSide> Writer<E> {
                 }
             }
             if buf.len() < self.config.batch_bytes {
-                next = self.next(false);
+                next = self.next();
                 if next.is_none() {
                     next = self.wait_for_more(&mut wait);
                 }
@@ -600,16 +608,16 @@ impl<E: TypedSide> Writer<E> {
         match written {
             Ok(ack) => (ack, self.job.is_some()),
             Err(panic) => {
-                let path = self.paths.main.display().to_string();
+                let e = Error::internal(format!(
+                    "a commit to {} panicked while its caller's thread wrote it",
+                    self.paths.main.display()
+                ));
                 let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let e = Error::internal(format!(
-                        "a commit to {path} panicked while its caller's thread wrote it"
-                    ));
                     // Written and not synced, perhaps: cut, as after a failed sync.
                     self.cut_failed_tail();
                     let pending = std::mem::take(&mut self.pending);
                     let last = pending.last().map_or(0, |p| p.seq);
-                    self.poison(pending, last, e);
+                    self.poison(pending, last, e.clone());
                 }));
                 self.tracking.budget.release(1, bytes);
                 if poisoned.is_err() {
@@ -618,9 +626,7 @@ impl<E: TypedSide> Writer<E> {
                     self.poisoned = true;
                     self.engine.refuse_writes();
                     self.tracking.budget.close();
-                    self.tracking.progress.abort(Error::internal(format!(
-                        "a commit to {path} panicked while its caller's thread wrote it"
-                    )));
+                    self.tracking.progress.abort(e);
                 }
                 std::panic::resume_unwind(panic);
             }
@@ -843,16 +849,12 @@ impl<E: TypedSide> Writer<E> {
         }
     }
 
-    /// The next request: a deferred one first, then the queue (waiting if `block`).
-    fn next(&mut self, block: bool) -> Option<Request<E::Undo>> {
+    /// The next request without waiting: a deferred one first, then the queue.
+    fn next(&mut self) -> Option<Request<E::Undo>> {
         if let Some(r) = self.deferred.pop_front() {
             return Some(r);
         }
-        if block {
-            self.rx.recv().ok()
-        } else {
-            self.rx.try_recv().ok()
-        }
+        self.rx.try_recv().ok()
     }
 
     /// Starts a rebuild on the thread `ptvp35-rebuild` (steps R1, R4, R2, R3): it copies
@@ -988,7 +990,7 @@ impl<E: TypedSide> Writer<E> {
     fn install(
         &mut self,
         copied: Copied,
-        tail: Vec<(Vec<u8>, u64)>,
+        tail: Tail,
         replayed: &mut Vec<Pending<E::Undo>>,
     ) -> Result<u64> {
         let Copied {
@@ -998,11 +1000,8 @@ impl<E: TypedSide> Writer<E> {
         } = copied;
         // The tail and the queued writes go to the backup in one write, not one per
         // request.
-        let mut buf = Vec::with_capacity(tail.iter().map(|(d, _)| d.len()).sum());
-        for (data, n) in tail {
-            buf.extend_from_slice(&data);
-            records += n;
-        }
+        let (mut buf, n) = joined(tail);
+        records += n;
         while self.taken < through {
             // Every write up to `through` is queued already: this never waits for long.
             match self.rx.recv() {
